@@ -1,0 +1,1 @@
+"""Recurrent models built on tinygraph (installed as tinygraph.models)."""

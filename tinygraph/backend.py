@@ -1,0 +1,113 @@
+"""Array-module dispatch: NumPy on the CPU, CuPy on NVIDIA GPUs.
+
+Ops never ask "are we on the GPU?"; they ask the array which module made it
+(``array_module``) and call that module. CuPy is imported lazily and only when
+a CUDA device is requested, so NumPy-only machines never pay for it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_cupy = None
+_cupy_import_error = None
+
+GPU_INSTALL_HINT = (
+    'install the GPU extra with `pip install "tinygraph[gpu]"` '
+    "(CuPy for CUDA 12) on a machine with an NVIDIA GPU"
+)
+
+
+def _try_import_cupy():
+    global _cupy, _cupy_import_error
+    if _cupy is None and _cupy_import_error is None:
+        try:
+            import cupy  # noqa: F401  (optional dependency)
+
+            _cupy = cupy
+        except Exception as exc:  # ImportError, or a broken CUDA install
+            _cupy_import_error = exc
+    return _cupy
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    cp = _try_import_cupy()
+    if cp is None:
+        return False
+    try:
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def get_cupy():
+    """Return the cupy module or raise an error that says how to get it."""
+    cp = _try_import_cupy()
+    if cp is None:
+        raise RuntimeError(
+            f"device 'cuda' requested but CuPy could not be imported ({_cupy_import_error!r}); "
+            + GPU_INSTALL_HINT
+        )
+    return cp
+
+
+def array_module(*arrays):
+    """The module (numpy or cupy) that owns the given arrays; numpy for scalars."""
+    for a in arrays:
+        if isinstance(a, np.ndarray) or isinstance(a, np.generic):
+            continue
+        if _cupy is not None and isinstance(a, _cupy.ndarray):
+            return _cupy
+    return np
+
+
+def parse_device(device) -> tuple[str, int]:
+    """'cpu' -> ('cpu', 0); 'cuda' / 'cuda:N' -> ('cuda', N)."""
+    if device is None:
+        return ("cpu", 0)
+    text = str(device).strip().lower()
+    if text == "cpu":
+        return ("cpu", 0)
+    if text == "cuda" or text == "gpu":
+        return ("cuda", 0)
+    if text.startswith("cuda:"):
+        try:
+            return ("cuda", int(text[5:]))
+        except ValueError:
+            pass
+    raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+
+
+def device_of(array) -> str:
+    """Canonical device string of an array: 'cpu' or 'cuda:N'."""
+    if isinstance(array, (np.ndarray, np.generic)):
+        return "cpu"
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return f"cuda:{array.device.id}"
+    return "cpu"
+
+
+def to_device(array, device):
+    """Copy ``array`` to ``device`` (no copy when it is already there)."""
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        if isinstance(array, np.ndarray):
+            return array
+        if _cupy is not None and isinstance(array, _cupy.ndarray):
+            return _cupy.asnumpy(array)
+        return np.asarray(array)
+    cp = get_cupy()
+    if isinstance(array, cp.ndarray) and array.device.id == index:
+        return array
+    with cp.cuda.Device(index):
+        return cp.asarray(array)
+
+
+def as_host(array):
+    """A NumPy copy of any backend array."""
+    return to_device(array, "cpu")
+
+
+def module_for_device(device):
+    kind, _ = parse_device(device)
+    return np if kind == "cpu" else get_cupy()

@@ -1,0 +1,51 @@
+"""The `tinygraph` command: the one face that uses everything.
+
+Each subcommand lives in its own module exposing ``configure(parser)`` and
+``run(args) -> int``; this file only wires them up, importing lazily so that
+`tinygraph --help` stays instant and optional extras load only when used.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "demo": ("tinygraph.demo", "train a char-level LSTM on embedded text and write every picture"),
+    "draw": ("tinygraph.viz.draw_command", "draw a model's folded circuit and/or unfolded graph"),
+    "step": ("tinygraph.viz.step_command", "step through backprop of a small recurrent model"),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="tinygraph",
+        description="tinygraph: an autodiff engine whose graph you can see, fold, unfold and step through.",
+    )
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"tinygraph {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        module = importlib.import_module(module_name)
+        module.configure(p)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

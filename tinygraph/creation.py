@@ -1,0 +1,106 @@
+"""Tensor factories and the global random generator."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .tensor import Tensor
+
+DEFAULT_DTYPE = np.float32
+_rng = np.random.default_rng()
+
+
+def manual_seed(seed: int):
+    """Seed tinygraph's generator (and CuPy's, when it is loaded)."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+    if backend._cupy is not None:
+        backend._cupy.random.seed(seed)
+    return _rng
+
+
+def generator() -> np.random.Generator:
+    """The generator used by randn/rand and the initialisers."""
+    return _rng
+
+
+def get_default_dtype():
+    return np.dtype(DEFAULT_DTYPE)
+
+
+def set_default_dtype(dtype):
+    """Set the floating dtype used when none is given (float32 or float64)."""
+    global DEFAULT_DTYPE
+    DEFAULT_DTYPE = np.dtype(dtype).type
+
+
+def _shape(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return tuple(int(s) for s in shape)
+
+
+def _finish(array, dtype, device, requires_grad, name=None):
+    if dtype is not None:
+        array = array.astype(np.dtype(dtype), copy=False)
+    array = backend.to_device(array, device)
+    return Tensor(array, requires_grad=requires_grad, name=name)
+
+
+def tensor(data, dtype=None, device="cpu", requires_grad=False, name=None):
+    """Make a Tensor from a list, scalar, NumPy/CuPy array or Tensor (copies it)."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if isinstance(data, np.ndarray) or (backend._cupy is not None and isinstance(data, backend._cupy.ndarray)):
+        array = data.copy()
+    else:
+        array = np.array(data)
+        if dtype is None and array.dtype.kind == "f":
+            array = array.astype(DEFAULT_DTYPE)
+    return _finish(array, dtype, device, requires_grad, name)
+
+
+def zeros(*shape, dtype=None, device="cpu", requires_grad=False, name=None):
+    return _finish(np.zeros(_shape(shape), dtype or DEFAULT_DTYPE), None, device, requires_grad, name)
+
+
+def ones(*shape, dtype=None, device="cpu", requires_grad=False, name=None):
+    return _finish(np.ones(_shape(shape), dtype or DEFAULT_DTYPE), None, device, requires_grad, name)
+
+
+def full(shape, fill_value, dtype=None, device="cpu", requires_grad=False, name=None):
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    return _finish(np.full(shape, fill_value, dtype or DEFAULT_DTYPE), None, device, requires_grad, name)
+
+
+def randn(*shape, dtype=None, device="cpu", requires_grad=False, name=None):
+    """Standard normal samples from tinygraph's seeded generator."""
+    arr = _rng.standard_normal(_shape(shape)).astype(dtype or DEFAULT_DTYPE)
+    return _finish(arr, None, device, requires_grad, name)
+
+
+def rand(*shape, dtype=None, device="cpu", requires_grad=False, name=None):
+    """Uniform [0, 1) samples from tinygraph's seeded generator."""
+    arr = _rng.random(_shape(shape)).astype(dtype or DEFAULT_DTYPE)
+    return _finish(arr, None, device, requires_grad, name)
+
+
+def arange(start, stop=None, step=1, dtype=None, device="cpu", requires_grad=False):
+    arr = np.arange(start, stop, step) if stop is not None else np.arange(start)
+    if dtype is None and arr.dtype.kind == "f":
+        arr = arr.astype(DEFAULT_DTYPE)
+    return _finish(arr, dtype, device, requires_grad)
+
+
+def eye(n, m=None, dtype=None, device="cpu", requires_grad=False):
+    return _finish(np.eye(n, m, dtype=dtype or DEFAULT_DTYPE), None, device, requires_grad)
+
+
+def zeros_like(t, dtype=None, device=None, requires_grad=False):
+    device = device or t.device
+    return _finish(np.zeros(t.shape, dtype or t.dtype), None, device, requires_grad)
+
+
+def ones_like(t, dtype=None, device=None, requires_grad=False):
+    device = device or t.device
+    return _finish(np.ones(t.shape, dtype or t.dtype), None, device, requires_grad)

@@ -1,0 +1,314 @@
+"""The recorded graph: nodes, recording context (scope, time step, grad mode), views.
+
+Every op applied to a Tensor that needs a gradient creates a ``Node``. A node
+knows its op, its input nodes (ordered, with multiplicity), its attributes,
+output shape/dtype, a name, the module ``scope`` that made it and the
+``timestep`` set by the recurrence driver. ``ordinal`` is the creation index
+within its ``(scope, timestep)``: two nodes at different time steps with the
+same ``(scope, ordinal)`` are the same node of the folded circuit.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import weakref
+
+__all__ = [
+    "Node", "Graph", "scope", "timestep", "no_grad", "enable_grad",
+    "is_grad_enabled", "current_scope", "current_timestep",
+]
+
+
+class _RecordingState(threading.local):
+    def __init__(self):
+        self.grad_enabled = True
+        self.scopes: list[str] = []
+        self.scope_text = ""
+        self.timestep = None
+        # ordinal counters: timestep -> {(scope, is_leaf): next ordinal}.
+        # Entering ``timestep(t)`` starts fresh counters for t, so running the
+        # same cell again at step t gives the same ordinals (needed for folding).
+        self.counters: dict = {None: {}}
+        self.anomaly = False
+
+
+STATE = _RecordingState()
+_ids = itertools.count()
+
+
+class Node:
+    """One recorded operation (or a leaf: a parameter, an input, a constant)."""
+
+    __slots__ = (
+        "id", "op", "inputs", "attrs", "shape", "dtype", "name", "scope",
+        "timestep", "ordinal", "prim", "saved", "out_ref", "requires_grad",
+        "retains_grad", "__weakref__",
+    )
+
+    def __init__(self, op, inputs, attrs, shape, dtype, prim=None, saved=None,
+                 requires_grad=True, name=None, scope=None, timestep=None, is_leaf=False):
+        self.id = next(_ids)
+        self.op = op
+        self.inputs = inputs
+        self.attrs = attrs
+        self.shape = shape
+        self.dtype = dtype
+        self.prim = prim
+        self.saved = saved
+        self.out_ref = None
+        self.requires_grad = requires_grad
+        self.retains_grad = False
+        self.name = name
+        st = STATE
+        self.scope = st.scope_text if scope is None else scope
+        self.timestep = st.timestep if timestep is None else timestep
+        counters = st.counters.get(self.timestep)
+        if counters is None:
+            counters = st.counters[self.timestep] = {}
+        key = (self.scope, is_leaf)
+        self.ordinal = counters.get(key, 0)
+        counters[key] = self.ordinal + 1
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.prim is None
+
+    @property
+    def tensor(self):
+        """The Tensor this node produced, if it is still alive."""
+        return self.out_ref() if self.out_ref is not None else None
+
+    @property
+    def freed(self) -> bool:
+        """True when backward released this node's saved inputs."""
+        return self.prim is not None and self.saved is None
+
+    def label(self) -> str:
+        return self.name or self.op
+
+    def __repr__(self):
+        where = f" scope={self.scope!r}" if self.scope else ""
+        when = f" t={self.timestep}" if self.timestep is not None else ""
+        nm = f" name={self.name!r}" if self.name else ""
+        return f"<Node #{self.id} {self.op}{nm} shape={self.shape}{where}{when}>"
+
+
+def topological_order(roots) -> list:
+    """Nodes reachable from ``roots``, inputs before consumers (iterative DFS)."""
+    order, visited = [], set()
+    for root in roots:
+        if root is None or root.id in visited:
+            continue
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if node.id in visited:
+                continue
+            visited.add(node.id)
+            stack.append((node, True))
+            for inp in reversed(node.inputs):
+                if inp.id not in visited:
+                    stack.append((inp, False))
+    return order
+
+
+class Graph:
+    """A recorded graph as data: ``nodes`` in topological order plus outputs."""
+
+    def __init__(self, nodes, outputs):
+        self.nodes = list(nodes)
+        self.outputs = list(outputs)
+
+    @classmethod
+    def from_outputs(cls, *tensors):
+        """The graph that produced ``tensors`` (Tensors or Nodes)."""
+        roots = []
+        for t in tensors:
+            if isinstance(t, (list, tuple)):
+                roots.extend(_node_of(x) for x in t)
+            else:
+                roots.append(_node_of(t))
+        roots = [r for r in roots if r is not None]
+        return cls(topological_order(roots), roots)
+
+    # -- queries ---------------------------------------------------------
+    def __len__(self):
+        return len(self.nodes)
+
+    def __iter__(self):
+        return iter(self.nodes)
+
+    @property
+    def leaves(self):
+        return [n for n in self.nodes if n.is_leaf]
+
+    @property
+    def timesteps(self):
+        return sorted({n.timestep for n in self.nodes if n.timestep is not None})
+
+    def consumers(self):
+        """node id -> list of consumer nodes (with multiplicity)."""
+        out = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out.setdefault(i.id, []).append(n)
+        return out
+
+    def to_networkx(self):
+        """A ``networkx.MultiDiGraph``-free ``DiGraph``: one node per recorded node.
+
+        Node keys are the node ids; attributes are op, name, shape, dtype,
+        scope, timestep, ordinal, is_leaf. Edge attribute ``positions`` lists
+        the input slots the edge feeds (``a*a`` gives one edge, positions [0, 1]).
+        """
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for n in self.nodes:
+            g.add_node(n.id, op=n.op, name=n.name, shape=tuple(n.shape), dtype=str(n.dtype),
+                       scope=n.scope, timestep=n.timestep, ordinal=n.ordinal,
+                       is_leaf=n.is_leaf)
+        for n in self.nodes:
+            for pos, i in enumerate(n.inputs):
+                if g.has_edge(i.id, n.id):
+                    g.edges[i.id, n.id]["positions"].append(pos)
+                else:
+                    g.add_edge(i.id, n.id, positions=[pos])
+        return g
+
+    def dump(self) -> str:
+        """A flat, printable list of equations, one per node (JAX style)."""
+        names = {}
+        lines = []
+        for k, n in enumerate(self.nodes):
+            names[n.id] = f"%{k}"
+        for n in self.nodes:
+            lhs = names[n.id]
+            meta = []
+            if n.name:
+                meta.append(f"name={n.name}")
+            if n.scope:
+                meta.append(f"scope={n.scope}")
+            if n.timestep is not None:
+                meta.append(f"t={n.timestep}")
+            tail = ("  # " + " ".join(meta)) if meta else ""
+            shape = "x".join(str(s) for s in n.shape) or "scalar"
+            if n.is_leaf:
+                lines.append(f"{lhs}: {shape} = {n.op}{tail}")
+            else:
+                args = ", ".join(names[i.id] for i in n.inputs)
+                attrs = "".join(f", {k}={_fmt_attr(v)}" for k, v in sorted(n.attrs.items()))
+                lines.append(f"{lhs}: {shape} = {n.op}({args}{attrs}){tail}")
+        return "\n".join(lines)
+
+    __str__ = dump
+
+    def __repr__(self):
+        return f"<Graph {len(self.nodes)} nodes, {len(self.timesteps)} time steps>"
+
+
+def _fmt_attr(v):
+    if hasattr(v, "shape") and getattr(v, "ndim", 0) > 0:
+        return f"array{tuple(v.shape)}"
+    return repr(v)
+
+
+def _node_of(t):
+    if t is None or isinstance(t, Node):
+        return t
+    return getattr(t, "_node", None)
+
+
+# -- recording context -----------------------------------------------------
+
+@contextlib.contextmanager
+def scope(name: str):
+    """Nest a module path: nodes created inside carry ``scope="outer.name"``."""
+    st = STATE
+    st.scopes.append(str(name))
+    old = st.scope_text
+    st.scope_text = ".".join(s for s in st.scopes if s)
+    try:
+        yield
+    finally:
+        st.scopes.pop()
+        st.scope_text = old
+
+
+@contextlib.contextmanager
+def timestep(t):
+    """Tag nodes created inside with time step ``t`` (the recurrence driver calls this)."""
+    st = STATE
+    old = st.timestep
+    st.timestep = t
+    st.counters[t] = {}
+    try:
+        yield
+    finally:
+        st.timestep = old
+
+
+@contextlib.contextmanager
+def _override_context(scope_text, step):
+    """Used by backward(create_graph=True): backward nodes carry backward(scope)."""
+    st = STATE
+    old_scope, old_step, old_scopes = st.scope_text, st.timestep, st.scopes
+    st.scope_text, st.timestep, st.scopes = scope_text, step, [scope_text]
+    if step not in st.counters:
+        st.counters[step] = {}
+    try:
+        yield
+    finally:
+        st.scope_text, st.timestep, st.scopes = old_scope, old_step, old_scopes
+
+
+def current_scope() -> str:
+    return STATE.scope_text
+
+
+def current_timestep():
+    return STATE.timestep
+
+
+def is_grad_enabled() -> bool:
+    return STATE.grad_enabled
+
+
+class _GradMode:
+    def __init__(self, enabled):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.prev = STATE.grad_enabled
+        STATE.grad_enabled = self.enabled
+
+    def __exit__(self, *exc):
+        STATE.grad_enabled = self.prev
+
+    def __call__(self, fn):  # usable as a decorator too
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            with _GradMode(self.enabled):
+                return fn(*a, **k)
+
+        return wrapper
+
+
+def no_grad():
+    """Context manager / decorator: ops inside record nothing."""
+    return _GradMode(False)
+
+
+def enable_grad():
+    """Context manager / decorator: turn recording back on inside no_grad."""
+    return _GradMode(True)
+
+
+def weak(t):
+    return weakref.ref(t)

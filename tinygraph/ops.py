@@ -1,0 +1,694 @@
+"""Primitives: a forward on raw arrays and ONE vector-Jacobian rule each.
+
+A VJP rule is written with this module's own functions and operators, so it
+has two interpretations:
+
+* called with raw arrays (the default backward), every function below
+  short-circuits to the primitive's forward: backward costs what hand-written
+  NumPy costs;
+* called with Tensors (``create_graph=True``), every step is recorded, so the
+  gradient is itself a graph that can be drawn or differentiated again.
+
+Rules return one gradient per argument (``None`` where ``needs[i]`` is False)
+in the *broadcast* shape; the engine reduces it to the input's shape once,
+centrally (``sum_to``), so no rule deals with broadcasting.
+"""
+from __future__ import annotations
+
+import builtins
+import weakref
+
+import numpy as np
+
+from . import backend
+from .graph import STATE, Node
+from .tensor import Tensor
+
+PRIMITIVES: dict = {}
+
+
+class Primitive:
+    """A named operation: ``forward(*arrays, **attrs)`` and ``vjp(g, out, needs, *args, **attrs)``."""
+
+    __slots__ = ("name", "forward", "vjp", "doc")
+
+    def __init__(self, name, forward, vjp, doc=""):
+        self.name, self.forward, self.vjp, self.doc = name, forward, vjp, doc
+
+    def __repr__(self):
+        return f"<Primitive {self.name}>"
+
+
+def register(name, forward, vjp, doc=""):
+    """Register a primitive by name (explicitly: no namespace magic)."""
+    prim = Primitive(name, forward, vjp, doc)
+    PRIMITIVES[name] = prim
+    return prim
+
+
+def _is_array(a):
+    return isinstance(a, np.ndarray) or (backend._cupy is not None and isinstance(a, backend._cupy.ndarray))
+
+
+def _describe(args):
+    parts = []
+    for a in args:
+        if isinstance(a, Tensor):
+            parts.append(f"Tensor{a.shape} {a.dtype} on {a.device}")
+        elif _is_array(a):
+            parts.append(f"array{tuple(a.shape)} {a.dtype} on {backend.device_of(a)}")
+        else:
+            parts.append(repr(a))
+    return ", ".join(parts)
+
+
+def _check_devices(prim, args, datas):
+    if backend._cupy is None:
+        return None
+    kinds = {backend.device_of(d) for d in datas if _is_array(d)}
+    if len(kinds) > 1:
+        raise RuntimeError(
+            f"{prim.name}: inputs live on different devices ({_describe(args)}); "
+            "move them to one device first with .to('cuda') or .to('cpu')"
+        )
+
+
+def apply(prim, *args, **attrs):
+    """Run ``prim`` on ``args``; record a node when a Tensor input needs a gradient."""
+    for a in args:
+        if isinstance(a, Tensor):
+            break
+    else:  # raw interpretation: no Tensor anywhere, no recording
+        return prim.forward(*args, **attrs)
+
+    datas = []
+    needs_grad = False
+    for a in args:
+        if isinstance(a, Tensor):
+            datas.append(a.data)
+            if a.requires_grad:
+                needs_grad = True
+        else:
+            datas.append(a)
+    _check_devices(prim, args, datas)
+    try:
+        out = prim.forward(*datas, **attrs)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise type(exc)(f"{prim.name}: {exc} (inputs: {_describe(args)})") from None
+    if not _is_array(out):
+        out = backend.array_module(*datas).asarray(out)
+
+    if needs_grad and STATE.grad_enabled:
+        saved = tuple(Tensor(a) if _is_array(a) else a for a in args)
+        inputs = tuple(a._leaf_node() for a in saved if isinstance(a, Tensor))
+        node = Node(prim.name, inputs, attrs, out.shape, out.dtype, prim=prim, saved=saved)
+        result = Tensor._from_op(out, node)
+        node.out_ref = weakref.ref(result)
+    else:
+        result = Tensor._from_op(out, None)
+    if STATE.anomaly:
+        from .autodiff import check_finite
+        check_finite(out, prim.name, result._node, phase="forward")
+    return result
+
+
+def raw(x):
+    """The array behind ``x`` (a Tensor's data, or ``x`` itself)."""
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _xp(*xs):
+    return backend.array_module(*[raw(x) for x in xs])
+
+
+def _kept_shape(shape, axis):
+    """The shape a reduction over ``axis`` has with keepdims=True."""
+    if axis is None:
+        return (1,) * len(shape)
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    axes = {a % len(shape) for a in axes}
+    return tuple(1 if i in axes else s for i, s in enumerate(shape))
+
+
+def _norm_axis(axis):
+    if isinstance(axis, list):
+        return tuple(axis)
+    return axis
+
+
+# ---------------------------------------------------------------------------
+# elementwise binary ops
+# ---------------------------------------------------------------------------
+ADD = register("add", lambda a, b: a + b, lambda g, out, needs, a, b: (g, g))
+SUB = register("sub", lambda a, b: a - b, lambda g, out, needs, a, b: (g, -g if needs[1] else None))
+MUL = register(
+    "mul", lambda a, b: a * b,
+    lambda g, out, needs, a, b: (g * b if needs[0] else None, g * a if needs[1] else None),
+)
+DIV = register(
+    "div", lambda a, b: a / b,
+    lambda g, out, needs, a, b: (g / b if needs[0] else None, -g * out / b if needs[1] else None),
+)
+
+
+def _pow_vjp(g, out, needs, a, b):
+    ga = g * b * a ** (b - 1) if needs[0] else None
+    gb = g * out * log(a) if needs[1] else None
+    return ga, gb
+
+
+POW = register("pow", lambda a, b: a ** b, _pow_vjp)
+
+
+def _maximum_vjp(g, out, needs, a, b):
+    mask = raw(a) >= raw(b)  # ties send the gradient to the first argument
+    return (where(mask, g, 0.0) if needs[0] else None,
+            where(mask, 0.0, g) if needs[1] else None)
+
+
+def _minimum_vjp(g, out, needs, a, b):
+    mask = raw(a) <= raw(b)
+    return (where(mask, g, 0.0) if needs[0] else None,
+            where(mask, 0.0, g) if needs[1] else None)
+
+
+MAXIMUM = register("maximum", lambda a, b: backend.array_module(a, b).maximum(a, b), _maximum_vjp)
+MINIMUM = register("minimum", lambda a, b: backend.array_module(a, b).minimum(a, b), _minimum_vjp)
+
+
+def _where_fwd(cond, a, b):
+    return backend.array_module(cond, a, b).where(cond, a, b)
+
+
+def _where_vjp(g, out, needs, cond, a, b):
+    c = raw(cond)
+    return (None,
+            where(c, g, 0.0) if needs[1] else None,
+            where(c, 0.0, g) if needs[2] else None)
+
+
+WHERE = register("where", _where_fwd, _where_vjp)
+
+# ---------------------------------------------------------------------------
+# elementwise unary ops
+# ---------------------------------------------------------------------------
+NEG = register("neg", lambda x: -x, lambda g, out, needs, x: (-g,))
+EXP = register("exp", lambda x: backend.array_module(x).exp(x), lambda g, out, needs, x: (g * out,))
+LOG = register("log", lambda x: backend.array_module(x).log(x), lambda g, out, needs, x: (g / x,))
+SQRT = register("sqrt", lambda x: backend.array_module(x).sqrt(x), lambda g, out, needs, x: (g / (2 * out),))
+SIGN = register("sign", lambda x: backend.array_module(x).sign(x), lambda g, out, needs, x: (g * 0,))
+ABS = register("abs", lambda x: backend.array_module(x).abs(x), lambda g, out, needs, x: (g * sign(x),))
+TANH = register("tanh", lambda x: backend.array_module(x).tanh(x), lambda g, out, needs, x: (g * (1 - out * out),))
+
+
+def _sigmoid_fwd(x):
+    xp = backend.array_module(x)
+    # 0.5*(1+tanh(x/2)) is exactly the logistic function and never overflows
+    return 0.5 * (xp.tanh(0.5 * x) + 1)
+
+
+SIGMOID = register("sigmoid", _sigmoid_fwd, lambda g, out, needs, x: (g * out * (1 - out),))
+RELU = register(
+    "relu", lambda x: backend.array_module(x).maximum(x, 0),
+    lambda g, out, needs, x: (g * (raw(x) > 0),),
+)
+
+
+def _clip_fwd(x, lo=None, hi=None):
+    return backend.array_module(x).clip(x, lo, hi)
+
+
+def _clip_vjp(g, out, needs, x, lo=None, hi=None):
+    xr = raw(x)
+    inside = np.ones((), dtype=bool) if lo is None else (xr >= lo)
+    if hi is not None:
+        inside = inside & (xr <= hi)
+    return (g * inside,)
+
+
+CLIP = register("clip", _clip_fwd, _clip_vjp)
+
+
+def _softmax_fwd(x, axis=-1):
+    xp = backend.array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _softmax_vjp(g, out, needs, x, axis=-1):
+    return (out * (g - sum(g * out, axis=axis, keepdims=True)),)
+
+
+def _log_softmax_fwd(x, axis=-1):
+    xp = backend.array_module(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def _log_softmax_vjp(g, out, needs, x, axis=-1):
+    return (g - exp(out) * sum(g, axis=axis, keepdims=True),)
+
+
+SOFTMAX = register("softmax", _softmax_fwd, _softmax_vjp)
+LOG_SOFTMAX = register("log_softmax", _log_softmax_fwd, _log_softmax_vjp)
+
+# ---------------------------------------------------------------------------
+# reductions and shape ops
+# ---------------------------------------------------------------------------
+
+
+def _sum_vjp(g, out, needs, x, axis=None, keepdims=False):
+    return (broadcast_to(reshape(g, _kept_shape(x.shape, axis)), x.shape),)
+
+
+def _mean_fwd(x, axis=None, keepdims=False):
+    return x.mean(axis=axis, keepdims=keepdims)
+
+
+def _mean_vjp(g, out, needs, x, axis=None, keepdims=False):
+    count = _size(x.shape) // builtins.max(1, _size(out.shape))
+    return (broadcast_to(reshape(g, _kept_shape(x.shape, axis)), x.shape) / count,)
+
+
+def _max_fwd(x, axis=None, keepdims=False):
+    return x.max(axis=axis, keepdims=keepdims)
+
+
+def _max_vjp(g, out, needs, x, axis=None, keepdims=False):
+    kept = _kept_shape(x.shape, axis)
+    xr, outr = raw(x), raw(out)
+    mask = xr == outr.reshape(kept)
+    share = mask / mask.sum(axis=axis, keepdims=True)  # ties split the gradient
+    return (broadcast_to(reshape(g, kept), x.shape) * share.astype(xr.dtype),)
+
+
+def _size(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+SUM = register("sum", lambda x, axis=None, keepdims=False: x.sum(axis=axis, keepdims=keepdims), _sum_vjp)
+MEAN = register("mean", _mean_fwd, _mean_vjp)
+MAX = register("max", _max_fwd, _max_vjp)
+
+RESHAPE = register(
+    "reshape", lambda x, shape: x.reshape(shape),
+    lambda g, out, needs, x, shape: (reshape(g, x.shape),),
+)
+
+
+def _transpose_vjp(g, out, needs, x, axes=None):
+    if axes is None:
+        return (transpose(g, None),)
+    inverse = tuple(int(i) for i in np.argsort(axes))
+    return (transpose(g, inverse),)
+
+
+TRANSPOSE = register("transpose", lambda x, axes=None: x.transpose(axes), _transpose_vjp)
+BROADCAST_TO = register(
+    "broadcast_to", lambda x, shape: backend.array_module(x).broadcast_to(x, shape),
+    lambda g, out, needs, x, shape: (sum_to(g, x.shape),),
+)
+
+
+def _sum_to_fwd(x, shape):
+    shape = tuple(shape)
+    if tuple(x.shape) == shape:
+        return x
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        i + lead for i, s in enumerate(shape) if s == 1 and x.shape[i + lead] != 1
+    )
+    return x.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+SUM_TO = register(
+    "sum_to", _sum_to_fwd,
+    lambda g, out, needs, x, shape: (broadcast_to(g, x.shape),),
+)
+
+
+def _matmul_fwd(a, b):
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(
+            f"shape mismatch {tuple(a.shape)} @ {tuple(b.shape)}: the last axis of the left "
+            f"operand ({a.shape[-1]}) must equal the second-to-last axis of the right "
+            f"operand ({b.shape[-2]}); transpose one of them (.T) or check the layer sizes"
+        )
+    return a @ b
+
+
+def _swap_last(x):
+    axes = list(range(len(x.shape)))
+    axes[-1], axes[-2] = axes[-2], axes[-1]
+    return transpose(x, tuple(axes))
+
+
+def _matmul_vjp(g, out, needs, a, b):
+    return (g @ _swap_last(b) if needs[0] else None,
+            _swap_last(a) @ g if needs[1] else None)
+
+
+MATMUL = register("matmul", _matmul_fwd, _matmul_vjp)
+
+
+def _is_basic_index(index):
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, np.integer, slice)) for i in items)
+
+
+def _scatter_add(z, index, g):
+    """z[index] += g, adding repeated indices (np.add.at / cupyx.scatter_add)."""
+    xp = backend.array_module(z)
+    if _is_basic_index(index):
+        z[index] += g
+    elif xp is np:
+        np.add.at(z, index, g)
+    else:
+        import cupyx
+        cupyx.scatter_add(z, index, g)
+    return z
+
+
+def _getitem_grad_fwd(g, index, shape):
+    z = backend.array_module(g).zeros(shape, dtype=g.dtype)
+    return _scatter_add(z, index, g)
+
+
+GETITEM = register(
+    "getitem", lambda x, index: x[index],
+    lambda g, out, needs, x, index: (getitem_grad(g, index, x.shape),),
+)
+GETITEM_GRAD = register(
+    "getitem_grad", _getitem_grad_fwd,
+    lambda g, out, needs, x, index, shape: (getitem(g, index),),
+)
+
+
+def _take_index(axis, indices):
+    return (slice(None),) * axis + (indices,)
+
+
+def _take_fwd(x, indices, axis=0):
+    return backend.array_module(x).take(x, indices, axis=axis)
+
+
+def _take_vjp(g, out, needs, x, indices, axis=0):
+    axis = axis % len(x.shape)
+    return (getitem_grad(g, _take_index(axis, indices), x.shape), None)
+
+
+TAKE = register("take", _take_fwd, _take_vjp)
+
+
+def _concat_fwd(*xs, axis=0):
+    return backend.array_module(*xs).concatenate(xs, axis=axis)
+
+
+def _concat_vjp(g, out, needs, *xs, axis=0):
+    grads, start = [], 0
+    ax = axis % len(out.shape)
+    for x, need in zip(xs, needs):
+        stop = start + x.shape[ax]
+        grads.append(getitem(g, (slice(None),) * ax + (slice(start, stop),)) if need else None)
+        start = stop
+    return tuple(grads)
+
+
+def _stack_fwd(*xs, axis=0):
+    return backend.array_module(*xs).stack(xs, axis=axis)
+
+
+def _stack_vjp(g, out, needs, *xs, axis=0):
+    ax = axis % len(out.shape)
+    return tuple(getitem(g, (slice(None),) * ax + (i,)) if need else None
+                 for i, need in enumerate(needs))
+
+
+CONCAT = register("concat", _concat_fwd, _concat_vjp)
+STACK = register("stack", _stack_fwd, _stack_vjp)
+
+
+def _to_device_vjp(g, out, needs, x, device, source):
+    return (to_device(g, source),)
+
+
+TO_DEVICE = register(
+    "to_device", lambda x, device, source: backend.to_device(x, device), _to_device_vjp,
+)
+ASTYPE = register(
+    "astype", lambda x, dtype: x.astype(dtype),
+    lambda g, out, needs, x, dtype: (astype(g, x.dtype),),
+)
+
+# ---------------------------------------------------------------------------
+# functional API (works on Tensors, raw arrays and Python scalars alike)
+# ---------------------------------------------------------------------------
+
+
+def add(a, b):
+    """a + b with broadcasting."""
+    return apply(ADD, a, b)
+
+
+def sub(a, b):
+    """a - b with broadcasting."""
+    return apply(SUB, a, b)
+
+
+def mul(a, b):
+    """Elementwise a * b with broadcasting."""
+    return apply(MUL, a, b)
+
+
+def div(a, b):
+    """Elementwise a / b with broadcasting."""
+    return apply(DIV, a, b)
+
+
+def pow(a, b):  # noqa: A001 - mirrors the operator name
+    """Elementwise a ** b."""
+    return apply(POW, a, b)
+
+
+def neg(x):
+    return apply(NEG, x)
+
+
+def exp(x):
+    return apply(EXP, x)
+
+
+def log(x):
+    return apply(LOG, x)
+
+
+def sqrt(x):
+    return apply(SQRT, x)
+
+
+def sign(x):
+    """Sign of x (zero gradient)."""
+    return apply(SIGN, x)
+
+
+def abs(x):  # noqa: A001
+    return apply(ABS, x)
+
+
+def tanh(x):
+    return apply(TANH, x)
+
+
+def sigmoid(x):
+    """The logistic function 1 / (1 + exp(-x))."""
+    return apply(SIGMOID, x)
+
+
+def relu(x):
+    return apply(RELU, x)
+
+
+def maximum(a, b):
+    """Elementwise max; on ties the gradient goes to ``a``."""
+    return apply(MAXIMUM, a, b)
+
+
+def minimum(a, b):
+    """Elementwise min; on ties the gradient goes to ``a``."""
+    return apply(MINIMUM, a, b)
+
+
+def clip(x, lo=None, hi=None):
+    """Clamp to [lo, hi]; the gradient is zero outside the interval."""
+    return apply(CLIP, x, lo=lo, hi=hi)
+
+
+def where(cond, a, b):
+    """``a`` where ``cond`` holds, else ``b`` (``cond`` is not differentiated)."""
+    cond = raw(cond)
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return apply(WHERE, Tensor(cond), a, b)
+    return apply(WHERE, cond, a, b)
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001
+    """Sum over ``axis`` (all axes when None)."""
+    return apply(SUM, x, axis=_norm_axis(axis), keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    return apply(MEAN, x, axis=_norm_axis(axis), keepdims=keepdims)
+
+
+def max(x, axis=None, keepdims=False):  # noqa: A001
+    """Maximum over ``axis``; ties share the gradient equally."""
+    return apply(MAX, x, axis=_norm_axis(axis), keepdims=keepdims)
+
+
+def min(x, axis=None, keepdims=False):  # noqa: A001
+    return neg(max(neg(x), axis=axis, keepdims=keepdims))
+
+
+def reshape(x, *shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    shape = tuple(int(s) for s in shape)
+    if tuple(raw(x).shape) == shape:
+        return x
+    return apply(RESHAPE, x, shape=shape)
+
+
+def transpose(x, axes=None):
+    """Permute axes (reverse them when ``axes`` is None)."""
+    if axes is not None:
+        axes = tuple(int(a) for a in axes)
+    return apply(TRANSPOSE, x, axes=axes)
+
+
+def swapaxes(x, a, b):
+    axes = list(range(raw(x).ndim))
+    axes[a], axes[b] = axes[b], axes[a]
+    return transpose(x, axes)
+
+
+def broadcast_to(x, shape):
+    shape = tuple(shape)
+    if tuple(raw(x).shape) == shape:
+        return x
+    return apply(BROADCAST_TO, x, shape=shape)
+
+
+def sum_to(x, shape):
+    """Sum a broadcast array back down to ``shape`` (undoes broadcasting)."""
+    shape = tuple(shape)
+    if tuple(raw(x).shape) == shape:
+        return x
+    return apply(SUM_TO, x, shape=shape)
+
+
+def matmul(a, b):
+    """Matrix product with NumPy's rules (1-D operands and batch broadcasting)."""
+    ra, rb = raw(a), raw(b)
+    if getattr(ra, "ndim", 0) == 0 or getattr(rb, "ndim", 0) == 0:
+        raise ValueError(
+            f"matmul: operands must have at least one dimension, got shapes "
+            f"{getattr(ra, 'shape', ())} and {getattr(rb, 'shape', ())}; use * for scalars"
+        )
+    if ra.ndim == 1 and rb.ndim == 1:
+        return reshape(apply(MATMUL, reshape(a, (1, -1)), reshape(b, (-1, 1))), ())
+    if ra.ndim == 1:
+        out = apply(MATMUL, reshape(a, (1, ra.shape[0])), b)
+        return reshape(out, tuple(raw(out).shape[:-2]) + (raw(out).shape[-1],))
+    if rb.ndim == 1:
+        out = apply(MATMUL, a, reshape(b, (rb.shape[0], 1)))
+        return reshape(out, tuple(raw(out).shape[:-1]))
+    return apply(MATMUL, a, b)
+
+
+def _normalize_index(index):
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, list):
+        return np.asarray(index)
+    if isinstance(index, tuple):
+        return tuple(_normalize_index(i) for i in index)
+    return index
+
+
+def getitem(x, index):
+    """x[index] for slices, integers, integer arrays (gradients scatter-add)."""
+    return apply(GETITEM, x, index=_normalize_index(index))
+
+
+def getitem_grad(g, index, shape):
+    """Zeros of ``shape`` with ``g`` added at ``index`` (the adjoint of getitem)."""
+    return apply(GETITEM_GRAD, g, index=index, shape=tuple(shape))
+
+
+def take(x, indices, axis=0):
+    """Select ``indices`` along ``axis`` (repeated indices add their gradients)."""
+    return apply(TAKE, x, raw(indices) if not isinstance(indices, list) else np.asarray(indices), axis=axis)
+
+
+def concat(tensors, axis=0):
+    """Join tensors along an existing axis."""
+    return apply(CONCAT, *tensors, axis=axis)
+
+
+def stack(tensors, axis=0):
+    """Join tensors along a new axis."""
+    return apply(STACK, *tensors, axis=axis)
+
+
+def split(x, sections_or_indices, axis=0):
+    """Split into equal ``sections`` (an int) or at the given indices; a list of views."""
+    length = raw(x).shape[axis]
+    if isinstance(sections_or_indices, int):
+        n = sections_or_indices
+        if n <= 0 or length % n:
+            raise ValueError(f"split: axis {axis} of length {length} cannot be split into {n} equal sections")
+        bounds = [i * (length // n) for i in range(n + 1)]
+    else:
+        bounds = [0] + [int(i) for i in sections_or_indices] + [length]
+    ax = axis % raw(x).ndim
+    return [getitem(x, (slice(None),) * ax + (slice(lo, hi),)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def softmax(x, axis=-1):
+    return apply(SOFTMAX, x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    """log(softmax(x)), computed stably."""
+    return apply(LOG_SOFTMAX, x, axis=axis)
+
+
+def to_device(x, device):
+    """Copy to a device; the gradient flows back to the source device."""
+    source = backend.device_of(raw(x))
+    kind, index = backend.parse_device(device)
+    target = "cpu" if kind == "cpu" else f"cuda:{index}"
+    if target == source:
+        return x
+    return apply(TO_DEVICE, x, device=target, source=source)
+
+
+def astype(x, dtype):
+    dtype = np.dtype(dtype)
+    if raw(x).dtype == dtype:
+        return x
+    return apply(ASTYPE, x, dtype=dtype)
+
+
+_COMPARE = {"lt": "less", "le": "less_equal", "gt": "greater", "ge": "greater_equal",
+            "eq": "equal", "ne": "not_equal"}
+
+
+def compare(a, b, how):
+    """Elementwise comparison; the result is a boolean Tensor with no gradient."""
+    ra, rb = raw(a), raw(b)
+    xp = backend.array_module(ra, rb)
+    return Tensor(getattr(xp, _COMPARE[how])(ra, rb))

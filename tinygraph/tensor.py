@@ -1,0 +1,251 @@
+"""Tensor: an array (NumPy or CuPy) plus the graph node that produced it."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .graph import STATE, Node
+
+__all__ = ["Tensor"]
+
+
+class Tensor:
+    """A NumPy/CuPy array that records the ops applied to it.
+
+    ``data`` is the array; ``grad`` is filled by ``backward()`` (a Tensor);
+    ``_node`` links into the recorded graph (``None`` for constants that were
+    never used by a recorded op).
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_node", "_name", "__weakref__")
+    __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__
+
+    def __init__(self, data, requires_grad=False, name=None, _node=None):
+        self.data = data
+        self.grad = None
+        self._name = name
+        self._node = _node
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _from_op(cls, data, node):
+        t = cls.__new__(cls)
+        t.data = data
+        t.grad = None
+        t._name = None
+        t._node = node
+        t.requires_grad = node is not None
+        return t
+
+    # -- basic properties -------------------------------------------------
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return int(self.data.size)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def device(self) -> str:
+        return backend.device_of(self.data)
+
+    @property
+    def name(self):
+        return self._name
+
+    @name.setter
+    def name(self, value):
+        self._name = value
+        if self._node is not None:
+            self._node.name = value
+
+    @property
+    def node(self):
+        """The graph node of this tensor (creating a leaf node if needed)."""
+        return self._leaf_node()
+
+    @property
+    def is_leaf(self):
+        return self._node is None or self._node.prim is None
+
+    def _leaf_node(self):
+        node = self._node
+        if node is None:
+            op = "leaf" if self.requires_grad else "const"
+            node = Node(op, (), {}, self.shape, self.dtype, name=self._name,
+                        requires_grad=self.requires_grad, is_leaf=True)
+            node.out_ref = _weakref(self)
+            self._node = node
+        return node
+
+    def requires_grad_(self, flag=True):
+        """Mark a leaf as needing a gradient (floating dtypes only)."""
+        if flag:
+            if self.dtype.kind not in "fc":
+                raise TypeError(
+                    f"only floating-point tensors can require gradients, got dtype {self.dtype}; "
+                    "convert first, e.g. tg.tensor(data, dtype='float32', requires_grad=True)"
+                )
+            if self._node is not None and self._node.prim is not None:
+                raise RuntimeError("requires_grad_ can only be set on leaf tensors; use .detach() first")
+            self.requires_grad = True
+            self._node = None
+            self._leaf_node()
+        else:
+            self.requires_grad = False
+            if self._node is not None and self._node.prim is None:
+                self._node = None
+        return self
+
+    def retain_grad(self):
+        """Keep ``.grad`` on this non-leaf tensor after backward."""
+        if self._node is not None:
+            self._node.retains_grad = True
+        return self
+
+    # -- conversions ------------------------------------------------------
+    def numpy(self):
+        """A host (NumPy) copy of the data."""
+        return backend.as_host(self.data)
+
+    def item(self):
+        if self.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def detach(self):
+        """Same values, no graph: gradients do not flow past the result."""
+        return Tensor(self.data, name=self._name)
+
+    def to(self, device):
+        """Copy to ``device`` ('cpu', 'cuda', 'cuda:N'); differentiable."""
+        from . import ops
+        return ops.to_device(self, device)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, index=0):
+        return self.to(f"cuda:{index}")
+
+    def astype(self, dtype):
+        from . import ops
+        return ops.astype(self, dtype)
+
+    def float(self):
+        return self.astype(np.float32)
+
+    def double(self):
+        return self.astype(np.float64)
+
+    def backward(self, grad=None, retain_graph=False, create_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``."""
+        from .autodiff import backward
+        backward(self, grad, retain_graph=retain_graph, create_graph=create_graph)
+
+    def __repr__(self):
+        extra = []
+        if self._name:
+            extra.append(f"name={self._name!r}")
+        if self.requires_grad:
+            op = self._node.op if self._node is not None else "leaf"
+            extra.append("requires_grad=True" if op in ("leaf",) else f"grad_fn={op}")
+        if self.device != "cpu":
+            extra.append(f"device={self.device!r}")
+        body = np.array2string(self.numpy(), precision=4, separator=", ", threshold=50)
+        tail = (", " + ", ".join(extra)) if extra else ""
+        return f"tensor({body}, dtype={self.dtype}{tail})"
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __bool__(self):
+        return bool(self.item())
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __hash__(self):
+        return id(self)
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.numpy()
+        return arr.astype(dtype) if dtype is not None else arr
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
+def _weakref(t):
+    import weakref
+    return weakref.ref(t)
+
+
+def _install_methods():
+    from . import ops
+
+    T = Tensor
+    T.__add__ = lambda a, b: ops.add(a, b)
+    T.__radd__ = lambda a, b: ops.add(b, a)
+    T.__sub__ = lambda a, b: ops.sub(a, b)
+    T.__rsub__ = lambda a, b: ops.sub(b, a)
+    T.__mul__ = lambda a, b: ops.mul(a, b)
+    T.__rmul__ = lambda a, b: ops.mul(b, a)
+    T.__truediv__ = lambda a, b: ops.div(a, b)
+    T.__rtruediv__ = lambda a, b: ops.div(b, a)
+    T.__pow__ = lambda a, b: ops.pow(a, b)
+    T.__rpow__ = lambda a, b: ops.pow(b, a)
+    T.__matmul__ = lambda a, b: ops.matmul(a, b)
+    T.__rmatmul__ = lambda a, b: ops.matmul(b, a)
+    T.__neg__ = lambda a: ops.neg(a)
+    T.__pos__ = lambda a: a
+    T.__abs__ = lambda a: ops.abs(a)
+    T.__getitem__ = lambda a, idx: ops.getitem(a, idx)
+    # comparisons give non-differentiable boolean tensors
+    T.__lt__ = lambda a, b: ops.compare(a, b, "lt")
+    T.__le__ = lambda a, b: ops.compare(a, b, "le")
+    T.__gt__ = lambda a, b: ops.compare(a, b, "gt")
+    T.__ge__ = lambda a, b: ops.compare(a, b, "ge")
+    T.__eq__ = lambda a, b: ops.compare(a, b, "eq")
+    T.__ne__ = lambda a, b: ops.compare(a, b, "ne")
+
+    T.sum = lambda a, axis=None, keepdims=False: ops.sum(a, axis=axis, keepdims=keepdims)
+    T.mean = lambda a, axis=None, keepdims=False: ops.mean(a, axis=axis, keepdims=keepdims)
+    T.max = lambda a, axis=None, keepdims=False: ops.max(a, axis=axis, keepdims=keepdims)
+    T.min = lambda a, axis=None, keepdims=False: -ops.max(-a, axis=axis, keepdims=keepdims)
+    T.argmax = lambda a, axis=None: Tensor(a.data.argmax(axis=axis))
+    T.reshape = lambda a, *shape: ops.reshape(a, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+    T.view = T.reshape
+    T.transpose = lambda a, *axes: ops.transpose(a, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+    T.T = property(lambda a: ops.transpose(a, None))
+    T.exp = lambda a: ops.exp(a)
+    T.log = lambda a: ops.log(a)
+    T.sqrt = lambda a: ops.sqrt(a)
+    T.tanh = lambda a: ops.tanh(a)
+    T.sigmoid = lambda a: ops.sigmoid(a)
+    T.relu = lambda a: ops.relu(a)
+    T.softmax = lambda a, axis=-1: ops.softmax(a, axis=axis)
+    T.log_softmax = lambda a, axis=-1: ops.log_softmax(a, axis=axis)
+    T.clip = lambda a, lo=None, hi=None: ops.clip(a, lo, hi)
+    T.flatten = lambda a: ops.reshape(a, (-1,))
+
+
+_ = STATE  # re-exported for ops; keeps import order explicit

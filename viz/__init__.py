@@ -1,0 +1,1 @@
+"""Diagrams and plots of recorded graphs (installed as tinygraph.viz)."""
