@@ -36,6 +36,7 @@ _LAZY = {
     "data": ("tinygraph.data", None),
     "models": ("tinygraph.models", None),
     "viz": ("tinygraph.viz", None),
+    "trace": ("tinygraph.trace", "trace"),
     "save": ("tinygraph.serialization", "save"),
     "load": ("tinygraph.serialization", "load"),
 }

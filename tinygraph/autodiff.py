@@ -104,6 +104,7 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
             _accumulate(grads, r, g, create_graph)
 
     results = {}
+    processed = []
     anomaly = STATE.anomaly
     for node in reversed(order):
         g = grads.pop(node.id, None)
@@ -140,7 +141,9 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
         if on_node is not None:
             on_node(node, g, in_grads)
         if not retain_graph:
-            node.saved = None
+            # freed only after the walk: a consumer's saved inputs keep its producers'
+            # outputs alive, and the producers' rules still need them (e.g. tanh's out)
+            processed.append(node)
         for a, need, ig in zip(saved, needs, in_grads):
             if not need or ig is None:
                 continue
@@ -151,6 +154,8 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
             if anomaly:
                 check_finite(ig.data if isinstance(ig, Tensor) else ig, f"backward of {node.op}", node, "backward")
             _accumulate(grads, a._node, ig, create_graph)
+    for node in processed:
+        node.saved = None
     return results
 
 

@@ -1,0 +1,66 @@
+"""Eager vs traced replay for one LSTM step, forward + backward.
+
+Prints the time per step of each and their ratio, measured in the same run.
+    python benchmarks/replay_speed.py [--batch 8] [--hidden 32] [--repeat 300]
+"""
+import argparse
+import time
+
+import numpy as np
+
+import tinygraph as tg
+from tinygraph.trace import trace
+
+
+def best_of(fn, repeat, rounds=5):
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / repeat)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--input", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=300)
+    args = ap.parse_args()
+    tg.manual_seed(0)
+    B, D, H = args.batch, args.input, args.hidden
+    Wx = tg.randn(D, 4 * H, requires_grad=True)
+    Wh = tg.randn(H, 4 * H, requires_grad=True)
+    b = tg.zeros(4 * H, requires_grad=True)
+
+    def step(x, h, c):
+        z = x @ Wx + h @ Wh + b
+        f, i, g, o = tg.split(z, 4, axis=1)
+        c2 = tg.sigmoid(f) * c + tg.sigmoid(i) * tg.tanh(g)
+        h2 = tg.sigmoid(o) * tg.tanh(c2)
+        return (h2 * h2).sum() + c2.sum()
+
+    arrays = [np.random.default_rng(1).standard_normal((B, n)).astype(np.float32) for n in (D, H, H)]
+    tensors = [tg.tensor(a, requires_grad=True) for a in arrays]
+
+    def eager():
+        step(*tensors).backward()
+
+    compiled = trace(step, *arrays, params=[Wx, Wh, b])
+    one = np.ones((), np.float32)
+
+    def replay():
+        compiled(*arrays)
+        compiled.backward(one)
+
+    t_eager = best_of(eager, args.repeat)
+    t_replay = best_of(replay, args.repeat)
+    print(f"LSTM step B={B} D={D} H={H}, forward+backward, {len(compiled)} primitives")
+    print(f"  eager   {t_eager * 1e6:9.1f} us/step   (baseline)")
+    print(f"  replay  {t_replay * 1e6:9.1f} us/step   ratio {t_replay / t_eager:.2f}x of eager")
+
+
+if __name__ == "__main__":
+    main()
