@@ -36,9 +36,9 @@ def check_finite(array, op, node, phase):
     xp = backend.array_module(array)
     if array.dtype.kind in "fc" and not bool(xp.isfinite(array).all()):
         bad = "NaN" if bool(xp.isnan(array).any()) else "Inf"
-        where = ""
-        if node is not None:
-            where = f" in scope {node.scope or '<top>'!r}, time step {node.timestep}"
+        # an op recorded nothing under no_grad or on constants: the recording context still says where
+        scope, step = (node.scope, node.timestep) if node is not None else (STATE.scope_text, STATE.timestep)
+        where = f" in scope {scope or '<top>'!r}, time step {step}"
         raise AnomalyError(
             f"{phase} pass: op '{op}'{where} produced {bad} (output shape {tuple(array.shape)}); "
             "check its inputs, lower the learning rate, or clip gradients"
@@ -58,7 +58,7 @@ def _initial_grad(t, g, create_graph):
     else:
         arr = g.data if isinstance(g, Tensor) else g
         xp = backend.array_module(t.data)
-        arr = xp.asarray(arr, dtype=t.dtype)
+        arr = xp.array(arr, dtype=t.dtype)  # a copy: the caller's array must not become a .grad
         if tuple(arr.shape) != t.shape:
             raise ValueError(f"backward: grad has shape {tuple(arr.shape)} but the output has shape {t.shape}")
     if create_graph:
@@ -78,14 +78,19 @@ def _accumulate(grads, node, g, create_graph):
 
 
 def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None, on_node=None):
-    """Core reverse walk. Returns {node_id: (node, grad)} for ``targets`` (or leaves)."""
+    """Core reverse walk. Returns {node_id: (node, grad)} for ``targets`` (or leaves).
+
+    This loop runs once per training step over every recorded node, so it keys
+    its sets and dicts by the Node objects themselves (identity hash) and
+    calls no helpers per node in the raw interpretation.
+    """
     from .ops import sum_to
 
     root_nodes = [r._node for r in roots]
     order = topological_order(root_nodes)
     # prune to nodes that lie on a path to something that needs a gradient
     wanted = set(targets) if targets is not None else None
-    needed = {}
+    needed = set()
     for node in order:
         if wanted is not None:
             hit = node.id in wanted
@@ -93,33 +98,36 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
             hit = node.prim is None and node.requires_grad
         if not hit:
             for i in node.inputs:
-                if needed.get(i.id):
+                if i in needed:
                     hit = True
                     break
-        needed[node.id] = hit
+        if hit:
+            needed.add(node)
 
     grads = {}
     for r, g in zip(root_nodes, root_grads):
-        if needed.get(r.id):
-            _accumulate(grads, r, g, create_graph)
+        if r in needed:
+            prev = grads.get(r)
+            grads[r] = g if prev is None else prev + g
 
     results = {}
     processed = []
     anomaly = STATE.anomaly
     for node in reversed(order):
-        g = grads.pop(node.id, None)
+        g = grads.pop(node, None)
         if g is None:
             continue
         if wanted is not None and node.id in wanted:
             results[node.id] = (node, g)
-        if node.prim is None:
+        prim = node.prim
+        if prim is None:
             if wanted is None:
                 results[node.id] = (node, g)
             continue
         if node.retains_grad and wanted is None:
             t = node.tensor
-            if t is not None:
-                t.grad = g if isinstance(g, Tensor) else Tensor(g)
+            if t is not None:  # a copy: g also flows on and may become a leaf's .grad
+                t.grad = g if isinstance(g, Tensor) else Tensor(g.copy())
         saved = node.saved
         if saved is None:
             raise RuntimeError(
@@ -128,16 +136,24 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                 "retain_graph=True to the first backward if you need to backpropagate twice, "
                 "or detach/truncate the state that reuses it"
             )
-        out_t = node.tensor
-        needs = tuple(isinstance(a, Tensor) and a.requires_grad and needed.get(a._node.id, False)
-                      for a in saved)
+        ref = node.out_ref
+        out_t = ref() if ref is not None else None
         if create_graph:
+            needs = tuple(isinstance(a, Tensor) and a.requires_grad and a._node in needed
+                          for a in saved)
             with _override_context(f"backward({node.scope})" if node.scope else "backward", node.timestep):
-                in_grads = node.prim.vjp(g, out_t, needs, *saved, **node.attrs)
+                in_grads = prim.vjp(g, out_t, needs, *saved, **node.attrs)
         else:
-            args = [a.data if isinstance(a, Tensor) else a for a in saved]
-            out = out_t.data if out_t is not None else None
-            in_grads = node.prim.vjp(g, out, needs, *args, **node.attrs)
+            args, needs = [], []
+            for a in saved:
+                if isinstance(a, Tensor):
+                    args.append(a.data)
+                    needs.append(a.requires_grad and a._node in needed)
+                else:
+                    args.append(a)
+                    needs.append(False)
+            needs = tuple(needs)
+            in_grads = prim.vjp(g, out_t.data if out_t is not None else None, needs, *args, **node.attrs)
         if on_node is not None:
             on_node(node, g, in_grads)
         if not retain_graph:
@@ -147,13 +163,14 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
         for a, need, ig in zip(saved, needs, in_grads):
             if not need or ig is None:
                 continue
-            ishape = a.shape
-            gshape = ig.shape if isinstance(ig, Tensor) else getattr(ig, "shape", ())
-            if tuple(gshape) != tuple(ishape):
-                ig = sum_to(ig, ishape)
+            shape = a.data.shape
+            if getattr(ig, "shape", ()) != shape:
+                ig = sum_to(ig, shape)  # undo broadcasting once, here, for every rule
             if anomaly:
                 check_finite(ig.data if isinstance(ig, Tensor) else ig, f"backward of {node.op}", node, "backward")
-            _accumulate(grads, a._node, ig, create_graph)
+            receiver = a._node
+            prev = grads.get(receiver)
+            grads[receiver] = ig if prev is None else prev + ig
     for node in processed:
         node.saved = None
     return results
@@ -178,24 +195,42 @@ def backward(tensors, grad_tensors=None, retain_graph=False, create_graph=False)
             )
     root_grads = [_initial_grad(t, g, create_graph) for t, g in zip(tensors, grad_tensors)]
     retain = retain_graph or create_graph
-    with _grad_mode(create_graph):
+    old_mode = STATE.grad_enabled
+    STATE.grad_enabled = create_graph
+    try:
         results = run_backward(tensors, root_grads, retain_graph=retain, create_graph=create_graph)
+    finally:
+        STATE.grad_enabled = old_mode
+    handed_out = set()
     for node, g in results.values():
         leaf = node.tensor
         if leaf is None:
             continue
-        gt = g if isinstance(g, Tensor) else Tensor(g)
-        if leaf.grad is None:
-            leaf.grad = gt if create_graph else Tensor(_owned(gt.data))
-        elif create_graph:
-            leaf.grad = leaf.grad + gt
+        if create_graph:
+            gt = g if isinstance(g, Tensor) else Tensor(g)
+            leaf.grad = gt if leaf.grad is None else leaf.grad + gt
+        elif leaf.grad is None:
+            leaf.grad = Tensor(_owned(g, leaf.dtype, handed_out))
         else:
-            leaf.grad = Tensor(leaf.grad.data + gt.data)
+            leaf.grad = Tensor(leaf.grad.data + _as_dtype(g, leaf.dtype))
 
 
-def _owned(arr):
-    """A gradient array that does not alias a forward buffer (so += on it is safe)."""
-    return arr.copy() if not arr.flags.owndata or not arr.flags.writeable else arr
+def _as_dtype(arr, dtype):
+    """A gradient has its input's dtype (float32 x times a float64 constant gives a float32 x.grad)."""
+    return arr if arr.dtype == dtype else arr.astype(dtype)
+
+
+def _owned(arr, dtype=None, handed_out=None):
+    """A gradient array that aliases no forward buffer, user array or other leaf's
+    gradient (``add`` hands the same array to both inputs), so += on it is safe."""
+    if dtype is not None and arr.dtype != dtype:
+        arr = arr.astype(dtype)  # a fresh array
+    elif not arr.flags.owndata or not getattr(arr.flags, "writeable", True) or (
+            handed_out is not None and id(arr) in handed_out):
+        arr = arr.copy()
+    if handed_out is not None:
+        handed_out.add(id(arr))
+    return arr
 
 
 @contextlib.contextmanager
@@ -234,6 +269,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         results = run_backward(outputs, root_grads, retain_graph=retain_graph,
                                create_graph=create_graph, targets=targets)
     answer = []
+    handed_out = set()
     for i, t in enumerate(inputs):
         g = results.get(t._node.id, (None, None))[1]
         if g is None:
@@ -243,6 +279,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
                     "the outputs; pass allow_unused=True to get None for it"
                 )
             answer.append(None)
+        elif isinstance(g, Tensor):
+            answer.append(g)
         else:
-            answer.append(g if isinstance(g, Tensor) else Tensor(g))
+            answer.append(Tensor(_owned(g, t.dtype, handed_out)))
     return tuple(answer)

@@ -53,6 +53,8 @@ def get_cupy():
 
 def array_module(*arrays):
     """The module (numpy or cupy) that owns the given arrays; numpy for scalars."""
+    if _cupy is None:  # CuPy never loaded: nothing can be a CuPy array (the common, hot case)
+        return np
     for a in arrays:
         if isinstance(a, np.ndarray) or isinstance(a, np.generic):
             continue

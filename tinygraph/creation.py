@@ -51,8 +51,11 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False, name=None):
     """Make a Tensor from a list, scalar, NumPy/CuPy array or Tensor (copies it)."""
     if isinstance(data, Tensor):
         data = data.data
-    if isinstance(data, np.ndarray) or (backend._cupy is not None and isinstance(data, backend._cupy.ndarray)):
-        array = data.copy()
+    if isinstance(data, (np.ndarray, np.generic)) or (
+            backend._cupy is not None and isinstance(data, backend._cupy.ndarray)):
+        array = data.copy()  # arrays and NumPy scalars keep their dtype (float64 stays float64)
+        if isinstance(array, np.generic):
+            array = np.asarray(array)
     else:
         array = np.array(data)
         if dtype is None and array.dtype.kind == "f":

@@ -43,11 +43,12 @@ class Node:
     __slots__ = (
         "id", "op", "inputs", "attrs", "shape", "dtype", "name", "scope",
         "timestep", "ordinal", "prim", "saved", "out_ref", "requires_grad",
-        "retains_grad", "__weakref__",
+        "retains_grad", "literals", "__weakref__",
     )
 
     def __init__(self, op, inputs, attrs, shape, dtype, prim=None, saved=None,
-                 requires_grad=True, name=None, scope=None, timestep=None, is_leaf=False):
+                 requires_grad=True, name=None, scope=None, timestep=None, is_leaf=False,
+                 literals=None):
         self.id = next(_ids)
         self.op = op
         self.inputs = inputs
@@ -59,6 +60,9 @@ class Node:
         self.out_ref = None
         self.requires_grad = requires_grad
         self.retains_grad = False
+        # non-tensor arguments as ((position, value), ...): they outlive ``saved``
+        # so a dump after backward still shows ``mul(%0, 2.0)``
+        self.literals = literals
         self.name = name
         st = STATE
         self.scope = st.scope_text if scope is None else scope
@@ -95,24 +99,27 @@ class Node:
 
 
 def topological_order(roots) -> list:
-    """Nodes reachable from ``roots``, inputs before consumers (iterative DFS)."""
+    """Nodes reachable from ``roots``, inputs before consumers (iterative DFS).
+
+    Post-order, first input explored first; an explicit stack of input
+    iterators instead of recursion, so a 100,000-step chain is fine.
+    """
     order, visited = [], set()
     for root in roots:
-        if root is None or root.id in visited:
+        if root is None or root in visited:
             continue
-        stack = [(root, False)]
+        visited.add(root)
+        stack = [(root, iter(root.inputs))]
         while stack:
-            node, expanded = stack.pop()
-            if expanded:
+            node, pending = stack[-1]
+            for inp in pending:
+                if inp not in visited:
+                    visited.add(inp)
+                    stack.append((inp, iter(inp.inputs)))
+                    break
+            else:
+                stack.pop()
                 order.append(node)
-                continue
-            if node.id in visited:
-                continue
-            visited.add(node.id)
-            stack.append((node, True))
-            for inp in reversed(node.inputs):
-                if inp.id not in visited:
-                    stack.append((inp, False))
     return order
 
 
@@ -200,7 +207,7 @@ class Graph:
             if n.is_leaf:
                 lines.append(f"{lhs}: {shape} = {n.op}{tail}")
             else:
-                args = ", ".join(names[i.id] for i in n.inputs)
+                args = ", ".join(_call_arguments(n, names))
                 attrs = "".join(f", {k}={_fmt_attr(v)}" for k, v in sorted(n.attrs.items()))
                 lines.append(f"{lhs}: {shape} = {n.op}({args}{attrs}){tail}")
         return "\n".join(lines)
@@ -209,6 +216,14 @@ class Graph:
 
     def __repr__(self):
         return f"<Graph {len(self.nodes)} nodes, {len(self.timesteps)} time steps>"
+
+
+def _call_arguments(node, names):
+    """Input names in argument order, with scalar arguments (``2.0``) in their places."""
+    literals = dict(node.literals or ())
+    inputs = iter(node.inputs)
+    total = len(node.inputs) + len(literals)
+    return [repr(literals[k]) if k in literals else names[next(inputs).id] for k in range(total)]
 
 
 def _fmt_attr(v):

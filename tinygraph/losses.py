@@ -42,11 +42,12 @@ def nll_loss(log_probs, targets, reduction="mean", mask=None):
     lp = log_probs.data if isinstance(log_probs, Tensor) else log_probs
     t = _targets_array(targets, lp.shape, "nll_loss")
     xp = backend.array_module(lp)
+    t = xp.asarray(t)  # NumPy targets with CuPy logits: move them to the logits' device
     K = lp.shape[-1]
     if t.size and (int(t.min()) < 0 or int(t.max()) >= K):
         raise ValueError(f"nll_loss: target classes must lie in [0, {K}), got min {int(t.min())}, max {int(t.max())}")
-    onehot = xp.zeros(lp.shape, dtype=lp.dtype)
-    xp.put_along_axis(onehot, t[..., None], 1, axis=-1)
+    # a comparison rather than put_along_axis, which older CuPy lacks
+    onehot = (xp.arange(K) == t[..., None]).astype(lp.dtype)
     if mask is not None:
         m = xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(lp.dtype)
         onehot = onehot * m[..., None]

@@ -9,11 +9,13 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import backend
+from . import backend, ops
+from . import init
 from .graph import scope
 from .tensor import Tensor
 
-__all__ = ["Parameter", "Module"]
+__all__ = ["Parameter", "Module", "Linear", "Embedding", "Dropout", "LayerNorm",
+           "Sequential", "ModuleList", "init"]
 
 
 class Parameter(Tensor):
@@ -148,13 +150,18 @@ class Module:
         return self
 
     def double(self):
-        for p in self.parameters():
-            p.data = p.data.astype(np.float64)
-        return self
+        """Cast every parameter to float64 in place (for gradient checks)."""
+        return self._cast(np.float64)
 
     def float(self):
+        """Cast every parameter to float32 in place."""
+        return self._cast(np.float32)
+
+    def _cast(self, dtype):
         for p in self.parameters():
-            p.data = p.data.astype(np.float32)
+            p.data = p.data.astype(dtype)
+            # the leaf node remembers the old dtype; give the parameter a fresh one
+            p.requires_grad_(p.requires_grad)
         return self
 
     def extra_repr(self) -> str:
@@ -166,3 +173,166 @@ class Module:
             sub = repr(m).replace("\n", "\n  ")
             lines.append(f"  ({name}): {sub}")
         return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
+
+
+# ---------------------------------------------------------------------------
+# layers
+# ---------------------------------------------------------------------------
+
+
+def _default_dtype():
+    from .creation import get_default_dtype
+    return get_default_dtype()
+
+
+def empty_parameter(*shape, dtype=None):
+    """A zero Parameter of ``shape`` (an initialiser fills it next)."""
+    return Parameter(np.zeros(shape, dtype=dtype or _default_dtype()))
+
+
+class Linear(Module):
+    """y = x W^T + b with ``weight`` shaped (out_features, in_features), like PyTorch.
+
+    Initialised U(-k, k) with k = 1/sqrt(in_features) (PyTorch's default).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        bound = 1.0 / np.sqrt(self.in_features)
+        self.weight = init.uniform_(empty_parameter(out_features, in_features, dtype=dtype), -bound, bound)
+        self.bias = init.uniform_(empty_parameter(out_features, dtype=dtype), -bound, bound) if bias else None
+
+    def forward(self, x):
+        y = ops.matmul(x, ops.transpose(self.weight))
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+def _index_array(ids):
+    """Integer ids as an array (Tensor, array or nested list)."""
+    arr = ids.data if isinstance(ids, Tensor) else ids
+    if not hasattr(arr, "dtype"):
+        arr = np.asarray(arr)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"Embedding: ids must be integers, got dtype {arr.dtype}")
+    return arr
+
+
+class Embedding(Module):
+    """A lookup table: ``weight[ids]`` with ``weight`` shaped (num_embeddings, embedding_dim).
+
+    Initialised N(0, 1) like PyTorch. Repeated ids add their gradients.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.weight = init.normal_(empty_parameter(num_embeddings, embedding_dim, dtype=dtype))
+
+    def forward(self, ids):
+        arr = _index_array(ids)
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= self.num_embeddings):
+            raise IndexError(
+                f"Embedding: ids must lie in [0, {self.num_embeddings}), got min {int(arr.min())}, "
+                f"max {int(arr.max())}"
+            )
+        arr = backend.to_device(arr, self.weight.device)
+        return ops.take(self.weight, arr, axis=0)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class Dropout(Module):
+    """Zero each element with probability ``p`` in training, scaling the rest by 1/(1-p).
+
+    The mask is a constant drawn from ``tg.generator()``; in eval mode (or with
+    p = 0) the input passes through unchanged and nothing is recorded.
+    """
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must lie in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        from .creation import generator
+        keep = generator().random(x.shape) >= self.p
+        mask = (keep / (1.0 - self.p)).astype(x.dtype)
+        return x * backend.to_device(mask, x.device)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class LayerNorm(Module):
+    """Normalise the last axis to zero mean and unit variance, then scale and shift.
+
+    y = (x - mean) / sqrt(var + eps) * weight + bias, composed from primitives
+    so it draws and differentiates like everything else (usable inside cells).
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=None):
+        super().__init__()
+        self.normalized_shape = int(normalized_shape)
+        self.eps = float(eps)
+        if elementwise_affine:
+            self.weight = init.ones_(empty_parameter(self.normalized_shape, dtype=dtype))
+            self.bias = init.zeros_(empty_parameter(self.normalized_shape, dtype=dtype))
+        else:
+            self.weight = self.bias = None
+
+    def forward(self, x):
+        if x.shape[-1] != self.normalized_shape:
+            raise ValueError(f"LayerNorm: expected last axis {self.normalized_shape}, got shape {x.shape}")
+        centred = x - ops.mean(x, axis=-1, keepdims=True)
+        var = ops.mean(centred * centred, axis=-1, keepdims=True)
+        y = centred / ops.sqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return y
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class ModuleList(Module):
+    """Submodules held in order, registered as "0", "1", ..."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        object.__setattr__(self, "_items", [])
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        setattr(self, str(len(self._items)), module)
+        self._items.append(module)
+        return self
+
+    def __getitem__(self, i):
+        return self._items[i]
+
+    def __len__(self):
+        return len(self._items)
+
+    def __iter__(self):
+        return iter(self._items)
+
+
+class Sequential(ModuleList):
+    """Apply submodules one after another."""
+
+    def __init__(self, *modules):
+        super().__init__(modules)
+
+    def forward(self, x):
+        for m in self._items:
+            x = m(x)
+        return x

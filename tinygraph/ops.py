@@ -74,34 +74,50 @@ def _check_devices(prim, args, datas):
 
 
 def apply(prim, *args, **attrs):
-    """Run ``prim`` on ``args``; record a node when a Tensor input needs a gradient."""
-    for a in args:
-        if isinstance(a, Tensor):
-            break
-    else:  # raw interpretation: no Tensor anywhere, no recording
-        return prim.forward(*args, **attrs)
+    """Run ``prim`` on ``args``; record a node when a Tensor input needs a gradient.
 
+    This is on the path of every op, so it is written as one pass over the
+    arguments with no helper calls in the common case.
+    """
     datas = []
-    needs_grad = False
+    has_tensor = needs_grad = False
     for a in args:
         if isinstance(a, Tensor):
+            has_tensor = True
             datas.append(a.data)
             if a.requires_grad:
                 needs_grad = True
+        elif isinstance(a, np.generic):
+            # a NumPy scalar mixes like a Python scalar: x * np.float64(2) stays float32
+            datas.append(a.item())
         else:
             datas.append(a)
-    _check_devices(prim, args, datas)
+    if not has_tensor:
+        return _apply_raw(prim, args, attrs)
+
+    if backend._cupy is not None:
+        _check_devices(prim, args, datas)
     try:
         out = prim.forward(*datas, **attrs)
     except (ValueError, TypeError, IndexError) as exc:
-        raise type(exc)(f"{prim.name}: {exc} (inputs: {_describe(args)})") from None
-    if not _is_array(out):
+        raise type(exc)(f"{prim.name}: {exc} (inputs: {_describe(args)}){_hint(exc)}") from None
+    if type(out) is not np.ndarray and not _is_array(out):
         out = backend.array_module(*datas).asarray(out)
 
     if needs_grad and STATE.grad_enabled:
-        saved = tuple(Tensor(a) if _is_array(a) else a for a in args)
-        inputs = tuple(a._leaf_node() for a in saved if isinstance(a, Tensor))
-        node = Node(prim.name, inputs, attrs, out.shape, out.dtype, prim=prim, saved=saved)
+        saved, inputs, literals = [], [], None
+        for position, (a, d) in enumerate(zip(args, datas)):
+            if isinstance(a, Tensor):
+                inputs.append(a._node or a._leaf_node())
+            elif type(d) is np.ndarray or _is_array(d):
+                a = Tensor(d)  # a raw array argument becomes a constant leaf of the graph
+                inputs.append(a._leaf_node())
+            else:
+                a = d
+                literals = (literals or ()) + ((position, d),)
+            saved.append(a)
+        node = Node(prim.name, tuple(inputs), attrs, out.shape, out.dtype, prim=prim,
+                    saved=tuple(saved), literals=literals)
         result = Tensor._from_op(out, node)
         node.out_ref = weakref.ref(result)
     else:
@@ -110,6 +126,23 @@ def apply(prim, *args, **attrs):
         from .autodiff import check_finite
         check_finite(out, prim.name, result._node, phase="forward")
     return result
+
+
+def _apply_raw(prim, args, attrs):
+    """The raw interpretation (no Tensor anywhere): just the forward, no recording."""
+    out = prim.forward(*args, **attrs)
+    if isinstance(out, np.generic) and not any(_is_array(a) for a in args):
+        # scalars in, scalar out: return a Python scalar so it stays weakly typed
+        # (the VJP of 2.0 ** x multiplies a float32 gradient by log(2.0))
+        return out.item()
+    return out
+
+
+def _hint(exc):
+    if "broadcast" in str(exc):
+        return ("; make the shapes broadcast-compatible (trailing axes must be equal or 1), "
+                "e.g. reshape or transpose one input")
+    return ""
 
 
 def raw(x):
@@ -220,7 +253,7 @@ def _clip_fwd(x, lo=None, hi=None):
 
 def _clip_vjp(g, out, needs, x, lo=None, hi=None):
     xr = raw(x)
-    inside = np.ones((), dtype=bool) if lo is None else (xr >= lo)
+    inside = True if lo is None else (xr >= lo)  # a Python bool mixes with NumPy and CuPy alike
     if hi is not None:
         inside = inside & (xr <= hi)
     return (g * inside,)
@@ -341,6 +374,8 @@ def _matmul_fwd(a, b):
 
 
 def _swap_last(x):
+    if not isinstance(x, Tensor):  # raw interpretation: the same view, without the wrapper's checks
+        return x.swapaxes(-1, -2)
     axes = list(range(len(x.shape)))
     axes[-1], axes[-2] = axes[-2], axes[-1]
     return transpose(x, tuple(axes))
@@ -368,7 +403,11 @@ def _scatter_add(z, index, g):
         np.add.at(z, index, g)
     else:
         import cupyx
-        cupyx.scatter_add(z, index, g)
+        scatter_add = getattr(cupyx, "scatter_add", None)  # newer CuPy spells it cupy.add.at
+        if scatter_add is not None:
+            scatter_add(z, index, g)
+        else:
+            xp.add.at(z, index, g)
     return z
 
 
@@ -397,7 +436,8 @@ def _take_fwd(x, indices, axis=0):
 
 def _take_vjp(g, out, needs, x, indices, axis=0):
     axis = axis % len(x.shape)
-    return (getitem_grad(g, _take_index(axis, indices), x.shape), None)
+    # the indices are an index, never a differentiated value, even under create_graph
+    return (getitem_grad(g, _take_index(axis, raw(indices)), x.shape), None)
 
 
 TAKE = register("take", _take_fwd, _take_vjp)
@@ -564,7 +604,9 @@ def reshape(x, *shape):
 def transpose(x, axes=None):
     """Permute axes (reverse them when ``axes`` is None)."""
     if axes is not None:
-        axes = tuple(int(a) for a in axes)
+        # negative axes are made positive: the VJP inverts the permutation with argsort
+        ndim = raw(x).ndim
+        axes = tuple(int(a) + ndim if int(a) < 0 else int(a) for a in axes)
     return apply(TRANSPOSE, x, axes=axes)
 
 
@@ -618,9 +660,19 @@ def _normalize_index(index):
     return index
 
 
+def _index_on_device_of(x, index):
+    """Move NumPy index arrays to the device of ``x`` (a CuPy array wants CuPy indices)."""
+    xp = _xp(x)
+    if xp is np:
+        return index
+    if isinstance(index, tuple):
+        return tuple(_index_on_device_of(x, i) for i in index)
+    return xp.asarray(index) if isinstance(index, np.ndarray) else index
+
+
 def getitem(x, index):
     """x[index] for slices, integers, integer arrays (gradients scatter-add)."""
-    return apply(GETITEM, x, index=_normalize_index(index))
+    return apply(GETITEM, x, index=_index_on_device_of(x, _normalize_index(index)))
 
 
 def getitem_grad(g, index, shape):
@@ -630,7 +682,8 @@ def getitem_grad(g, index, shape):
 
 def take(x, indices, axis=0):
     """Select ``indices`` along ``axis`` (repeated indices add their gradients)."""
-    return apply(TAKE, x, raw(indices) if not isinstance(indices, list) else np.asarray(indices), axis=axis)
+    indices = raw(indices) if not isinstance(indices, list) else np.asarray(indices)
+    return apply(TAKE, x, _index_on_device_of(x, indices), axis=axis)
 
 
 def concat(tensors, axis=0):

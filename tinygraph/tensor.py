@@ -174,6 +174,11 @@ class Tensor:
         return self.shape[0]
 
     def __bool__(self):
+        if self.size != 1:
+            raise ValueError(
+                f"the truth value of a Tensor of shape {self.shape} is ambiguous; "
+                "use (x > 0).numpy().any() or .all(), or compare tensors with `is`"
+            )
         return bool(self.item())
 
     def __float__(self):

@@ -1,0 +1,216 @@
+"""Shared plumbing for the examples: options, progress bar, results line, state handling.
+
+Kept out of the library on purpose: it is the glue a user would write in
+their own script, and every example reads the same way because of it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import tinygraph as tg
+from tinygraph import data
+from tinygraph.progress import ProgressBar
+
+
+def make_parser(description, *, data_name=None, default_out=None):
+    """An ArgumentParser with the options every example shares.
+
+    ``data_name`` is the file or folder under the shared data directory that
+    the example reads by default (``--data`` overrides it).
+    """
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and few steps: a smoke test that runs in seconds")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data split, init, batches)")
+    parser.add_argument("-o", "--out", default=default_out or f"example-output/{Path(sys.argv[0]).stem}",
+                        help="folder for pictures and results.json")
+    if data_name is not None:
+        parser.add_argument("--data", default=str(data.shared_data_dir() / data_name),
+                            help=f"path to {data_name} (env TINYGRAPH_DATA sets the parent folder)")
+    return parser
+
+
+def setup(args):
+    """Seed everything and make the output folder; returns (rng, out_dir)."""
+    from tinygraph.demo import limit_blas_threads
+    limit_blas_threads()  # small per-step matmuls: BLAS threads cost more than they save
+    tg.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return np.random.default_rng(args.seed), out
+
+
+def need_data(path, what):
+    """Return the path, or exit with a clear message when the data set is missing."""
+    try:
+        return data.require_path(path, what)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+class Progress(ProgressBar):
+    """tinygraph's progress bar, usable as a context manager; ``.metrics`` are its live stats."""
+
+    def __init__(self, total, desc=""):
+        super().__init__(total, desc=desc)
+
+    @property
+    def metrics(self):
+        return self.stats
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def detach_state(state):
+    """Cut the graph behind a recurrent state (a Tensor or nested tuple of them)."""
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return type(state)(detach_state(s) for s in state)
+    return state.detach()
+
+
+def scalar(t) -> float:
+    return float(t.item()) if hasattr(t, "item") else float(t)
+
+
+def save_json(path, obj):
+    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def result(name, value, baseline_name, baseline, *, better="lower", unit="", extra=""):
+    """Print the final ``RESULT:`` line: the metric next to its baseline and whether it beats it."""
+    beats = value < baseline if better == "lower" else value > baseline
+    verdict = "beats" if beats else "does NOT beat"
+    print(f"RESULT: {name} = {value:.4f}{unit} ({verdict} {baseline_name} {baseline:.4f}{unit})"
+          + (f"; {extra}" if extra else ""))
+    return beats
+
+
+def finish(out_dir, summary, pictures=()):
+    """Write results.json and list the pictures written."""
+    summary = dict(summary, pictures=[str(p) for p in pictures])
+    save_json(Path(out_dir) / "results.json", summary)
+    for p in pictures:
+        print(f"wrote {p}")
+    return summary
+
+
+def try_plot(fn, *args, **kwargs):
+    """Run a plotting call, returning its path, or print why it was skipped (matplotlib/viz missing)."""
+    try:
+        fn(*args, **kwargs)
+        return args[-1] if args else kwargs.get("path")
+    except (ImportError, AttributeError, RuntimeError, OSError) as err:
+        print(f"note: picture skipped ({type(err).__name__}: {err})")
+        return None
+
+
+def plot_lines(series, path, *, title="", xlabel="", ylabel="", logy=False, hlines=None):
+    """Plot named (x, y) series on one figure and save it (matplotlib, Agg backend).
+
+    ``hlines`` maps a label to a y value drawn dashed (e.g. a baseline).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=label)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, linestyle="--", color="grey", linewidth=1)
+        ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=8, va="bottom", color="grey")
+    if logy:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def gradient_flow_picture(models, make_batch, loss_fn, path, *, title):
+    """‖∂L/∂h(t)‖ over t for several models on one log-scale plot.
+
+    Uses tinygraph.bptt.gradient_flow (the library's diagnostic); returns the
+    path and the curves, or (None, {}) with a note when it is unavailable.
+    """
+    try:
+        from tinygraph.bptt import gradient_flow
+    except ImportError as err:
+        print(f"note: gradient-flow plot skipped ({err})")
+        return None, {}
+    xs, ys = make_batch()
+    curves = {}
+    for label, model in models.items():
+        norms = gradient_flow(model, xs, ys, loss_fn)
+        curves[label] = np.asarray(norms, dtype=float)
+    try:
+        from tinygraph.viz import plot_gradient_flow
+        plot_gradient_flow(curves, path)
+    except ImportError:
+        plot_lines({k: (np.arange(len(v)), v) for k, v in curves.items()}, path, title=title,
+                   xlabel="time step t", ylabel="‖∂L/∂h(t)‖", logy=True)
+    return Path(path), curves
+
+
+def run_epochs(model, optimizer, batches, batch_loss, *, epochs, evaluate=None, clip=None, seed=0, desc="train"):
+    """The plain epoch loop the batch examples share.
+
+    ``batch_loss(batch) -> scalar Tensor``; ``evaluate() -> dict`` of metrics
+    after each epoch. The batch order is reshuffled each epoch with ``seed``.
+    Returns a history dict: per-epoch mean train loss, per-batch losses and
+    the evaluation metrics.
+    """
+    from tinygraph import optim
+    rng = np.random.default_rng(seed)
+    history = {"epoch": [], "train_loss": [], "batch_loss": [], "eval": []}
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, count = 0.0, 0
+        with Progress(len(batches), desc=f"{desc} {epoch}/{epochs}") as bar:
+            for i in rng.permutation(len(batches)):
+                optimizer.zero_grad()
+                loss = batch_loss(batches[i])
+                loss.backward()
+                if clip:
+                    optim.clip_grad_norm(model.parameters(), clip)
+                optimizer.step()
+                value = scalar(loss)
+                history["batch_loss"].append(value)
+                total, count = total + value, count + 1
+                bar.update(loss=total / count)
+            model.eval()
+            metrics = evaluate() if evaluate else {}
+            bar.metrics.update(metrics)
+        history["epoch"].append(epoch)
+        history["train_loss"].append(total / max(count, 1))
+        history["eval"].append(metrics)
+    return history

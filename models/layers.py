@@ -1,0 +1,296 @@
+"""Recurrent layers with PyTorch's signatures and shapes: RNN, LSTM, GRU.
+
+A layer runs its cells over a whole sequence: ``forward(x, state=None,
+lengths=None)`` takes ``x`` time-major (T, B, D) (or (B, T, D) with
+``batch_first=True``) and returns ``(output, h_n)``, for the LSTM
+``(output, (h_n, c_n))``. ``output`` is (T, B, H * directions); ``h_n`` is
+(num_layers * directions, B, H) with row ``layer * directions + direction``,
+as in PyTorch. ``model(x_window, state) -> (outputs, state)`` is the
+contract the BPTT driver relies on.
+
+Recording: each step of each direction runs inside ``tg.timestep(t)`` (``t``
+is always the ORIGINAL time index, also for the backward direction) and
+``tg.scope("layer{l}.forward")`` / ``("layer{l}.backward")``, so the
+diagrams can unfold and fold every direction of every layer.
+
+Bidirectional layers run a second recurrence over the reversed sequence and
+concatenate both at every step. Variable lengths (``lengths=``): at padded
+steps the state is carried unchanged (``tg.where`` with the mask) and the
+output is zero. So the forward direction's final state is the one at each
+sequence's own last step, and the backward direction, which sweeps
+t = T-1 .. 0 holding its initial state through the padding, effectively
+starts at each sequence's own last step -- the same as PyTorch's packed
+sequences.
+
+Parameters are named ``layer{l}.U`` / ``layer{l}_reverse.U`` etc. (see
+``models.cells`` for each cell's parameters and gate order);
+``load_torch_state_dict`` / ``torch_state_dict`` convert from / to
+PyTorch's ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``,
+``..._reverse`` keys with NumPy values (no torch import).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import tinygraph as tg
+from tinygraph import backend
+from tinygraph.nn import Dropout, Module
+
+from .cells import GRUCell, LSTMCell, RNNCell, as_tensor, zeros_state
+from .masks import check_lengths, lengths_to_mask
+
+__all__ = ["RNN", "LSTM", "GRU", "IRNN", "make_layer"]
+
+
+class _RecurrentLayer(Module):
+    """Shared driver: stacks of (optionally bidirectional) cells over a sequence."""
+
+    cell_class = None
+    state_tensors = 1  # h only; the LSTM carries (h, c)
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, residual=False, layer_norm=False, recurrent_init=None, dtype=None,
+                 **cell_options):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"{type(self).__name__}: num_layers must be >= 1, got {num_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{type(self).__name__}: dropout must lie in [0, 1), got {dropout}")
+        self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        self.num_layers, self.bias, self.batch_first = int(num_layers), bool(bias), bool(batch_first)
+        self.dropout, self.bidirectional, self.residual = float(dropout), bool(bidirectional), bool(residual)
+        self.layer_norm = bool(layer_norm)
+        self.num_directions = 2 if bidirectional else 1
+        for layer in range(self.num_layers):
+            width = self.input_size if layer == 0 else self.hidden_size * self.num_directions
+            for direction in range(self.num_directions):
+                cell = self.cell_class(width, hidden_size, bias=bias, layer_norm=layer_norm,
+                                       recurrent_init=recurrent_init, dtype=dtype, **cell_options)
+                setattr(self, self.cell_name(layer, direction), cell)
+        if self.dropout > 0 and self.num_layers > 1:
+            self.drop = Dropout(self.dropout)
+
+    @staticmethod
+    def cell_name(layer, direction):
+        """Attribute name of a cell: "layer0" (forward) or "layer0_reverse" (backward)."""
+        return f"layer{layer}" + ("_reverse" if direction else "")
+
+    def cell(self, layer, direction=0):
+        """The cell that runs ``layer`` in ``direction`` (0 forward, 1 backward)."""
+        return getattr(self, self.cell_name(layer, direction))
+
+    def extra_repr(self):
+        opts = [f"{self.input_size}, {self.hidden_size}", f"num_layers={self.num_layers}"]
+        for flag in ("batch_first", "bidirectional", "residual", "layer_norm"):
+            if getattr(self, flag):
+                opts.append(f"{flag}=True")
+        if self.dropout:
+            opts.append(f"dropout={self.dropout}")
+        return ", ".join(opts)
+
+    # -- running -----------------------------------------------------------
+    def forward(self, x, state=None, lengths=None):
+        """Run the stack over ``x``; returns ``(output, state)`` (see the module docstring)."""
+        x = as_tensor(x)
+        if x.ndim != 3:
+            layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
+            raise ValueError(f"{type(self).__name__}: input must be 3-D {layout}, got shape {x.shape}")
+        if self.batch_first:
+            x = tg.transpose(x, (1, 0, 2))
+        steps, batch, width = x.shape
+        if width != self.input_size:
+            raise ValueError(f"{type(self).__name__}: input feature size must be {self.input_size}, got {width}")
+        initial = self._split_state(x, state, batch)
+        keep = keep_float = None
+        if lengths is not None:
+            mask = lengths_to_mask(check_lengths(lengths, steps, batch), steps)[:, :, None]
+            keep = backend.to_device(mask, x.device)
+            keep_float = backend.to_device(mask.astype(x.dtype), x.device)
+
+        layer_input, finals = x, []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                label = f"layer{layer}." + ("backward" if direction else "forward")
+                with tg.scope(label):
+                    out, final = self._sweep(self.cell(layer, direction), layer_input,
+                                             initial[layer * self.num_directions + direction],
+                                             keep, keep_float, reverse=bool(direction))
+                outputs.append(out)
+                finals.append(final)
+            with tg.scope(f"layer{layer}"):
+                out = outputs[0] if len(outputs) == 1 else tg.concat(outputs, axis=-1)
+                if self.residual and layer > 0:
+                    out = out + layer_input
+                if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+                    out = self.drop(out)
+            layer_input = out
+
+        output = tg.transpose(layer_input, (1, 0, 2)) if self.batch_first else layer_input
+        return output, self._join_state(finals)
+
+    def _sweep(self, cell, x, state, keep, keep_float, reverse):
+        """One direction of one layer over all steps; returns (outputs (T, B, H), final state)."""
+        steps = x.shape[0]
+        outputs = [None] * steps
+        order = range(steps - 1, -1, -1) if reverse else range(steps)
+        for t in order:
+            with tg.timestep(t):
+                x_t = x[t]
+                x_t.name = "x"
+                new = self._step(cell, x_t, state)
+                if keep is not None:
+                    # padded steps carry the state through and output zeros
+                    new = tuple(tg.where(keep[t], n, s) for n, s in zip(new, state))
+                    outputs[t] = new[0] * keep_float[t]
+                else:
+                    outputs[t] = new[0]
+                state = new
+        return tg.stack(outputs, axis=0), state
+
+    def _step(self, cell, x_t, state):
+        return (cell.forward(x_t, state[0]),)
+
+    # -- state layout --------------------------------------------------------
+    def _state_shape(self, batch):
+        return (self.num_layers * self.num_directions, batch, self.hidden_size)
+
+    def _split_state(self, x, state, batch):
+        """Per (layer, direction) tuples of (B, H) tensors; zeros when ``state`` is None."""
+        count = self.num_layers * self.num_directions
+        if state is None:
+            return [tuple(zeros_state(x, batch, self.hidden_size) for _ in range(self.state_tensors))
+                    for _ in range(count)]
+        parts = (state,) if self.state_tensors == 1 else tuple(state)
+        if len(parts) != self.state_tensors:
+            raise ValueError(f"{type(self).__name__}: state must be {self._state_doc()}")
+        parts = [as_tensor(p) for p in parts]
+        for p in parts:
+            if p.shape != self._state_shape(batch):
+                raise ValueError(f"{type(self).__name__}: each state tensor must have shape "
+                                 f"{self._state_shape(batch)} (layers*directions, B, H), got {p.shape}")
+        return [tuple(p[k] for p in parts) for k in range(count)]
+
+    def _state_doc(self):
+        return "h0" if self.state_tensors == 1 else "(h0, c0)"
+
+    def _join_state(self, finals):
+        stacked = tuple(tg.stack([f[i] for f in finals], axis=0) for i in range(self.state_tensors))
+        return stacked[0] if self.state_tensors == 1 else stacked
+
+    # -- PyTorch weights -------------------------------------------------
+    def _torch_keys(self, layer, direction):
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        keys = [f"weight_ih{sfx}", f"weight_hh{sfx}"]
+        return keys + ([f"bias_ih{sfx}", f"bias_hh{sfx}"] if self.bias else [])
+
+    def load_torch_state_dict(self, state_dict):
+        """Copy weights from a PyTorch RNN/LSTM/GRU ``state_dict`` (NumPy values).
+
+        Checks every key and shape first and raises naming the offending key,
+        so a failed load changes nothing. Afterwards the outputs, final states
+        and gradients match PyTorch's.
+        """
+        if self.layer_norm:
+            raise ValueError(f"{type(self).__name__}: PyTorch layers have no layer norm; "
+                             "build this layer with layer_norm=False to load PyTorch weights")
+        G, H = self.cell_class.num_gates, self.hidden_size
+        ours, expected = {}, set()
+        for layer in range(self.num_layers):
+            width = self.input_size if layer == 0 else H * self.num_directions
+            for direction in range(self.num_directions):
+                keys = self._torch_keys(layer, direction)
+                shapes = [(G * H, width), (G * H, H), (G * H,), (G * H,)]
+                values = []
+                for key, shape in zip(keys, shapes):
+                    if key not in state_dict:
+                        raise KeyError(f"load_torch_state_dict: missing {key!r}")
+                    value = np.asarray(state_dict[key])
+                    if value.shape != shape:
+                        raise ValueError(f"load_torch_state_dict: {key!r} has shape {value.shape}, "
+                                         f"expected {shape}")
+                    values.append(value)
+                    expected.add(key)
+                name = self.cell_name(layer, direction)
+                for k, v in self.cell(layer, direction).from_torch(*values).items():
+                    ours[f"{name}.{k}"] = v
+        unexpected = sorted(set(state_dict) - expected)
+        if unexpected:
+            raise KeyError(f"load_torch_state_dict: unexpected keys {unexpected} (check num_layers, "
+                           "bidirectional and bias)")
+        return self.load_state_dict(ours)
+
+    def torch_state_dict(self):
+        """This layer's weights under PyTorch's key names (NumPy arrays)."""
+        out = {}
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                arrays = self.cell(layer, direction).to_torch()
+                for key, value in zip(self._torch_keys(layer, direction), arrays):
+                    out[key] = value
+        return out
+
+
+class RNN(_RecurrentLayer):
+    """Stacked vanilla RNN: h(t) = tanh(b + W h(t-1) + U x(t)) per layer (``nonlinearity="relu"`` too).
+
+    With no readout this is the textbook's recurrent network with no outputs:
+    it only carries state forward. Options: ``residual`` (add each stacked
+    layer's input to its output), ``layer_norm``, ``recurrent_init``
+    ("orthogonal", "identity").
+    """
+
+    cell_class = RNNCell
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, nonlinearity="tanh", residual=False, layer_norm=False,
+                 recurrent_init=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         residual=residual, layer_norm=layer_norm, recurrent_init=recurrent_init, dtype=dtype,
+                         nonlinearity=nonlinearity)
+        self.nonlinearity = nonlinearity
+
+
+def IRNN(input_size, hidden_size, num_layers=1, **options):
+    """An RNN with ReLU recurrence and identity-initialised W (Le, Jaitly & Hinton 2015)."""
+    return RNN(input_size, hidden_size, num_layers, nonlinearity="relu", recurrent_init="identity", **options)
+
+
+class LSTM(_RecurrentLayer):
+    """Stacked LSTM; state is (h, c), each (layers*directions, B, H).
+
+    ``forget_bias`` sets the forget-gate bias; ``fused=True`` uses the fused
+    cell primitive (one node per step, same numbers) for speed.
+    """
+
+    cell_class = LSTMCell
+    state_tensors = 2
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, residual=False, layer_norm=False, recurrent_init=None,
+                 forget_bias=None, fused=False, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         residual=residual, layer_norm=layer_norm, recurrent_init=recurrent_init, dtype=dtype,
+                         forget_bias=forget_bias, fused=fused)
+
+    def _step(self, cell, x_t, state):
+        return cell.forward(x_t, state)
+
+
+class GRU(_RecurrentLayer):
+    """Stacked GRU in PyTorch's formulation (see ``GRUCell``)."""
+
+    cell_class = GRUCell
+
+
+_LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "irnn": IRNN}
+
+
+def make_layer(cell, input_size, hidden_size, **options):
+    """Build a recurrent layer by name ("rnn", "lstm", "gru", "irnn") or class."""
+    if isinstance(cell, str):
+        key = cell.lower()
+        if key not in _LAYERS:
+            raise ValueError(f"unknown cell {cell!r}; use one of {sorted(_LAYERS)}")
+        cell = _LAYERS[key]
+    return cell(input_size, hidden_size, **options)

@@ -1,0 +1,379 @@
+"""Reverse-mode semantics: accumulation, deep graphs, retain_graph, grad modes,
+grad(), recorded backward graphs, Graph views and anomaly detection."""
+import sys
+import weakref
+
+import numpy as np
+import pytest
+
+import tinygraph as tg
+
+
+def t64(array, requires_grad=True, name=None):
+    return tg.tensor(np.asarray(array, dtype=np.float64), requires_grad=requires_grad, name=name)
+
+
+# ---------------------------------------------------------------------------
+# accumulation
+# ---------------------------------------------------------------------------
+def test_shared_weight_sums_contributions_from_every_step(rng):
+    # h_t = h_{t-1} * w + x_t, loss = h_T: dh_T/dw by forward-mode recurrence in NumPy
+    xs = rng.standard_normal((6, 3))
+    w0 = rng.standard_normal(3) * 0.5
+    h, dh = np.zeros(3), np.zeros(3)
+    for x in xs:
+        dh = dh * w0 + h  # d/dw of (h * w + x) with h depending on w too
+        h = h * w0 + x
+    w = t64(w0)
+    state = tg.zeros(3, dtype="float64")
+    for x in xs:
+        state = state * w + tg.tensor(x)
+    state.sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), dh, rtol=1e-12)
+
+
+def test_multiplicity_a_times_a():
+    a = t64([1.5, -2.0])
+    (a * a).sum().backward()
+    np.testing.assert_allclose(a.grad.numpy(), [3.0, -4.0])
+    b = t64([2.0])
+    (b * b * b + b + b).sum().backward()
+    np.testing.assert_allclose(b.grad.numpy(), [3 * 4.0 + 2.0])
+
+
+def test_multiplicity_is_kept_in_the_graph():
+    a = t64([1.0], name="a")
+    y = a * a
+    node = y.node
+    assert node.inputs == (a.node, a.node)
+    g = tg.Graph.from_outputs(y).to_networkx()
+    assert g.edges[a.node.id, node.id]["positions"] == [0, 1]
+
+
+def test_backward_accumulates_into_existing_grad():
+    x = t64([1.0, 2.0])
+    (x * 3.0).sum().backward()
+    (x * x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [3.0 + 2.0, 3.0 + 4.0])
+
+
+def test_leaf_grads_do_not_share_memory():
+    a, b = t64(1.0), t64(2.0)
+    (a + b).backward()  # add hands the same gradient array to both inputs
+    assert not np.shares_memory(a.grad.data, b.grad.data)
+    a.grad.data += 1.0  # what an in-place optimizer step does
+    assert b.grad.item() == 1.0
+
+
+def test_backward_does_not_alias_the_callers_gradient():
+    x = t64([1.0, 2.0])
+    seed = np.array([1.0, 1.0])
+    (x + 0.0).backward(seed)
+    x.grad.data *= 5
+    np.testing.assert_array_equal(seed, [1.0, 1.0])
+
+
+def test_gradient_has_the_inputs_dtype():
+    x = tg.tensor([1.0, 2.0], dtype="float32", requires_grad=True)
+    (x * np.array([0.5, 0.25], dtype=np.float64)).sum().backward()
+    assert x.grad.dtype == np.float32
+    np.testing.assert_allclose(x.grad.numpy(), [0.5, 0.25])
+
+
+def test_non_scalar_backward_with_explicit_gradient(rng):
+    a = rng.standard_normal((2, 3))
+    v = rng.standard_normal((2, 3))
+    x = t64(a)
+    tg.tanh(x).backward(tg.tensor(v))
+    np.testing.assert_allclose(x.grad.numpy(), v * (1 - np.tanh(a) ** 2))
+
+
+def test_retain_grad_on_an_intermediate():
+    x = t64([1.0, 2.0])
+    y = x * 3.0
+    y.retain_grad()
+    (y * y).sum().backward()
+    np.testing.assert_allclose(y.grad.numpy(), [6.0, 12.0])
+    np.testing.assert_allclose(x.grad.numpy(), [18.0, 36.0])
+
+
+# ---------------------------------------------------------------------------
+# deep graphs: iterative walks
+# ---------------------------------------------------------------------------
+def test_backward_through_20000_step_recurrence_without_recursion():
+    steps, w0, x0 = 20_000, 0.9, 0.05
+    w = t64(w0)
+    x = tg.tensor(x0, dtype="float64")
+    h = tg.tensor(0.0, dtype="float64")
+    old_limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)  # a recursive walk would certainly fail now
+    try:
+        for _ in range(steps):
+            h = tg.tanh(h * w + x)
+        assert len(tg.Graph.from_outputs(h)) > 3 * steps
+        h.backward()
+    finally:
+        sys.setrecursionlimit(old_limit)
+    # reference: the same recurrence and its BPTT by hand
+    hs = [0.0]
+    for _ in range(steps):
+        hs.append(np.tanh(hs[-1] * w0 + x0))
+    dw, dh = 0.0, 1.0
+    for t in range(steps, 0, -1):
+        da = dh * (1 - hs[t] ** 2)
+        dw += da * hs[t - 1]
+        dh = da * w0
+    np.testing.assert_allclose(w.grad.item(), dw, rtol=1e-10)
+
+
+def test_building_and_freeing_a_long_chain_does_not_crash():
+    w = tg.tensor(0.5, requires_grad=True)
+    h = tg.tensor(0.0)
+    for _ in range(50_000):
+        h = tg.tanh(h * w + 0.1)
+    probe = weakref.ref(h)
+    del h  # deallocates 150,000 nodes and tensors in a chain
+    assert probe() is None
+    assert w.grad is None
+
+
+# ---------------------------------------------------------------------------
+# retain_graph and buffer release
+# ---------------------------------------------------------------------------
+def test_second_backward_without_retain_graph_raises():
+    x = t64([1.0, 2.0])
+    y = tg.tanh(x * 2.0).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match=r"retain_graph=True"):
+        y.backward()
+
+
+def test_retain_graph_allows_a_second_backward_and_doubles_grad():
+    x = t64([0.3, -0.7])
+    y = tg.tanh(x * 2.0).sum()
+    y.backward(retain_graph=True)
+    first = x.grad.numpy().copy()
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * first)
+    np.testing.assert_allclose(first, 2 * (1 - np.tanh(2 * np.array([0.3, -0.7])) ** 2))
+
+
+def test_backward_releases_intermediate_buffers():
+    x, w = t64([0.3, -0.7]), t64([1.0, 2.0])
+    loss = (tg.tanh(x) * w).sum()
+    graph = tg.Graph.from_outputs(loss)
+    intermediate = [n for n in graph.nodes if n.op == "tanh"][0]
+    probe = weakref.ref(intermediate.tensor)
+    del graph
+    loss.backward()
+    assert intermediate.freed
+    assert probe() is None, "the tanh output should be released after backward"
+
+
+# ---------------------------------------------------------------------------
+# grad modes and detach
+# ---------------------------------------------------------------------------
+def test_no_grad_records_nothing_and_enable_grad_turns_it_back_on():
+    x = t64([1.0])
+    with tg.no_grad():
+        y = x * 2.0
+        assert not tg.is_grad_enabled()
+        with tg.enable_grad():
+            z = x * 3.0
+    assert tg.is_grad_enabled()
+    assert not y.requires_grad and y.node.is_leaf
+    assert z.requires_grad and z.node.op == "mul"
+
+
+def test_no_grad_as_decorator():
+    @tg.no_grad()
+    def double(t):
+        return t * 2.0
+    assert not double(t64([1.0])).requires_grad
+    assert tg.is_grad_enabled()
+
+
+def test_no_grad_restores_mode_after_an_exception():
+    with pytest.raises(ZeroDivisionError):
+        with tg.no_grad():
+            1 / 0
+    assert tg.is_grad_enabled()
+
+
+def test_detach_stops_gradient_and_shares_values():
+    x = t64([1.0, 2.0])
+    y = x * 3.0
+    d = y.detach()
+    assert not d.requires_grad
+    np.testing.assert_array_equal(d.numpy(), y.numpy())
+    (y * d).sum().backward()  # d is a constant: dy/dx * d only
+    np.testing.assert_allclose(x.grad.numpy(), 3.0 * np.array([3.0, 6.0]))
+
+
+# ---------------------------------------------------------------------------
+# grad()
+# ---------------------------------------------------------------------------
+def test_grad_returns_a_tuple_and_does_not_touch_dot_grad():
+    x, y = t64([1.0, 2.0]), t64([3.0])
+    gx, gy = tg.grad((x * y).sum(), [x, y])
+    assert isinstance(gx, tg.Tensor) and isinstance(gy, tg.Tensor)
+    np.testing.assert_allclose(gx.numpy(), [3.0, 3.0])
+    np.testing.assert_allclose(gy.numpy(), [3.0])
+    assert x.grad is None and y.grad is None
+    single = tg.grad((x * x).sum(), x)
+    assert isinstance(single, tuple) and len(single) == 1
+
+
+def test_grad_allow_unused():
+    x, unused = t64([1.0]), t64([2.0])
+    with pytest.raises(RuntimeError, match="allow_unused=True"):
+        tg.grad((x * 2.0).sum(), [x, unused])
+    gx, gu = tg.grad((x * 2.0).sum(), [x, unused], allow_unused=True)
+    assert gu is None
+    np.testing.assert_allclose(gx.numpy(), [2.0])
+
+
+def test_grad_with_respect_to_an_intermediate():
+    x = t64([1.0, 2.0])
+    h = x * 3.0
+    gh, = tg.grad((h * h).sum(), [h])
+    np.testing.assert_allclose(gh.numpy(), [6.0, 12.0])
+
+
+def test_grad_with_grad_outputs(rng):
+    a, v = rng.standard_normal(3), rng.standard_normal(3)
+    x = t64(a)
+    g, = tg.grad(tg.exp(x), [x], grad_outputs=tg.tensor(v))
+    np.testing.assert_allclose(g.numpy(), v * np.exp(a))
+
+
+def test_create_graph_records_the_backward_pass():
+    x = t64([0.5, -1.0], name="x")
+    with tg.scope("net"):
+        y = tg.tanh(x * x).sum()
+    g, = tg.grad(y, [x], create_graph=True)
+    assert g.requires_grad
+    graph = tg.Graph.from_outputs(g)
+    backward_nodes = [n for n in graph.nodes if n.scope.startswith("backward")]
+    assert backward_nodes, graph.dump()
+    assert any(n.scope == "backward(net)" for n in backward_nodes)
+    # the gradient graph reaches back into the forward graph (through tanh's output)
+    assert any(n.op == "tanh" for n in graph.nodes)
+    # and is differentiable: d/dx sum(2x(1 - tanh(x^2)^2))
+    h, = tg.grad(g.sum(), [x])
+    a = np.array([0.5, -1.0])
+    th = np.tanh(a * a)
+    expected = 2 * (1 - th ** 2) + 2 * a * (-2 * th * (1 - th ** 2) * 2 * a)
+    np.testing.assert_allclose(h.numpy(), expected, rtol=1e-12)
+
+
+def test_backward_with_create_graph_gives_differentiable_dot_grad():
+    x = t64([2.0])
+    (x ** 3).sum().backward(create_graph=True)
+    assert x.grad.requires_grad
+    np.testing.assert_allclose(x.grad.numpy(), [12.0])
+    second, = tg.grad(x.grad.sum(), [x])
+    np.testing.assert_allclose(second.numpy(), [12.0])  # d(3x^2)/dx = 6x
+
+
+# ---------------------------------------------------------------------------
+# Graph: dump, networkx, scope, timestep, ordinal
+# ---------------------------------------------------------------------------
+def test_graph_nodes_are_topologically_ordered_with_metadata():
+    x = t64([[1.0, 2.0]], name="x")
+    W = t64(np.ones((2, 3)), name="W")
+    with tg.scope("layer"):
+        y = tg.tanh(x @ W)
+    graph = tg.Graph.from_outputs(y)
+    position = {n.id: k for k, n in enumerate(graph.nodes)}
+    for n in graph.nodes:
+        assert all(position[i.id] < position[n.id] for i in n.inputs)
+    ops = [n.op for n in graph.nodes]
+    assert ops.count("matmul") == 1 and ops[-1] == "tanh"
+    top = graph.nodes[-1]
+    assert top.shape == (1, 3) and top.dtype == np.float64 and top.scope == "layer"
+    assert {n.name for n in graph.leaves} == {"x", "W"}
+
+
+def test_dump_shows_ops_names_scopes_and_scalar_arguments():
+    x = t64([1.0, 2.0], name="x")
+    with tg.scope("outer"):
+        with tg.scope("inner"):
+            y = (x * 2.0 + 1).sum(axis=0)
+    text = tg.Graph.from_outputs(y).dump()
+    lines = text.splitlines()
+    assert lines[0] == "%0: 2 = leaf  # name=x"
+    assert lines[1] == "%1: 2 = mul(%0, 2.0)  # scope=outer.inner"
+    assert lines[2] == "%2: 2 = add(%1, 1)  # scope=outer.inner"
+    assert lines[3] == "%3: scalar = sum(%2, axis=0, keepdims=False)  # scope=outer.inner"
+    y.backward()  # scalar arguments survive the release of saved buffers
+    assert tg.Graph.from_outputs(y).dump() == text
+
+
+def test_dump_shows_a_scalar_first_argument():
+    x = t64([1.0], name="x")
+    text = tg.Graph.from_outputs(2.0 - x).dump()
+    assert "sub(2.0, %0)" in text
+
+
+def test_to_networkx_carries_node_attributes():
+    x = t64([1.0, 2.0], name="x")
+    with tg.scope("m"), tg.timestep(4):
+        y = tg.exp(x)
+    g = tg.Graph.from_outputs(y).to_networkx()
+    attrs = g.nodes[y.node.id]
+    assert attrs["op"] == "exp" and attrs["scope"] == "m" and attrs["timestep"] == 4
+    assert attrs["shape"] == (2,) and attrs["dtype"] == "float64" and attrs["is_leaf"] is False
+    assert g.nodes[x.node.id]["name"] == "x"
+    assert list(g.edges) == [(x.node.id, y.node.id)]
+
+
+def test_ordinals_match_across_time_steps():
+    rng = np.random.default_rng(0)
+    W = t64(rng.standard_normal((3, 3)), name="W")
+    xs = t64(rng.standard_normal((4, 2, 3)), name="xs")
+    h = tg.zeros(2, 3, dtype="float64")
+    with tg.scope("rnn"):
+        for t in range(4):
+            with tg.timestep(t):
+                h = tg.tanh(xs[t] + h @ W)
+    graph = tg.Graph.from_outputs(h)
+    per_step = {}
+    for n in graph.nodes:
+        if n.timestep is not None and not n.is_leaf:
+            per_step.setdefault(n.timestep, []).append((n.scope, n.ordinal, n.op))
+    assert sorted(per_step) == [0, 1, 2, 3] == graph.timesteps
+    first = sorted(per_step[0])
+    assert [op for _, _, op in first] == ["getitem", "matmul", "add", "tanh"]
+    for t in range(1, 4):
+        assert sorted(per_step[t]) == first
+    assert W.node.timestep is None
+
+
+def test_from_outputs_accepts_several_outputs_and_shares_nodes():
+    x = t64([1.0])
+    a, b = x * 2.0, x * 3.0
+    graph = tg.Graph.from_outputs(a, b)
+    assert len(graph.nodes) == 3 and len(graph.outputs) == 2
+
+
+# ---------------------------------------------------------------------------
+# anomaly detection
+# ---------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:divide by zero")
+def test_detect_anomaly_names_the_op_in_forward():
+    x = t64([1.0, 0.0])
+    with tg.detect_anomaly():
+        with tg.scope("model"), tg.timestep(3):
+            with pytest.raises(tg.AnomalyError, match=r"forward pass: op 'log'.*'model'.*time step 3"):
+                tg.log(x)
+    tg.log(x)  # outside the context: no error, -inf allowed
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero")
+def test_detect_anomaly_names_the_op_in_backward():
+    x = t64([4.0, 0.0])
+    y = tg.sqrt(x).sum()  # finite forward, infinite derivative at 0
+    with tg.detect_anomaly():
+        with pytest.raises(tg.AnomalyError, match=r"backward pass: op 'backward of sqrt'"):
+            y.backward()

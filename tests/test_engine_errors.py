@@ -1,0 +1,157 @@
+"""Bad input gets an error that names the op, the shapes/dtypes/devices and what to do."""
+import numpy as np
+import pytest
+
+import tinygraph as tg
+from tinygraph import backend, ops
+
+
+def t64(array, requires_grad=True, name=None):
+    return tg.tensor(np.asarray(array, dtype=np.float64), requires_grad=requires_grad, name=name)
+
+
+def test_matmul_shape_mismatch_names_shapes_and_fix():
+    a, b = tg.zeros(2, 3), tg.zeros(4, 5)
+    with pytest.raises(ValueError) as info:
+        a @ b
+    text = str(info.value)
+    assert text.startswith("matmul:")
+    assert "(2, 3)" in text and "(4, 5)" in text
+    assert "transpose" in text
+
+
+def test_matmul_rejects_scalars():
+    with pytest.raises(ValueError, match=r"matmul: .*at least one dimension.*use \*"):
+        tg.matmul(tg.tensor(2.0), tg.zeros(2, 2))
+
+
+def test_broadcast_mismatch_names_the_op_and_shapes():
+    with pytest.raises(ValueError) as info:
+        tg.zeros(2, 3, requires_grad=True) * tg.zeros(4)
+    text = str(info.value)
+    assert text.startswith("mul:")
+    assert "Tensor(2, 3)" in text and "Tensor(4,)" in text
+    assert "broadcast" in text
+
+
+def test_getitem_out_of_range_names_the_op():
+    with pytest.raises(IndexError, match=r"getitem: .*Tensor\(3,\)"):
+        tg.zeros(3)[5]
+
+
+def test_missing_cupy_says_how_to_install_the_gpu_extra(monkeypatch):
+    # simulate a machine without CuPy, whether or not this one has it
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_import_error", ImportError("No module named 'cupy'"))
+    assert tg.cuda_available() is False
+    for make in (lambda: tg.tensor([1.0], device="cuda"),
+                 lambda: tg.zeros(2, device="cuda:0"),
+                 lambda: tg.ones(2).to("cuda")):
+        with pytest.raises(RuntimeError) as info:
+            make()
+        text = str(info.value)
+        assert "CuPy" in text and 'pip install "tinygraph[gpu]"' in text
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cuda0", ""])
+def test_bad_device_string(device):
+    with pytest.raises(ValueError, match=r"unknown device .*'cpu', 'cuda' or 'cuda:N'"):
+        tg.zeros(2, device=device)
+
+
+def test_backward_on_non_scalar_without_grad():
+    y = tg.zeros(2, 3, requires_grad=True) * 2.0
+    with pytest.raises(RuntimeError) as info:
+        y.backward()
+    text = str(info.value)
+    assert "(2, 3)" in text and "scalar" in text and "grad=" in text
+
+
+def test_backward_with_wrong_gradient_shape():
+    y = tg.zeros(2, 3, requires_grad=True) * 2.0
+    with pytest.raises(ValueError, match=r"grad has shape \(3,\) but the output has shape \(2, 3\)"):
+        y.backward(tg.ones(3))
+
+
+def test_backward_on_a_tensor_without_graph():
+    with pytest.raises(RuntimeError, match="requires_grad=True"):
+        (tg.ones(2) * 2.0).sum().backward()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: tg.tensor([1, 2, 3], requires_grad=True),
+    lambda: tg.arange(4, requires_grad=True),
+    lambda: tg.tensor([1, 2]).requires_grad_(),
+])
+def test_integer_tensor_cannot_require_grad(make):
+    with pytest.raises(TypeError) as info:
+        make()
+    text = str(info.value)
+    assert "int64" in text and "floating-point" in text and "dtype='float32'" in text
+
+
+def test_requires_grad_on_a_non_leaf():
+    y = tg.ones(2, requires_grad=True) * 2.0
+    with pytest.raises(RuntimeError, match=r"leaf tensors.*detach"):
+        y.requires_grad_()
+
+
+def test_grad_input_that_does_not_require_grad():
+    x, c = tg.ones(2, requires_grad=True), tg.ones(2)
+    with pytest.raises(RuntimeError, match=r"input 1 does not require grad"):
+        tg.grad((x * c).sum(), [x, c])
+
+
+def test_item_and_truth_value_of_a_vector():
+    v = tg.ones(3)
+    with pytest.raises(ValueError, match=r"item\(\) needs a tensor with one element, got shape \(3,\)"):
+        v.item()
+    with pytest.raises(ValueError, match=r"truth value of a Tensor of shape \(3,\) is ambiguous"):
+        bool(v > 0)
+    assert bool(tg.tensor(2.0) > 1.0)
+
+
+def test_split_into_unequal_sections():
+    with pytest.raises(ValueError, match=r"split: axis 0 of length 5 cannot be split into 2"):
+        tg.split(tg.zeros(5), 2)
+
+
+def test_loss_argument_errors():
+    logits = tg.zeros(4, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=r"targets must have shape \(4,\).*got \(3,\)"):
+        tg.cross_entropy(logits, np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match=r"integer class indices, got dtype float"):
+        tg.cross_entropy(logits, np.zeros(4))
+    with pytest.raises(ValueError, match=r"lie in \[0, 3\), got min 0, max 3"):
+        tg.cross_entropy(logits, np.array([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"reduction must be one of"):
+        tg.cross_entropy(logits, np.array([0, 1, 2, 0]), reduction="avg")
+    with pytest.raises(ValueError, match=r"mse_loss: prediction shape \(4, 3\) differs from target shape \(3,\)"):
+        tg.mse_loss(logits, tg.zeros(3))
+
+
+# ---------------------------------------------------------------------------
+# gradcheck's own failure message
+# ---------------------------------------------------------------------------
+# a deliberately wrong rule: d(x*x)/dx is 2x, this says x
+WRONG_SQUARE = ops.register("test_wrong_square", lambda x: x * x,
+                            lambda g, out, needs, x: (g * x,))
+
+
+def test_gradcheck_failure_names_input_element_and_both_values():
+    x = t64([1.0, 2.0, 3.0], name="x")
+    with pytest.raises(tg.GradcheckError) as info:
+        tg.gradcheck(lambda v: ops.apply(WRONG_SQUARE, v), [x])
+    text = str(info.value)
+    assert "input 0 (x)" in text and "shape (3,)" in text
+    # worst element is the last: analytic x = 3, numerical 2x = 6
+    assert "element (2,)" in text
+    assert "analytic=3 " in text
+    numerical = float(text.split("numerical=")[1].split()[0])
+    assert numerical == pytest.approx(6.0, rel=1e-6)
+
+
+def test_gradcheck_passes_a_correct_function_and_needs_an_input():
+    assert tg.gradcheck(lambda v: v * v, [t64([1.0, 2.0])]) is True
+    with pytest.raises(ValueError, match="no input requires grad"):
+        tg.gradcheck(lambda v: v * v, [t64([1.0], requires_grad=False)])

@@ -1,0 +1,93 @@
+"""Every example's --quick mode runs on tiny data, its loss decreases, and it reports a RESULT line.
+
+The examples run in-process (their ``main(argv)`` returns the summary they
+also write to results.json), which keeps this file fast.
+"""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinygraph import data
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SHARED = data.shared_data_dir()
+NEEDS = {
+    "sentiment": SHARED / "sentence-polarity",
+    "pos_tagging": SHARED / "ud-english-ewt",
+    "spoken_digits": SHARED / "free-spoken-digit" / "train",
+}
+ALL = ["char_lm", "pos_tagging", "sentiment", "spoken_digits", "adding_problem", "copy_task",
+       "dynamical_system", "jordan_teacher_forcing"]
+
+
+def load_example(name):
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))  # the examples import their shared helper, _common
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def series(loss_history):
+    """The loss histories of a summary: one list, or one per model."""
+    if isinstance(loss_history, dict):
+        return loss_history
+    return {"model": loss_history}
+
+
+def skip_without_data(name):
+    path = NEEDS.get(name)
+    if path is not None and not path.exists():
+        pytest.skip(f"shared data for {name} not found at {path} (set TINYGRAPH_DATA)")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_example_has_help(name, capsys):
+    module = load_example(name)
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert "--quick" in text and "--seed" in text
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_example_quick_run_learns(name, tmp_path, capsys):
+    skip_without_data(name)
+    module = load_example(name)
+    summary = module.main(["--quick", "--seed", "0", "-o", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "RESULT:" in printed.splitlines()[-1]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["task"] == summary["task"]
+    for label, losses in series(summary["loss_history"]).items():
+        losses = np.asarray(losses, dtype=float)
+        assert np.all(np.isfinite(losses)), f"{name}/{label}: non-finite loss"
+        k = max(1, len(losses) // 4)
+        assert losses[-k:].mean() < losses[:k].mean(), f"{name}/{label}: loss did not decrease: {losses}"
+    for picture in summary["pictures"]:
+        assert Path(picture).stat().st_size > 0
+
+
+def test_char_lm_compares_full_and_truncated_bptt(tmp_path, capsys):
+    module = load_example("char_lm")
+    summary = module.main(["--quick", "--compare-bptt", "-o", str(tmp_path), "--steps", "16"])
+    labels = list(summary["val_bits_per_char"])
+    assert len(labels) == 2 and any("full" in label for label in labels)
+    updates = {label: h["update"][-1] for label, h in summary["histories"].items()}
+    # same characters read, so full BPTT over 4 windows makes 4x fewer updates
+    assert updates[labels[0]] == 4 * updates[labels[1]]
+
+
+def test_char_lm_reads_any_text_file(tmp_path, capsys):
+    text = tmp_path / "tiny.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    module = load_example("char_lm")
+    summary = module.main(["--quick", "--data", str(text), "-o", str(tmp_path / "out")])
+    assert summary["source"] == str(text)
+    assert "unigram baseline" in capsys.readouterr().out.splitlines()[-1]

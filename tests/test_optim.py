@@ -1,0 +1,256 @@
+"""Optimizers against their update equations (and torch.optim), clipping, checkpoints."""
+import math
+
+import numpy as np
+import pytest
+
+import tinygraph as tg
+from tinygraph import nn, optim
+
+A = np.array([[3.0, 0.5, 0.0], [0.5, 2.0, 0.3], [0.0, 0.3, 1.0]])
+TARGET = np.array([1.0, -2.0, 0.5])
+START = np.array([0.3, 0.8, -1.2])
+
+
+def quadratic_grad(p):
+    """Gradient of f(p) = 1/2 (p - t)^T A (p - t)."""
+    return A @ (p - TARGET)
+
+
+def run(make_opt, steps=6):
+    """Take ``steps`` optimizer steps on the quadratic; returns the trajectory."""
+    p = nn.Parameter(START.copy())
+    opt = make_opt([p])
+    path = []
+    for _ in range(steps):
+        opt.zero_grad()
+        diff = p - TARGET
+        loss = 0.5 * tg.sum(diff * tg.matmul(diff, A))
+        loss.backward()
+        opt.step()
+        path.append(p.numpy().copy())
+    return np.array(path)
+
+
+def reference_sgd(lr, momentum=0.0, nesterov=False, wd=0.0, steps=6):
+    p, buf, path = START.copy(), None, []
+    for _ in range(steps):
+        g = quadratic_grad(p) + wd * p
+        if momentum:
+            buf = g.copy() if buf is None else momentum * buf + g
+            g = g + momentum * buf if nesterov else buf
+        p = p - lr * g
+        path.append(p)
+    return np.array(path)
+
+
+def reference_adam(lr, b1, b2, eps, wd=0.0, decoupled=False, steps=6):
+    p, m, v, path = START.copy(), 0.0, 0.0, []
+    for t in range(1, steps + 1):
+        g = quadratic_grad(p)
+        if decoupled:
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+        path.append(p)
+    return np.array(path)
+
+
+def reference_rmsprop(lr, alpha, eps, momentum=0.0, centered=False, wd=0.0, steps=6):
+    p, s, gbar, buf, path = START.copy(), 0.0, 0.0, 0.0, []
+    for _ in range(steps):
+        g = quadratic_grad(p) + wd * p
+        s = alpha * s + (1 - alpha) * g * g
+        if centered:
+            gbar = alpha * gbar + (1 - alpha) * g
+            avg = np.sqrt(s - gbar ** 2) + eps
+        else:
+            avg = np.sqrt(s) + eps
+        if momentum:
+            buf = momentum * buf + g / avg
+            p = p - lr * buf
+        else:
+            p = p - lr * g / avg
+        path.append(p)
+    return np.array(path)
+
+
+def reference_adagrad(lr, lr_decay=0.0, eps=1e-10, init_acc=0.0, wd=0.0, steps=6):
+    p, s, path = START.copy(), init_acc, []
+    for t in range(1, steps + 1):
+        g = quadratic_grad(p) + wd * p
+        s = s + g * g
+        p = p - lr / (1 + (t - 1) * lr_decay) * g / (np.sqrt(s) + eps)
+        path.append(p)
+    return np.array(path)
+
+
+CASES = [
+    ("sgd", lambda ps: optim.SGD(ps, lr=0.1), lambda: reference_sgd(0.1)),
+    ("sgd-momentum-wd", lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.1),
+     lambda: reference_sgd(0.05, 0.9, wd=0.1)),
+    ("sgd-nesterov", lambda ps: optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True),
+     lambda: reference_sgd(0.05, 0.8, nesterov=True)),
+    ("adam", lambda ps: optim.Adam(ps, lr=0.1), lambda: reference_adam(0.1, 0.9, 0.999, 1e-8)),
+    ("adam-wd", lambda ps: optim.Adam(ps, lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.2),
+     lambda: reference_adam(0.05, 0.8, 0.99, 1e-6, wd=0.2)),
+    ("adamw", lambda ps: optim.AdamW(ps, lr=0.05, weight_decay=0.1),
+     lambda: reference_adam(0.05, 0.9, 0.999, 1e-8, wd=0.1, decoupled=True)),
+    ("rmsprop", lambda ps: optim.RMSprop(ps, lr=0.01), lambda: reference_rmsprop(0.01, 0.99, 1e-8)),
+    ("rmsprop-momentum-centered", lambda ps: optim.RMSprop(ps, lr=0.01, alpha=0.9, momentum=0.5,
+                                                           centered=True, weight_decay=0.1),
+     lambda: reference_rmsprop(0.01, 0.9, 1e-8, momentum=0.5, centered=True, wd=0.1)),
+    ("adagrad", lambda ps: optim.Adagrad(ps, lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1),
+     lambda: reference_adagrad(0.1, 0.01, init_acc=0.1)),
+]
+
+
+@pytest.mark.parametrize("name, make, reference", CASES, ids=[c[0] for c in CASES])
+def test_update_equations(name, make, reference):
+    np.testing.assert_allclose(run(make), reference(), rtol=1e-12, atol=1e-14)
+
+
+TORCH_CASES = [
+    (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+     "SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    (lambda ps: optim.Adam(ps, lr=0.05, weight_decay=0.01), "Adam", dict(lr=0.05, weight_decay=0.01)),
+    (lambda ps: optim.AdamW(ps, lr=0.05), "AdamW", dict(lr=0.05)),
+    (lambda ps: optim.RMSprop(ps, lr=0.01, momentum=0.3, centered=True), "RMSprop",
+     dict(lr=0.01, momentum=0.3, centered=True)),
+    (lambda ps: optim.Adagrad(ps, lr=0.1, lr_decay=0.01), "Adagrad", dict(lr=0.1, lr_decay=0.01)),
+]
+
+
+@pytest.mark.parametrize("make, torch_name, kwargs", TORCH_CASES, ids=[c[1] for c in TORCH_CASES])
+def test_matches_torch_optim(make, torch_name, kwargs):
+    torch = pytest.importorskip("torch")
+    p = torch.tensor(START.copy(), requires_grad=True)
+    opt = getattr(torch.optim, torch_name)([p], **kwargs)
+    At, Tt = torch.tensor(A), torch.tensor(TARGET)
+    path = []
+    for _ in range(6):
+        opt.zero_grad()
+        d = p - Tt
+        (0.5 * d @ At @ d).backward()
+        opt.step()
+        path.append(p.detach().numpy().copy())
+    np.testing.assert_allclose(run(make), np.array(path), rtol=1e-10, atol=1e-12)
+
+
+def test_step_skips_params_without_grad_and_zero_grad_clears():
+    a, b = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(2))
+    opt = optim.SGD([a, b], lr=0.5)
+    tg.sum(a * 3).backward()
+    opt.step()
+    np.testing.assert_array_equal(a.numpy(), [-0.5, -0.5])
+    np.testing.assert_array_equal(b.numpy(), [1, 1])
+    opt.zero_grad()
+    assert a.grad is None
+
+
+def test_update_is_in_place():
+    p = nn.Parameter(np.ones(3))
+    before = p.data
+    opt = optim.Adam([p], lr=0.1)
+    tg.sum(p * p).backward()
+    opt.step()
+    assert p.data is before and not np.allclose(before, 1)
+
+
+def test_invalid_hyperparameters_raise():
+    p = [nn.Parameter(np.ones(2))]
+    with pytest.raises(ValueError):
+        optim.SGD(p, lr=-1)
+    with pytest.raises(ValueError, match="Nesterov"):
+        optim.SGD(p, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError):
+        optim.Adam(p, betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match="empty"):
+        optim.SGD([], lr=0.1)
+
+
+@pytest.mark.parametrize("make", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_checkpoint_resume_is_exact(make, tmp_path):
+    """3 steps, save (npz), load into a fresh optimizer, 3 more == 6 uninterrupted steps."""
+    whole = run(make, steps=6)
+    p = nn.Parameter(START.copy())
+    opt = make([p])
+
+    def step(opt, p):
+        opt.zero_grad()
+        p.grad = tg.Tensor(quadratic_grad(p.numpy()))
+        opt.step()
+
+    for _ in range(3):
+        step(opt, p)
+    tg.save(opt.state_dict(), tmp_path / "opt.npz")
+    tg.save({"p": p}, tmp_path / "p.npz")
+    q = nn.Parameter(tg.load(tmp_path / "p.npz")["p"])
+    fresh = make([q])
+    fresh.load_state_dict(tg.load(tmp_path / "opt.npz"))
+    for _ in range(3):
+        step(fresh, q)
+    np.testing.assert_allclose(q.numpy(), whole[-1], rtol=1e-12, atol=1e-14)
+
+
+def test_load_state_dict_validates_before_changing():
+    p = nn.Parameter(np.ones(3))
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = tg.Tensor(np.ones(3))
+    opt.step()
+    good = opt.state_dict()
+    bad = dict(good, **{"state.0.momentum_buffer": np.zeros(4), "hp.lr": 5.0})
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        opt.load_state_dict(bad)
+    assert opt.lr == 0.1
+    with pytest.raises(ValueError, match="SGD"):
+        optim.Adam([p]).load_state_dict(good)
+    assert all(isinstance(v, (np.ndarray, int, float, bool, str)) for v in good.values())
+
+
+# -- clipping ---------------------------------------------------------------
+
+def test_clip_grad_norm_returns_pre_clip_norm_and_rescales():
+    a, b = nn.Parameter(np.zeros(2)), nn.Parameter(np.zeros(1))
+    a.grad, b.grad = tg.Tensor(np.array([3.0, 4.0])), tg.Tensor(np.array([12.0]))
+    total = optim.clip_grad_norm([a, b], max_norm=1.3)
+    assert total == pytest.approx(13.0)
+    new = np.concatenate([a.grad.numpy(), b.grad.numpy()])
+    assert np.linalg.norm(new) == pytest.approx(1.3, rel=1e-6)
+    np.testing.assert_allclose(new / np.linalg.norm(new), np.array([3, 4, 12]) / 13)
+
+
+def test_clip_grad_norm_leaves_small_gradients_alone():
+    a = nn.Parameter(np.zeros(2))
+    a.grad = tg.Tensor(np.array([0.3, 0.4]))
+    assert optim.clip_grad_norm([a], max_norm=1.0) == pytest.approx(0.5)
+    np.testing.assert_array_equal(a.grad.numpy(), [0.3, 0.4])
+    assert optim.clip_grad_norm([a], 0.1, norm_type=math.inf) == pytest.approx(0.4)
+
+
+def test_clip_grad_value():
+    a = nn.Parameter(np.zeros(3))
+    a.grad = tg.Tensor(np.array([-5.0, 0.2, 3.0]))
+    optim.clip_grad_value([a], 1.0)
+    np.testing.assert_array_equal(a.grad.numpy(), [-1.0, 0.2, 1.0])
+
+
+def test_clip_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal((3, 2)) * 5, rng.standard_normal(4)]
+    ours = [nn.Parameter(np.zeros_like(g)) for g in grads]
+    for p, g in zip(ours, grads):
+        p.grad = tg.Tensor(g.copy())
+    theirs = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+    for p, g in zip(theirs, grads):
+        p.grad = torch.tensor(g.copy())
+    n1 = optim.clip_grad_norm(ours, 2.0)
+    n2 = torch.nn.utils.clip_grad_norm_(theirs, 2.0)
+    assert n1 == pytest.approx(float(n2), rel=1e-12)
+    for p, q in zip(ours, theirs):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-12)

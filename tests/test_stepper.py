@@ -1,0 +1,288 @@
+"""The stepper walks backward node by node and ends exactly where backward() ends."""
+import numpy as np
+import pytest
+
+import tinygraph as tg
+from tinygraph.graph import Graph
+from tinygraph.stepper import Stepper
+from tinygraph.viz import models_zoo
+
+MODELS = ["rnn", "elman", "lstm", "gru", "birnn"]
+
+
+def build(name, steps=3, seed=0):
+    return models_zoo.build(name, steps=steps, seed=seed)
+
+
+def leaf_params(loss):
+    return [n.tensor for n in Graph.from_outputs(loss).leaves
+            if n.requires_grad and n.tensor is not None]
+
+
+def backward_op_nodes(loss):
+    """Op nodes the backward pass visits: those with a differentiable leaf upstream."""
+    reaches_param = {}
+    for node in Graph.from_outputs(loss).nodes:
+        reaches_param[node.id] = (node.is_leaf and node.requires_grad) or any(
+            reaches_param[i.id] for i in node.inputs)
+    return {nid for nid, hit in reaches_param.items() if hit} - {
+        n.id for n in Graph.from_outputs(loss).leaves}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_final_grads_equal_backward_exactly(name):
+    loss = build(name).loss
+    params = leaf_params(loss)  # before backward frees the graph that keeps them alive
+    stepper = Stepper(loss)
+    stepper.run()
+    assert stepper.done
+    stepped = {node.id: g for node, g in stepper.grads.items()}
+    loss.backward()
+    assert params and set(stepped) == {p._node.id for p in params}
+    for p in params:
+        assert np.array_equal(stepped[p._node.id], p.grad.data), p.name
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_one_step_per_backward_node(name):
+    loss = build(name).loss
+    stepper = Stepper(loss)
+    events = list(stepper)
+    assert len(events) == len(stepper) == len(backward_op_nodes(loss))
+    assert {e.node.id for e in events} == backward_op_nodes(loss)
+    # reverse topological: every consumer is processed before what it consumes
+    seen = set()
+    for e in events:
+        assert not any(i.id in seen for i in e.node.inputs)
+        seen.add(e.node.id)
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm"])
+def test_back_then_step_returns_the_same_event(name):
+    stepper = Stepper(build(name).loss)
+    for _ in range(7):
+        stepper.step()
+    event = stepper.step()
+    previous = stepper.back()
+    assert previous.index == event.index - 1
+    again = stepper.step()
+    assert again == event and again.node is event.node
+    assert np.array_equal(again.upstream, event.upstream)
+    assert stepper.back() is previous
+    stepper.reset()
+    assert stepper.position == 0 and stepper.current is None
+    assert stepper.back() is None
+
+
+def test_grads_grow_as_the_walk_goes():
+    loss = build("elman").loss
+    stepper = Stepper(loss)
+    assert stepper.grads == {}
+    stepper.run_to(name="h", timestep=2)
+    partial = {n.name for n in stepper.grads}
+    assert "V" in partial and "c" in partial  # the output layer is reached first
+    assert "U" not in partial                 # the input layer is not reached yet
+
+
+def test_run_to_stops_where_asked():
+    stepper = Stepper(build("elman").loss)
+    event = stepper.run_to(name="h", timestep=1)
+    assert (event.name, event.timestep, event.op) == ("h", 1, "tanh")
+    assert stepper.current is event
+    skipped = stepper.events[:event.index]
+    assert not any(e.name == "h" and e.timestep == 1 for e in skipped)
+    assert stepper.run_to(op="matmul", scope="cell").op == "matmul"
+    assert stepper.run_to(name="nothing-has-this-name") is None and stepper.done
+
+
+def test_breakpoints_stop_run():
+    stepper = Stepper(build("rnn", steps=3).loss)
+    stepper.break_at(op="tanh")
+    stops = []
+    while not stepper.done:
+        event = stepper.run()
+        if event.op == "tanh":
+            stops.append(event.timestep)
+    assert stops == [2, 1, 0]  # the gradient reaches the last time step first
+    with pytest.raises(TypeError):
+        stepper.break_at(colour="red")
+
+
+def _elman():
+    models = pytest.importorskip("tinygraph.models")
+    if not hasattr(models, "ElmanRNN"):
+        pytest.skip("tinygraph.models.ElmanRNN is not available yet")
+    tg.manual_seed(1)
+    rng = np.random.default_rng(1)
+    T, B, D, H, K = 3, 1, 2, 3, 2
+    model = models.ElmanRNN(D, H, K).double()
+    x = tg.tensor(rng.normal(size=(T, B, D)))
+    o, _ = model(x)
+    loss = tg.cross_entropy(o, rng.integers(0, K, size=(T, B)), reduction="sum")
+    return model, loss, (T, K)
+
+
+def _matrix_for_rows(param, out_features):
+    """The matrix M with (row gradient) @ M = gradient through ``param`` in either layout."""
+    p = param.data
+    return p if p.shape[0] == out_features else p.T
+
+
+def test_elman_hidden_gradient_is_the_textbook_sum():
+    model, loss, (T, K) = _elman()
+    stepper = Stepper(loss)
+    events = {(e.name, e.timestep): e for e in stepper.events if e.name}
+    H = model.hidden_size
+    for t in range(T):
+        h_event = events[("h", t)]
+        terms = {c.source: c for c in h_event.contributions}
+        expected = {f"o({t})"} | ({f"a({t + 1})"} if t + 1 < T else set())
+        assert set(terms) == expected
+        # through V from o(t):  ∂L/∂o(t) V
+        from_o = events[("o", t)].upstream @ _matrix_for_rows(model.V, K)
+        assert np.allclose(terms[f"o({t})"].value, from_o)
+        total = from_o
+        if t + 1 < T:  # through W from h(t+1):  ∂L/∂a(t+1) W
+            from_next = events[("a", t + 1)].upstream @ _matrix_for_rows(model.W, H)
+            assert np.allclose(terms[f"a({t + 1})"].value, from_next)
+            total = total + from_next
+            assert " + " in h_event.gradient_in()
+        assert np.allclose(h_event.upstream, total)
+        # the local rule of h = tanh(a): ∂L/∂a = ∂L/∂h ⊙ (1 − h²)
+        h_value = h_event.node.tensor.data
+        assert "(1 − h" in h_event.sent[0].rule
+        assert np.allclose(h_event.sent[0].value, h_event.upstream * (1 - h_value ** 2))
+
+
+def test_elman_parameter_gradients_are_sums_over_time():
+    model, loss, (T, K) = _elman()
+    stepper = Stepper(loss)
+    stepper.run()
+    sums = {s.label: s for s in stepper.leaf_sums()}
+    assert set(sums) == {"U", "V", "W", "b", "c"}
+    for label in ("U", "V", "b", "c"):
+        assert sorted(c.timestep for c in sums[label].contributions) == list(range(T))
+    # h(-1) is the zero state here, so W gets a share from every step that has a real h(t-1)
+    assert len(sums["W"].contributions) >= T - 1
+    loss.backward()
+    for label, s in sums.items():
+        param = getattr(model, label)
+        assert np.allclose(sum(c.value for c in s.contributions), param.grad.data)
+        assert s.formula().startswith(f"∇{label} = from ")
+
+
+def test_explain_plugs_in_numbers():
+    stepper = Stepper(build("rnn", steps=2).loss)
+    event = stepper.run_to(name="h", timestep=0)
+    text = event.explain()
+    assert "∂L/∂a(0) = ∂L/∂h(0) ⊙ (1 − h(0)²)" in text
+    upstream = np.round(event.upstream.ravel()[0], 3)
+    assert f"{upstream:.3f}".rstrip("0").rstrip(".") in text.replace(" ", "")
+    whole = stepper.explain()
+    assert whole.count("step ") >= len(stepper) and "∇W = " in whole
+
+
+def test_truncation_cut_event_shows_the_dropped_gradient():
+    rng = np.random.default_rng(0)
+    example = build("elman", steps=2)
+    model = example.model
+    x = tg.tensor(rng.normal(size=(2, 1, 2)))
+
+    def second_window(h_start):
+        o, _ = model(x, h_start)
+        return models_zoo.sequence_loss(o, np.array([[0], [1]]))
+
+    _, h_edge = model(x, tg.tensor(np.zeros((1, 3))))
+    carried = h_edge.detach()
+    stepper = Stepper(second_window(carried), cuts=carried)
+    cuts = [e for e in stepper.events if e.kind == "cut"]
+    assert len(cuts) == 1 and cuts[0].node is carried._node
+    assert cuts[0].label == "h(-1)"  # the state entering step 0 of the window
+    # what would have flowed on: the gradient w.r.t. the same state made differentiable
+    h_leaf = tg.tensor(carried.data, requires_grad=True)
+    second_window(h_leaf).backward()
+    assert np.allclose(cuts[0].upstream, h_leaf.grad.data)
+    assert "✂" in str(cuts[0])
+    node_steps = [e for e in stepper.events if e.kind == "node"]
+    assert cuts[0].index > max(e.index for e in node_steps if carried._node in e.node.inputs)
+
+
+def test_clip_event_reports_norm_before_and_after():
+    loss = build("rnn").loss
+    params = leaf_params(loss)
+    stepper = Stepper(loss)
+    nodes = len(stepper)
+    clip = stepper.record_clip(0.1)
+    assert clip.kind == "clip" and len(stepper) == nodes + 1
+    stepper.run()
+    loss.backward()
+    norm = float(np.sqrt(sum((p.grad.data ** 2).sum() for p in params)))
+    assert clip.detail["norm_before"] == pytest.approx(norm)
+    assert clip.detail["norm_after"] == pytest.approx(0.1, rel=1e-4)
+    clipped = np.sqrt(sum((g ** 2).sum() for g in stepper.grads.values()))
+    assert clipped == pytest.approx(0.1, rel=1e-4)
+
+
+def test_inputs_restrict_the_walk():
+    example = build("elman")
+    model = example.model
+    full = Stepper(example.loss)
+    only_v = Stepper(example.loss, inputs=[model.V])
+    only_v.run()
+    assert [n.name for n in only_v.grads] == ["V"]
+    assert len(only_v) < len(full)
+
+
+def test_stepper_needs_a_recorded_graph():
+    with pytest.raises(RuntimeError, match="recorded graph"):
+        Stepper(tg.tensor(1.0))
+
+
+def test_windows_of_truncated_bptt_add_up_to_bptt():
+    bptt = pytest.importorskip("tinygraph.bptt")
+    model, _, _ = _elman()
+    rng = np.random.default_rng(3)
+    T, K = 5, model.output_size
+    xs = tg.tensor(rng.normal(size=(T, 1, model.input_size)))
+    targets = rng.integers(0, K, size=(T, 1))
+
+    def loss_fn(outputs, y):
+        return tg.cross_entropy(outputs, y, reduction="sum")
+
+    walks = [Stepper.for_window(model, xs, targets, loss_fn, k1=2, k2=3, window=w)
+             for w in range(3)]
+    assert [w.window for w in walks] == [(0, 2, 0), (2, 4, 1), (4, 5, 2)]
+    # window 0 starts from the initial state: nothing is cut; later ones cut the carried h
+    assert [sum(e.kind == "cut" for e in w.events) for w in walks] == [0, 1, 1]
+    cut = next(e for e in walks[1].events if e.kind == "cut")
+    assert cut.upstream.shape == (1, model.hidden_size) and cut.detail["norm"] > 0
+    model.zero_grad()
+    bptt.backprop_through_time(model, xs, targets, loss_fn, k1=2, k2=3)
+    for walk in walks:
+        walk.run()
+    for name, param in model.named_parameters():
+        total = sum(walk.grad(param) for walk in walks)
+        assert np.allclose(total, param.grad.data), name
+
+
+def test_event_diagram_highlights_the_current_node():
+    import tinygraph.viz  # noqa: F401  (installs the renderer)
+    from tinygraph.viz.labels import HIGHLIGHT
+
+    stepper = Stepper(build("elman", steps=2).loss)
+    first = stepper.step()
+    second = stepper.run_to(name="h", timestep=1)
+    marker = f'penwidth={HIGHLIGHT["penwidth"]}'
+    for event in (first, second):
+        source = event.diagram(view="ops").source
+        assert source.count(marker) == 1
+    assert first.diagram(view="ops").source != second.diagram(view="ops").source
+    assert "<svg" in second._repr_html_() and "∂L/∂h(1)" in second._repr_html_()
+
+
+def test_engine_stepper_does_not_import_viz():
+    import subprocess
+    import sys
+    code = ("import sys, tinygraph.stepper; "
+            "assert 'tinygraph.viz' not in sys.modules and 'tinygraph.models' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

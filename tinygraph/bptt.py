@@ -1,0 +1,537 @@
+"""Backpropagation through time: full and truncated, streaming state, gradient-flow diagnostics.
+
+Model contract: ``model(x_window, state) -> (outputs, state)`` with time-major
+inputs ``(T, B, ...)`` and outputs ``(T, B, ...)``; ``state`` is ``None`` (the
+model's initial state), a Tensor, or a tuple of Tensors (LSTM ``(h, c)``).
+``loss_fn(outputs, targets_window) -> scalar Tensor``.
+
+Truncated BPTT(k1, k2) after Williams & Peng: the sequence is cut into loss
+windows of k1 steps; window ``[a, b)`` differentiates ``loss_fn`` on the
+outputs of steps ``a..b-1`` through the last k2 steps, ``[max(0, b - k2), b)``
+(so k2 >= T is full BPTT, and the last, possibly short, window still looks
+k2 steps back). The steps before ``a`` are
+*re-run* from a detached copy of the state stored when the previous window
+passed that point (so every window owns a fresh graph and memory is O(k2),
+whatever the sequence length). With an optimizer the re-run uses the current
+parameters, as in the re-computing variant of the algorithm; without one the
+gradients accumulate into ``.grad`` and are exactly the sum of the per-window
+truncated gradients.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import backend
+from .autodiff import grad as _grad
+from .ops import concat
+from .tensor import Tensor
+
+__all__ = [
+    "BPTTResult", "backprop_through_time", "window_plan", "truncate", "check_state",
+    "FreedStateError", "StreamState", "StatefulBPTT", "gradient_flow", "jacobian_norms",
+    "grad_norm", "state_tensors", "state_sources", "fit", "evaluate", "History",
+    "GradientFlowRecorder", "ExplodingGradientWarning",
+]
+
+
+# ---------------------------------------------------------------------------
+# state helpers: a state is None, a Tensor or a (nested) tuple of Tensors
+# ---------------------------------------------------------------------------
+def _map_state(fn, state):
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return fn(state)
+    if isinstance(state, (tuple, list)):
+        return type(state)(_map_state(fn, s) for s in state)
+    raise TypeError(
+        f"a recurrent state must be None, a Tensor or a tuple of Tensors, got {type(state).__name__}"
+    )
+
+
+def state_tensors(state) -> list:
+    """The Tensors of ``state`` in order (h first, then c for an LSTM)."""
+    found = []
+    _map_state(found.append, state)
+    return found
+
+
+def truncate(state):
+    """Same values, graph cut: gradients never flow past the returned state."""
+    return _map_state(lambda t: t.detach(), state)
+
+
+class FreedStateError(RuntimeError):
+    """A state still points into a graph that an earlier backward freed."""
+
+
+def _has_freed_ancestor(node, budget=64):
+    # A state's own node is usually the last op of a step (tanh, mul), which the
+    # backward that freed the graph did reach; look a little way up to be sure.
+    stack, seen = [node], set()
+    while stack and len(seen) < budget:
+        n = stack.pop()
+        if n.id in seen:
+            continue
+        seen.add(n.id)
+        if n.freed:
+            return True
+        stack.extend(n.inputs)
+    return False
+
+
+def check_state(state, what="state"):
+    """Raise FreedStateError if ``state`` carries a graph that backward already freed."""
+    for t in state_tensors(state):
+        if t._node is not None and _has_freed_ancestor(t._node):
+            raise FreedStateError(
+                f"the {what} carries a graph that an earlier backward already freed "
+                f"(op '{t._node.op}', scope {t._node.scope or '<top>'!r}); truncate it before "
+                "reusing it: state = tinygraph.bptt.truncate(state) (or stream.truncate()) keeps "
+                "the value and cuts the graph"
+            )
+    return state
+
+
+# ---------------------------------------------------------------------------
+# windows
+# ---------------------------------------------------------------------------
+def resolve_window(k1, k2, T):
+    """(k1, k2) as integers; None, None means full BPTT (one window of T steps)."""
+    if k1 is None and k2 is None:
+        return max(T, 1), max(T, 1)
+    if k1 is None:
+        k1 = k2
+    if k2 is None:
+        k2 = k1
+    if int(k1) != k1 or int(k2) != k2 or k1 < 1:
+        raise ValueError(f"TBPTT: k1 and k2 must be positive integers, got k1={k1}, k2={k2}")
+    if k2 < k1:
+        raise ValueError(
+            f"TBPTT: k2 (steps of backprop, {k2}) must be >= k1 (steps between updates, {k1}); "
+            "otherwise some losses would not be differentiated at all"
+        )
+    return int(k1), int(k2)
+
+
+def window_plan(T, k1, k2):
+    """[(a, b, r)]: loss on steps [a, b), backprop through steps [r, b), r = max(0, b - k2).
+
+    The last window may be short (T not a multiple of k1); it still
+    backpropagates through the last k2 steps, so k2 >= T is full BPTT.
+    """
+    plan = []
+    for a in range(0, T, k1):
+        b = min(a + k1, T)
+        plan.append((a, b, max(0, b - k2)))
+    return plan
+
+
+def _time_slice(x, a, b):
+    """Steps [a, b) of a time-major array/Tensor, as a view (no recorded op unless needed)."""
+    if isinstance(x, Tensor):
+        return x[a:b] if x.requires_grad else Tensor(x.data[a:b])
+    return Tensor(x[a:b]) if hasattr(x, "shape") and hasattr(x, "dtype") else x[a:b]
+
+
+def _target_slice(y, a, b):
+    if isinstance(y, Tensor):
+        return Tensor(y.data[a:b])
+    return y[a:b]
+
+
+def _seq_len(xs):
+    shape = xs.shape if hasattr(xs, "shape") else np.shape(xs)
+    if not shape:
+        raise ValueError("BPTT: inputs must be time-major with at least one axis (T, B, ...)")
+    return int(shape[0])
+
+
+# ---------------------------------------------------------------------------
+# gradient norms
+# ---------------------------------------------------------------------------
+def _norm(array):
+    xp = backend.array_module(array)
+    return float(xp.sqrt((array.astype(np.float64) ** 2).sum()))
+
+
+def grad_norm(params) -> float:
+    """Total L2 norm of the ``.grad`` of ``params`` (those without a gradient are skipped)."""
+    total = 0.0
+    for p in params:
+        if getattr(p, "grad", None) is not None:
+            total += _norm(p.grad.data) ** 2
+    return math.sqrt(total)
+
+
+def _parameters_of(model, optimizer):
+    if hasattr(model, "parameters"):
+        return list(model.parameters())
+    if optimizer is not None and hasattr(optimizer, "params"):
+        return list(optimizer.params)
+    return []
+
+
+def _clip(params, clip_norm, clip_value):
+    """Clip in place; returns (pre-clip norm, whether anything was clipped)."""
+    from .optim import clip_grad_norm, clip_grad_value
+
+    norm = grad_norm(params)
+    clipped = False
+    if clip_value is not None:
+        biggest = max((float(backend.array_module(p.grad.data).abs(p.grad.data).max())
+                       for p in params if p.grad is not None and p.grad.size), default=0.0)
+        clipped = biggest > clip_value
+        clip_grad_value(params, clip_value)
+    if clip_norm is not None:
+        clipped = (clip_grad_norm(params, clip_norm) > clip_norm) or clipped
+    return norm, clipped
+
+
+# ---------------------------------------------------------------------------
+# the driver
+# ---------------------------------------------------------------------------
+@dataclass
+class BPTTResult:
+    """What one call of :func:`backprop_through_time` did.
+
+    ``loss``: sum of the window losses. ``state``: final state, detached.
+    ``grad_norms``: (T,) ‖∂L/∂h(t)‖ summed over the windows whose backward
+    reached step t (NaN where not computed, i.e. everywhere unless
+    ``track_grad_norms=True``); ``state_grad_norms`` has one such array per
+    state tensor (h, then c for an LSTM). ``windows``: (a, b, r) per window.
+    ``update_grad_norms``/``clipped``: pre-clip parameter-gradient norm and
+    whether clipping changed it, per optimizer step (or once, at the end,
+    without an optimizer).
+    """
+
+    loss: float
+    state: object
+    grad_norms: np.ndarray
+    state_grad_norms: tuple = ()
+    window_losses: list = field(default_factory=list)
+    windows: list = field(default_factory=list)
+    update_grad_norms: list = field(default_factory=list)
+    clipped: list = field(default_factory=list)
+
+    @property
+    def num_updates(self) -> int:
+        return len(self.update_grad_norms)
+
+
+class _NormTracker:
+    """Sums ∂L/∂state(t) over the windows that reach step t, O(k2) memory."""
+
+    def __init__(self, T):
+        self.T = T
+        self.pending = {}  # (t, component, source) -> gradient array
+        self.norms = None
+
+    def add(self, t, comps):
+        if self.norms is None:
+            self.norms = [np.full(self.T, np.nan) for _ in comps]
+        for i, sources in enumerate(comps):
+            for j, tensor in enumerate(sources):
+                if tensor.grad is None:
+                    continue
+                key = (t, i, j)
+                prev = self.pending.get(key)
+                self.pending[key] = tensor.grad.data if prev is None else prev + tensor.grad.data
+                tensor.grad = None
+
+    def finish_before(self, step):
+        squares = {}
+        for key in [k for k in self.pending if k[0] < step]:
+            t, i, _ = key
+            squares[(t, i)] = squares.get((t, i), 0.0) + _norm(self.pending.pop(key)) ** 2
+        for (t, i), sq in squares.items():
+            self.norms[i][t] = math.sqrt(sq)
+
+    def result(self):
+        self.finish_before(self.T)
+        return tuple(self.norms or ())
+
+
+def state_sources(tensor) -> list:
+    """The tensors a state tensor is assembled from, where ∂L/∂h(t) has to be taken.
+
+    A layer returns ``h_n = stack([h of each layer])`` while its outputs are
+    built from those same h's, so the gradient at ``h_n`` would miss the
+    output path; the stacked inputs get the whole gradient.
+    """
+    node = tensor._node
+    if node is not None and node.op in ("stack", "concat") and node.saved is not None:
+        found = [a for a in node.saved if isinstance(a, Tensor) and a.requires_grad]
+        if found:
+            return found
+    return [tensor]
+
+
+def _step_sources(state):
+    return [state_sources(t) for t in state_tensors(state)]
+
+
+def _run(model, xs, state, u, v, track, tracked):
+    """Run steps [u, v); with ``track`` one step per call so each state is its own tensor."""
+    if not track:
+        return model(_time_slice(xs, u, v), state)
+    outs = []
+    for t in range(u, v):
+        out, state = model(_time_slice(xs, t, t + 1), state)
+        comps = _step_sources(state)
+        for sources in comps:
+            for c in sources:
+                c.retain_grad()
+        tracked.append((t, comps))
+        outs.append(out)
+    return (outs[0] if len(outs) == 1 else concat(outs, axis=0)), state
+
+
+def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k2=None,
+                          optimizer=None, clip_norm=None, clip_value=None,
+                          track_grad_norms=False):
+    """Full BPTT (k1 = k2 = None) or Williams & Peng's TBPTT(k1, k2) over one sequence.
+
+    ``state`` is the starting state (cut from any graph it carries). With
+    ``optimizer``: zero_grad, backward, clip, step for every window. Without
+    one, every window's gradient accumulates into ``.grad`` (and clipping, if
+    asked, is applied once at the end). ``track_grad_norms=True`` runs the
+    model one step per call to record ‖∂L/∂h(t)‖ for every step. Returns a
+    :class:`BPTTResult`.
+    """
+    T = _seq_len(xs)
+    if T == 0:
+        raise ValueError("BPTT: the sequence is empty (T = 0)")
+    tshape = targets.shape if hasattr(targets, "shape") else np.shape(targets)
+    if tshape and int(tshape[0]) != T:
+        raise ValueError(f"BPTT: inputs have {T} steps but targets have {tshape[0]} (both time-major)")
+    k1, k2 = resolve_window(k1, k2, T)
+    params = _parameters_of(model, optimizer)
+    tracker = _NormTracker(T) if track_grad_norms else None
+
+    result = BPTTResult(loss=0.0, state=None, grad_norms=np.full(T, np.nan))
+    restart_state = truncate(state)  # detached state before step r of the coming window
+    final = restart_state
+    plan = window_plan(T, k1, k2)
+    for w, (a, b, r) in enumerate(plan):
+        next_r = plan[w + 1][2] if w + 1 < len(plan) else b
+        cuts = sorted({r, a, b, next_r})
+        s = restart_state
+        stored = restart_state if next_r == r else None
+        loss_parts, tracked = [], []
+        for u, v in zip(cuts, cuts[1:]):
+            out, s = _run(model, xs, s, u, v, track_grad_norms, tracked)
+            if u >= a:
+                loss_parts.append(out)
+            if v == next_r:
+                stored = truncate(s)
+        outputs = loss_parts[0] if len(loss_parts) == 1 else concat(loss_parts, axis=0)
+        if optimizer is not None:
+            optimizer.zero_grad()
+        loss = loss_fn(outputs, _target_slice(targets, a, b))
+        if not isinstance(loss, Tensor) or loss.size != 1:
+            raise TypeError("BPTT: loss_fn must return a scalar Tensor")
+        loss.backward()
+        result.window_losses.append(float(loss.item()))
+        result.windows.append((a, b, r))
+        if tracker is not None:
+            for t, comps in tracked:
+                tracker.add(t, comps)
+            tracker.finish_before(next_r)
+        if optimizer is not None:
+            norm, clipped = _clip(params, clip_norm, clip_value)
+            optimizer.step()
+            result.update_grad_norms.append(norm)
+            result.clipped.append(clipped)
+        restart_state, final = stored, s
+        del loss, outputs, loss_parts, tracked, s  # drop this window's graph before the next one
+
+    if optimizer is None and params:
+        norm, clipped = _clip(params, clip_norm, clip_value) if (clip_norm or clip_value) is not None \
+            else (grad_norm(params), False)
+        result.update_grad_norms.append(norm)
+        result.clipped.append(clipped)
+    result.loss = float(sum(result.window_losses))
+    result.state = truncate(final)
+    if tracker is not None:
+        result.state_grad_norms = tracker.result()
+        result.grad_norms = result.state_grad_norms[0]
+    return result
+
+
+# ---------------------------------------------------------------------------
+# streaming: a state that persists across calls
+# ---------------------------------------------------------------------------
+class StreamState:
+    """A recurrent state that persists across calls, for a hand-written loop over a long text.
+
+        stream = StreamState()
+        for x, y in chunks:
+            out, h = model(x, stream.value)
+            stream.update(h)
+            loss_fn(out, y).backward(); opt.step(); opt.zero_grad()
+            stream.truncate()          # keep the value, cut the graph
+
+    Forgetting ``truncate()`` makes the next ``stream.value`` raise a
+    :class:`FreedStateError` that says so. ``reset()`` goes back to the
+    initial state (e.g. at a document boundary).
+    """
+
+    def __init__(self, initial=None):
+        self._initial = truncate(initial)
+        self._state = self._initial
+
+    @property
+    def value(self):
+        return check_state(self._state, "stream state")
+
+    def update(self, state):
+        """Remember the state a model just returned (graph attached)."""
+        _map_state(lambda t: t, state)  # validates the structure
+        self._state = state
+        return state
+
+    def truncate(self):
+        """Keep the value, cut the graph; returns the truncated state."""
+        self._state = truncate(self._state)
+        return self._state
+
+    def reset(self):
+        """Back to the initial state."""
+        self._state = self._initial
+        return self._state
+
+
+class StatefulBPTT:
+    """TBPTT over a stream that arrives in chunks; the state persists between ``step`` calls.
+
+    Each ``step(xs, targets)`` runs :func:`backprop_through_time` on the chunk,
+    starting from the state the previous chunk ended in; the chunk edge is a
+    truncation point too (with k1 = k2 and chunk lengths that are multiples of
+    k1 this equals one call over the concatenated stream).
+    """
+
+    def __init__(self, model, loss_fn, *, k1, k2=None, optimizer=None, clip_norm=None,
+                 clip_value=None, initial_state=None):
+        resolve_window(k1, k2, 1)  # validate early
+        self.model, self.loss_fn = model, loss_fn
+        self.k1, self.k2 = k1, k2
+        self.optimizer, self.clip_norm, self.clip_value = optimizer, clip_norm, clip_value
+        self.stream = StreamState(initial_state)
+
+    @property
+    def state(self):
+        return self.stream.value
+
+    def step(self, xs, targets, track_grad_norms=False):
+        result = backprop_through_time(
+            self.model, xs, targets, self.loss_fn, state=self.stream.value, k1=self.k1, k2=self.k2,
+            optimizer=self.optimizer, clip_norm=self.clip_norm, clip_value=self.clip_value,
+            track_grad_norms=track_grad_norms)
+        self.stream.update(result.state)
+        return result
+
+    def truncate(self):
+        return self.stream.truncate()
+
+    def reset(self):
+        return self.stream.reset()
+
+
+# ---------------------------------------------------------------------------
+# diagnostics: vanishing and exploding gradients as data
+# ---------------------------------------------------------------------------
+def _unrolled(model, xs, state):
+    """Run one step per call: (outputs (T, ...), per step [sources of each state tensor])."""
+    s = truncate(state)
+    outs, per_step = [], []
+    for t in range(_seq_len(xs)):
+        out, s = model(_time_slice(xs, t, t + 1), s)
+        outs.append(out)
+        per_step.append(_step_sources(s))
+    if not per_step or not per_step[0]:
+        raise ValueError("gradient diagnostics need a model whose state is a Tensor or a tuple of Tensors")
+    return (outs[0] if len(outs) == 1 else concat(outs, axis=0)), per_step, s
+
+
+def gradient_flow(model, xs, targets, loss_fn, state=None, *, per_state=False):
+    """‖∂L/∂h(t)‖ for every step t, with L = loss_fn(outputs, targets) over the whole sequence.
+
+    Runs the model one step per call (``xs[t:t+1]``) so each h(t) is its own
+    tensor, then takes one reverse pass. The norm is the Frobenius norm over
+    the whole (batch, hidden) state (all layers of a stacked layer). Returns
+    a NumPy array (T,) for h (the first state tensor); with
+    ``per_state=True`` a tuple of such arrays, one per state tensor: ``(h,)``,
+    or ``(h, c)`` for an LSTM. Nothing is accumulated into the parameters'
+    ``.grad``. To see the textbook decay, put the loss on the last step only
+    (``loss_fn`` may ignore the other outputs).
+    """
+    outputs, per_step, _ = _unrolled(model, xs, state)
+    loss = loss_fn(outputs, targets)
+    flat = [(t, i, src) for t, comps in enumerate(per_step)
+            for i, sources in enumerate(comps) for src in sources]
+    grads = _grad(loss, [src for _, _, src in flat], allow_unused=True)
+    norms = np.zeros((len(per_step[0]), len(per_step)))
+    for (t, i, _), g in zip(flat, grads):
+        if g is not None:
+            norms[i, t] += _norm(g.data) ** 2
+    norms = np.sqrt(norms)
+    return tuple(norms) if per_state else norms[0]
+
+
+def _per_sample(arr, batch_axis, B):
+    """(..., B, H) -> (B, rest) on the host."""
+    arr = backend.as_host(arr)
+    if batch_axis is None:
+        return arr.reshape(1, -1)
+    return np.moveaxis(arr, batch_axis, 0).reshape(B, -1)
+
+
+def jacobian_norms(model, xs, state=None, *, ord="fro", state_index=0):
+    """Norms of ∂s(T)/∂s(t) for every t: how much step t still influences the last state.
+
+    ``s`` is state tensor ``state_index`` (0 = h; 1 = c for an LSTM). The
+    Jacobian is taken per batch element (samples do not interact; the batch
+    axis is the second-to-last axis of the state) and its norm, ``"fro"``
+    (Frobenius) or ``2`` (spectral), averaged over the batch. Returns a NumPy
+    array (T,); the last entry is the norm of the identity. Costs one reverse
+    pass per state unit, so use small hidden sizes.
+    """
+    _, per_step, final = _unrolled(model, xs, state)
+    last = state_tensors(final)[state_index]
+    sources = [comps[state_index] for comps in per_step]
+    shape = last.shape
+    batch_axis = len(shape) - 2 if len(shape) >= 2 else None
+    B = shape[batch_axis] if batch_axis is not None else 1
+    M = last.size // B
+    xp = backend.array_module(last.data)
+    flat_sources = [src for srcs in sources for src in srcs]
+    jac = [None] * len(sources)
+    for unit in range(M):
+        seed = np.zeros((B, M), dtype=last.dtype)
+        seed[:, unit] = 1.0
+        if batch_axis is None:
+            seed = seed.reshape(shape)
+        else:
+            moved = tuple(s for i, s in enumerate(shape) if i != batch_axis)
+            seed = np.moveaxis(seed.reshape((B,) + moved), 0, batch_axis)
+        grads = iter(_grad(last, flat_sources, grad_outputs=xp.asarray(seed), retain_graph=True,
+                           allow_unused=True))
+        for t, srcs in enumerate(sources):
+            row = [np.zeros((B, src.size // B)) if g is None else _per_sample(g.data, g.ndim - 2 if g.ndim >= 2 else None, B)
+                   for src, g in zip(srcs, grads)]
+            row = np.concatenate(row, axis=1)  # (B, M_in)
+            if jac[t] is None:
+                jac[t] = np.zeros((B, M, row.shape[1]))
+            jac[t][:, unit, :] = row
+    return np.array([np.mean([np.linalg.norm(jac[t][b], ord) for b in range(B)])
+                     for t in range(len(sources))])
+
+
+# The training loop lives in its own module; re-exported here (import at the end:
+# training imports the driver above).
+from .training import (ExplodingGradientWarning, GradientFlowRecorder, History,  # noqa: E402
+                       evaluate, fit)

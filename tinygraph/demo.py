@@ -1,0 +1,308 @@
+"""`tinygraph demo`: train a character-level LSTM on text that ships with Python, then draw it.
+
+The corpus is Python's own documentation (``pydoc_data/topics.py``), so the
+demo needs no download; its sha256 is printed and saved because the text
+changes between Python versions. The run:
+
+1. builds a character vocabulary, splits 90 % train / 10 % validation, and
+   measures the unigram baseline (bits/char knowing only letter frequencies);
+2. samples from the untrained model, trains it with truncated BPTT for about
+   a minute or two (progress bar), samples again and reports validation
+   bits/char against the baseline;
+3. writes the pictures: the folded circuit and the unfolded graph of the
+   trained model (SVG), the gradient-flow plot RNN vs LSTM (PNG), the loss
+   curve (PNG) and a backprop walk-through of a 3-step RNN (HTML).
+
+``--quick`` runs the same pipeline on a small slice in seconds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .progress import ProgressBar
+from .training import History
+
+FULL = dict(chars=None, embedding=32, hidden=128, batch=32, window=64, lr=3e-3, minutes=1.5,
+            sample_chars=240, flow_steps=60)
+QUICK = dict(chars=12_000, embedding=8, hidden=24, batch=8, window=16, lr=1e-2, minutes=None, epochs=1.0,
+             sample_chars=60, flow_steps=16)
+
+
+def configure(parser):
+    parser.add_argument("-o", "--out", default="tinygraph-demo", help="output folder for pictures and summary")
+    parser.add_argument("--quick", action="store_true", help="same pipeline on a small slice, in seconds")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="passes over the training text (default: as many as fit in --minutes)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="training time budget (default 1.5, quick 0.25)")
+    parser.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm", help="recurrent cell")
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------
+def limit_blas_threads(n=1):
+    """Ask a loaded OpenBLAS to use ``n`` threads; returns True when it could.
+
+    Recurrent models multiply small matrices one time step at a time; there a
+    multi-threaded BLAS spends more on waking threads than it saves, and on a
+    busy 2-core machine it made training 3-10x slower. Best effort: Linux
+    OpenBLAS builds only (others are left as they are), and the variable
+    OPENBLAS_NUM_THREADS, when set, wins.
+    """
+    import ctypes
+    if os.environ.get("OPENBLAS_NUM_THREADS") or not os.path.exists("/proc/self/maps"):
+        return False
+    with open("/proc/self/maps") as f:
+        libraries = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    for path in libraries:
+        lib = ctypes.CDLL(path)
+        for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                     "scipy_openblas_set_num_threads", "openblas_set_num_threads64_"):
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(int(n))
+                return True
+    return False
+
+
+def _write_text_atomic(path, text):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _printable(text):
+    return text.replace("\n", "⏎ ").replace("\t", "→")
+
+
+def _sample_text(model, vocab, prompt, n, temperature, seed):
+    import tinygraph as tg
+    tg.manual_seed(seed)
+    prompt_ids = vocab.encode(list(prompt))
+    with tg.no_grad():
+        ids = model.sample(prompt_ids, n, temperature=temperature)
+    ids = np.asarray(ids.data if hasattr(ids, "data") else ids).ravel()
+    text = vocab.decode(ids)
+    return text if text.startswith(prompt) else prompt + text
+
+
+# ---------------------------------------------------------------------------
+# the pipeline
+# ---------------------------------------------------------------------------
+def _evaluate_bits(model, streams, window):
+    """Validation bits/char: carry the state across windows, no graph recorded."""
+    import tinygraph as tg
+    from tinygraph import data
+    total, count, state = 0.0, 0, None
+    with tg.no_grad():
+        for x, y in data.tbptt_windows(streams, window):
+            logits, state = model(x, state)
+            total += float(tg.cross_entropy(logits, y, reduction="sum").item())
+            count += y.size
+    return total / max(count, 1) / math.log(2)
+
+
+def _train(model, train_streams, val_streams, cfg, args):
+    """Truncated BPTT (k1 = k2 = window): the state carries across windows, the graph is cut."""
+    import tinygraph as tg
+    from tinygraph import bptt, data, optim
+    opt = optim.Adam(model.parameters(), lr=cfg["lr"])
+    trainer = bptt.StatefulBPTT(model, tg.cross_entropy, k1=cfg["window"], optimizer=opt, clip_norm=1.0)
+    windows_per_epoch = (len(train_streams) - 1 + cfg["window"] - 1) // cfg["window"]
+    epochs = args.epochs if args.epochs is not None else cfg.get("epochs")
+    minutes = args.minutes if args.minutes is not None else cfg["minutes"]
+    if epochs is not None and args.minutes is None:
+        max_windows = max(1, int(round(epochs * windows_per_epoch)))
+        budget = float("inf")
+    else:
+        max_windows = 10 ** 9 if epochs is None else max(1, int(round(epochs * windows_per_epoch)))
+        budget = 60.0 * minutes
+    history = History()  # losses in bits/char, so the curve reads against the baseline
+    # a time-bounded run learns its bar's total from the speed of its first windows
+    bar = ProgressBar(max_windows if budget == float("inf") else None, desc="training")
+    start = time.perf_counter()
+    step, epoch = 0, 0
+    while step < max_windows and time.perf_counter() - start < budget:
+        trainer.reset()  # a new epoch starts every stream at its beginning
+        for x, y in data.tbptt_windows(train_streams, cfg["window"]):
+            result = trainer.step(x, y)
+            step += 1
+            bits = result.loss / math.log(2)
+            norm = result.update_grad_norms[-1]
+            history.step_loss.append(bits)
+            history.step_grad_norm.append(float(norm))
+            history.step_clipped.append(bool(result.clipped[-1]))
+            history.step_epoch.append(epoch + 1)
+            if bar.total is None and step == 5:
+                bar.total = max(step, int(budget / ((time.perf_counter() - start) / step)))
+            bar.update(epoch=epoch + 1, bits_per_char=bits, grad_norm=float(norm))
+            if step >= max_windows or time.perf_counter() - start >= budget:
+                break
+        epoch += 1
+        losses = [b for b, e in zip(history.step_loss, history.step_epoch) if e == epoch]
+        history.epochs.append({"epoch": epoch, "train_loss": sum(losses) / max(len(losses), 1),
+                               "eval_loss": _evaluate_bits(model, val_streams, cfg["window"]),
+                               "updates": len(losses), "seconds": time.perf_counter() - start})
+    bar.total = step
+    bar.close(val_bits_per_char=history.epochs[-1]["eval_loss"])
+    return history, time.perf_counter() - start
+
+
+def _save_diagram(diagram, path):
+    from tinygraph import viz
+    written = viz.save(diagram, path)
+    return Path(written) if written else Path(path)
+
+
+def _draw_model(model, vocab, prompt, out, cell):
+    """Folded circuit and unfolded graph of the trained model on a 3-character input."""
+    import tinygraph as tg
+    from tinygraph import viz
+    ids = vocab.encode(list(prompt[:4]))
+    x, y = ids[:-1, None], ids[1:, None]
+    logits, _ = model(x)
+    loss = tg.cross_entropy(logits, y, reduction="sum")
+    circuit = _save_diagram(viz.draw_circuit(loss, detail="variables"), out / f"{cell}_circuit.svg")
+    unfolded = _save_diagram(viz.draw_unfolded(loss, detail="variables"), out / f"{cell}_unfolded.svg")
+    return [circuit, unfolded]
+
+
+def _gradient_flow(trained, streams, cfg, out, seed):
+    """‖∂L/∂h(t)‖ of the last step's loss: fresh tanh RNN and LSTM of the same size, and the trained model.
+
+    The loss sits on the last step only, so the curve shows how much of it
+    reaches each earlier step: the distance over which the model can learn.
+    """
+    import tinygraph as tg
+    from tinygraph import bptt, viz
+    from tinygraph.models import LanguageModel
+    T = cfg["flow_steps"]
+    x, y = streams[:T, :4], streams[1:T + 1, :4]
+
+    def last_step_loss(logits, targets):
+        return tg.cross_entropy(logits[-1], targets[-1])
+
+    models = {}
+    for label, cell in (("RNN (tanh), untrained", "rnn"), ("LSTM, untrained", "lstm")):
+        tg.manual_seed(seed)
+        models[label] = LanguageModel(trained.vocab_size, cfg["embedding"], cfg["hidden"], cell=cell)
+    models["LSTM, trained"] = trained
+    curves = {label: np.asarray(bptt.gradient_flow(m, x, y, last_step_loss), dtype=float)
+              for label, m in models.items()}
+    path = out / "gradient_flow.png"
+    viz.plot_gradient_flow(curves, path, title="‖∂L(T)/∂h(t)‖: how far back the last step's loss reaches")
+    return path, curves
+
+
+def _walkthrough(out, seed):
+    """Backprop walk-through of a 3-step Elman RNN as a self-contained HTML player."""
+    import tinygraph as tg
+    from tinygraph import viz
+    from tinygraph.models import ElmanRNN
+    from tinygraph.stepper import Stepper
+    tg.manual_seed(seed)
+    model = ElmanRNN(3, 4, 3)
+    x = np.eye(3, dtype=np.float32)[[0, 2, 1]][:, None, :]  # (T=3, B=1, D=3) one-hot
+    y = np.array([[2], [1], [0]])
+    o, _ = model(tg.tensor(x))
+    loss = tg.cross_entropy(o, y, reduction="sum")
+    path = out / "backprop_rnn_3steps.html"
+    viz.stepper_html(Stepper(loss), path)
+    return path
+
+
+def _loss_curve(history, out):
+    from tinygraph import viz
+    path = out / "loss_curve.png"
+    viz.plot_loss_curve(history, path, title="Character LSTM on pydoc text: bits/char")
+    return path
+
+
+def _attempt(label, fn, *a, **kw):
+    """Run one picture step; a missing optional piece is reported, not fatal."""
+    try:
+        return fn(*a, **kw)
+    except (ImportError, AttributeError, NotImplementedError) as err:
+        print(f"  skipped {label}: {type(err).__name__}: {err}")
+        return None
+
+
+def run(args):
+    import tinygraph as tg
+    from tinygraph import data
+    from tinygraph.models import LanguageModel
+
+    limit_blas_threads()
+    cfg = dict(QUICK if args.quick else FULL)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tg.manual_seed(args.seed)
+
+    text, corpus = data.pydoc_corpus()
+    if cfg["chars"]:
+        text = text[: cfg["chars"]]
+    print(f"corpus: Python {corpus['python']} pydoc_data/topics.py, sha256 {corpus['sha256']}")
+    print(f"        {len(text):,} characters used ({corpus['chars']:,} available) from {corpus['path']}")
+    vocab = data.Vocab.build([text], unk="<unk>")
+    ids = vocab.encode(list(text))
+    train_ids, val_ids = data.split_train_val(ids, 0.1)
+    unigram = data.unigram_bits_per_symbol(train_ids, val_ids, len(vocab))
+    train_streams = data.stream_batches(train_ids, cfg["batch"])
+    val_streams = data.stream_batches(val_ids, min(cfg["batch"], max(1, len(val_ids) // (4 * cfg["window"]))))
+    print(f"vocabulary: {len(vocab)} symbols; train {len(train_ids):,} chars, validation {len(val_ids):,}; "
+          f"unigram baseline {unigram:.3f} bits/char")
+
+    model = LanguageModel(len(vocab), cfg["embedding"], cfg["hidden"], cell=args.cell)
+    print(f"model: {args.cell.upper()} language model, embedding {cfg['embedding']}, hidden {cfg['hidden']}, "
+          f"{model.num_parameters():,} parameters; TBPTT window {cfg['window']}, {cfg['batch']} streams, "
+          f"Adam lr {cfg['lr']}, clip 1.0")
+
+    prompt = "The "
+    before = _sample_text(model, vocab, prompt, cfg["sample_chars"], 0.8, args.seed)
+    print(f"\nsample before training:\n  {_printable(before)}\n")
+    bits_before = _evaluate_bits(model, val_streams, cfg["window"])
+
+    history, seconds = _train(model, train_streams, val_streams, cfg, args)
+    val_bits = history.epochs[-1]["eval_loss"]
+    after = _sample_text(model, vocab, prompt, cfg["sample_chars"], 0.8, args.seed)
+    print(f"\nsample after training ({len(history.step_loss)} windows, {len(history.epochs)} epoch(s), "
+          f"{seconds:.0f}s):\n  {_printable(after)}\n")
+    verdict = "beats" if val_bits < unigram else "does not beat yet"
+    print(f"validation: {val_bits:.3f} bits/char (untrained {bits_before:.3f}); "
+          f"unigram baseline {unigram:.3f} -> {verdict} the baseline")
+
+    print("\nwriting pictures:")
+    written = []
+    for label, fn, fargs in (
+        ("circuit and unfolded graph", _draw_model, (model, vocab, prompt, out, args.cell)),
+        ("gradient-flow plot", lambda *a: _gradient_flow(*a)[0], (model, val_streams, cfg, out, args.seed)),
+        ("loss curve", _loss_curve, (history, out)),
+        ("backprop walk-through", _walkthrough, (out, args.seed)),
+    ):
+        result = _attempt(label, fn, *fargs)
+        if result is not None:
+            written += result if isinstance(result, list) else [result]
+
+    summary = {
+        "corpus": corpus, "chars_used": len(text), "vocab_size": len(vocab), "cell": args.cell,
+        "config": cfg, "seed": args.seed, "unigram_bits_per_char": unigram,
+        "val_bits_per_char_before": bits_before, "val_bits_per_char": val_bits,
+        "train_seconds": seconds, "updates": len(history.step_loss),
+        "epochs": history.epochs, "step_bits_per_char": history.step_loss, "sample_before": before, "sample_after": after,
+        "files": [str(p) for p in written],
+    }
+    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    for p in written + [out / "summary.json"]:
+        print(f"  {p}")
+    return 0

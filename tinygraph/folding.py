@@ -1,0 +1,533 @@
+"""Fold and unfold a recorded graph: the data behind every diagram (no drawing here).
+
+A *view* is a ``networkx.DiGraph`` whose nodes carry what a picture needs:
+
+* ``kind``: ``"param"`` (leaf that requires grad), ``"data"`` (constant leaf:
+  inputs, targets, initial state), ``"op"``, ``"delay"``, ``"elided"`` or
+  ``"group"`` (a collapsed scope);
+* ``label``, ``name``, ``op``, ``scope``, ``timestep``, ``ordinal``, ``shape``,
+  ``backward`` (recorded by ``create_graph=True``);
+* ``members``: the recorded node ids the view node stands for (so callers can
+  map "node 42 is being processed" onto whatever is drawn).
+
+Edges carry ``delay`` (``t_dst - t_src`` for edges that cross time steps, 0
+otherwise), ``positions`` (input slots, used to name leaves when folding) and,
+in the variables view, ``params`` (the weights that map source to target).
+
+Views:
+
+* :func:`unfolded` - every recorded node; parameters appear once because they
+  are single nodes shared by every step.
+* :func:`variables` - the textbook view: named nodes, leaves and outputs kept,
+  unnamed op chains between them contracted into one edge labelled with the
+  parameter(s) that multiply along it (``h(t-1) -W-> a(t)``).
+* :func:`fold` - the quotient by time: nodes with the same fold key at
+  different steps become one circuit node, and an edge that crosses steps goes
+  through an explicit delay node, so the circuit is cyclic.
+* :func:`elide_steps`, :func:`collapse_scopes` - keep big graphs drawable.
+
+Fold key: an op at a time step is identified by ``(scope, ordinal, op)``
+(``ordinal`` is its creation index within its scope and step; the op name is
+included so that a cell that runs different ops at step 0 splits instead of
+merging unrelated nodes). A constant leaf at a step (``x(t)``, ``h0``) has no
+stable ordinal of its own - it is created lazily at first use - so it is
+identified by where it plugs in: ``(first consumer's key, input slot)``.
+Nodes outside any recurrence (parameters, a total loss) stay themselves.
+"""
+from __future__ import annotations
+
+from .graph import Graph, Node
+
+__all__ = [
+    "node_kind", "unfolded", "variables", "fold", "circuit", "elide_steps",
+    "collapse_scopes", "choose_steps", "view_of", "label_initial_states", "MULTIPLICATIVE_OPS",
+]
+
+# ops through which a parameter "maps" one variable to another (edge labels)
+MULTIPLICATIVE_OPS = frozenset({"matmul", "mul", "take", "div"})
+
+
+def _nx():
+    import networkx as nx
+    return nx
+
+
+def node_kind(node: Node) -> str:
+    if node.is_leaf:
+        return "param" if node.requires_grad else "data"
+    return "op"
+
+
+def _is_backward(scope) -> bool:
+    return bool(scope) and scope.startswith("backward")
+
+
+def _as_graph(source) -> Graph:
+    if isinstance(source, Graph):
+        return source
+    if isinstance(source, (list, tuple)):
+        return Graph.from_outputs(*source)
+    return Graph.from_outputs(source)
+
+
+def _node_attrs(n: Node, kind=None):
+    return dict(
+        kind=kind or node_kind(n), label=n.name or n.op, name=n.name, op=n.op,
+        scope=n.scope or "", timestep=n.timestep, ordinal=n.ordinal,
+        shape=tuple(n.shape), dtype=str(n.dtype), backward=_is_backward(n.scope),
+        members=(n.id,), reps=(n.id,),
+    )
+
+
+def _delay(t_src, t_dst) -> int:
+    if t_src is None or t_dst is None:
+        return 0
+    return t_dst - t_src
+
+
+# -- unfolded (op level) ------------------------------------------------------
+
+def unfolded(source) -> "nx.DiGraph":
+    """Every recorded node, keyed by node id, in topological order."""
+    graph = _as_graph(source)
+    g = _nx().DiGraph(view="unfolded", detail="ops")
+    for n in graph.nodes:
+        g.add_node(n.id, **_node_attrs(n))
+    for n in graph.nodes:
+        for pos, i in enumerate(n.inputs):
+            if g.has_edge(i.id, n.id):
+                g.edges[i.id, n.id]["positions"] += (pos,)
+            else:
+                g.add_edge(i.id, n.id, positions=(pos,), delay=_delay(i.timestep, n.timestep),
+                           params=(i.name or "param",) if i.is_leaf and i.requires_grad else ())
+    return g
+
+
+# -- variables (textbook level) ----------------------------------------------
+
+def _pure_param_names(reach, kinds):
+    """Parameter names if every source of ``reach`` is a parameter (W, W.T, W[:H])."""
+    if reach and all(kinds[s] == "param" for s in reach):
+        return tuple(reach)
+    return ()
+
+
+ELEMENTWISE_OPS = frozenset({
+    "add", "sub", "mul", "div", "pow", "maximum", "minimum", "where", "neg", "exp", "log",
+    "sqrt", "sign", "abs", "tanh", "sigmoid", "relu", "clip", "astype", "to_device",
+})
+AXIS_OPS = frozenset({"softmax", "log_softmax", "sum", "mean", "max", "min", "concat", "stack"})
+
+
+class _Seq:
+    """Sources of a tensor whose axis 0 is time, kept per element.
+
+    A layer stacks its per-step outputs and a head maps the whole sequence;
+    tracking sources per time index keeps ``h(t) -> o(t)`` instead of letting
+    every step feed every later slice.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = items
+
+
+def _flat(part):
+    if isinstance(part, _Seq):
+        merged: dict = {}
+        for item in part.items:
+            for s, ws in item.items():
+                merged.setdefault(s, set()).update(ws)
+        return merged
+    return part
+
+
+def _axes(attr, ndim):
+    if attr is None:
+        return None
+    axes = attr if isinstance(attr, (tuple, list)) else (attr,)
+    return {a % ndim for a in axes} if ndim else set()
+
+
+def _keeps_time(n, seq_inputs):
+    """True when output element k of ``n`` depends only on element k of its time-major inputs."""
+    out = n.shape
+    if not out:
+        return False
+    T = len(seq_inputs[0][1].items)
+    if out[0] != T or any(len(p.items) != T or tuple(i.shape[:1]) != (T,) for i, p in seq_inputs):
+        return False
+    if n.op in ELEMENTWISE_OPS:
+        return all(len(i.shape) == len(out) for i, _ in seq_inputs)
+    if n.op == "matmul":
+        a, b = n.inputs[0], n.inputs[1]
+        seq_ids = {i.id for i, _ in seq_inputs}
+        return a.id in seq_ids and b.id not in seq_ids and len(a.shape) >= 3 and len(b.shape) <= 2
+    if n.op in AXIS_OPS:
+        axes = _axes(n.attrs.get("axis"), len(out) if n.op == "stack" else len(n.inputs[0].shape))
+        return axes is not None and 0 not in axes and all(len(i.shape) == len(n.inputs[0].shape)
+                                                         for i, _ in seq_inputs)
+    if n.op == "transpose":
+        axes = n.attrs.get("axes")
+        return axes is not None and tuple(axes)[0] == 0
+    return False
+
+
+def variables(source, keep=None) -> "nx.DiGraph":
+    """The textbook view: named nodes, leaves and outputs; unnamed chains contracted.
+
+    ``keep`` (optional set of node ids) forces extra nodes to stay, e.g. the
+    parameter gradients of a backward graph.
+    """
+    graph = _as_graph(source)
+    nodes = graph.nodes
+    outputs = {n.id for n in graph.outputs}
+    keep = set(keep or ())
+    kept = {n.id for n in nodes if n.is_leaf or n.name or n.id in outputs or n.id in keep}
+    by_id = {n.id: n for n in nodes}
+    kinds = {n.id: node_kind(n) for n in nodes}
+    names = {n.id: (n.name or "param") for n in nodes if kinds[n.id] == "param"}
+    # reach[u]: for an unnamed op u, kept source id -> set of weight names on the way
+    # (or a _Seq of such dicts when u is a time-major sequence)
+    reach: dict = {}
+
+    def contribution(i):
+        if i.id in kept:
+            return {i.id: set()}
+        return reach[i.id]
+
+    def merge(n, parts):
+        """Union of plain parts; weights of multiplicative ops label the other operands."""
+        merged: dict = {}
+        if n.op in MULTIPLICATIVE_OPS:
+            weight_of = [tuple(names[s] for s in _pure_param_names(p, kinds)) for p in parts]
+            for idx, part in enumerate(parts):
+                extra = set()
+                if not weight_of[idx]:
+                    for j, w in enumerate(weight_of):
+                        if j != idx:
+                            extra.update(w)
+                for s, ws in part.items():
+                    merged.setdefault(s, set()).update(ws, extra if kinds[s] != "param" else ())
+        else:
+            for part in parts:
+                for s, ws in part.items():
+                    merged.setdefault(s, set()).update(ws)
+        return merged
+
+    def sources_of(n):
+        parts = [contribution(i) for i in n.inputs]
+        if n.op == "stack" and n.shape and _axes(n.attrs.get("axis", 0), len(n.shape)) == {0}:
+            return _Seq([_flat(p) for p in parts])
+        seq_inputs = [(i, p) for i, p in zip(n.inputs, parts) if isinstance(p, _Seq)]
+        if not seq_inputs:
+            return merge(n, parts)
+        if n.op == "getitem":
+            k = _int_index(n.attrs.get("index"))
+            items = seq_inputs[0][1].items
+            if k is not None and -len(items) <= k < len(items):
+                return items[k]  # indexing a time step of a sequence: just that step
+            return _flat(seq_inputs[0][1])
+        if _keeps_time(n, seq_inputs):
+            T = len(seq_inputs[0][1].items)
+            return _Seq([merge(n, [p.items[k] if isinstance(p, _Seq) else p for p in parts])
+                         for k in range(T)])
+        return merge(n, [_flat(p) for p in parts])
+
+    g = _nx().DiGraph(view="unfolded", detail="variables")
+    for n in nodes:
+        if n.id in kept:
+            g.add_node(n.id, **_node_attrs(n))
+    for n in nodes:
+        if n.is_leaf:
+            continue
+        merged = sources_of(n)
+        if n.id not in kept:
+            reach[n.id] = merged
+            continue
+        for pos, (s, ws) in enumerate(_flat(merged).items()):
+            src = by_id[s]
+            params = (names[s],) if kinds[s] == "param" else tuple(sorted(ws))
+            g.add_edge(s, n.id, positions=(pos,), delay=_delay(src.timestep, n.timestep),
+                       params=params)
+    _assign_contracted_members(g, nodes, kept)
+    return g
+
+
+def _int_index(index):
+    if isinstance(index, tuple) and len(index) == 1:
+        index = index[0]
+    if isinstance(index, bool):
+        return None
+    try:
+        import numbers
+        if isinstance(index, numbers.Integral):
+            return int(index)
+    except TypeError:
+        pass
+    return None
+
+
+def _assign_contracted_members(g, nodes, kept):
+    """Each unnamed op belongs to the kept nodes it feeds (for highlight mapping)."""
+    owners: dict = {}
+    for n in reversed(nodes):  # consumers before inputs
+        mine = {n.id} if n.id in kept else owners.get(n.id, set())
+        for i in n.inputs:
+            if i.id not in kept:
+                owners.setdefault(i.id, set()).update(mine)
+    extra: dict = {}
+    for op_id, owner_ids in owners.items():
+        for o in owner_ids:
+            extra.setdefault(o, []).append(op_id)
+    for o, ops in extra.items():
+        if o in g:
+            g.nodes[o]["members"] = (o,) + tuple(sorted(ops))
+
+
+# -- folding ------------------------------------------------------------------
+
+def _fold_keys(view):
+    """Circuit key of every node of an unfolded view (ops or variables level)."""
+    order = {v: k for k, v in enumerate(view.nodes)}
+    keys = {}
+    for v, a in view.nodes(data=True):
+        if a["kind"] in ("elided",):
+            continue
+        if a["timestep"] is None:
+            keys[v] = ("node", v)
+        elif a["kind"] == "op" or a["kind"] == "group":
+            keys[v] = ("op", a["scope"], a["ordinal"], a["op"])
+    # leaves at a step: keyed by where they plug in (consumers already keyed)
+    for v, a in view.nodes(data=True):
+        if v in keys or a["kind"] == "elided":
+            continue
+        consumers = [c for c in view.successors(v) if c in keys]
+        if not consumers:
+            keys[v] = ("node", v)
+            continue
+        first = min(consumers, key=order.__getitem__)
+        slot = min(view.edges[v, first].get("positions", (0,)) or (0,))
+        keys[v] = ("input", keys[first], slot)
+    return keys
+
+
+def label_initial_states(view):
+    """Name unnamed constants that stand where a delayed state enters at the first step.
+
+    ``zeros`` passed as h(-1) gets the label ``h0`` when, at later steps, the
+    same input slot is fed by ``h`` through a delay. Changes ``view`` in place.
+    """
+    keys = _fold_keys(view)
+    leaves = {}
+    for v, k in keys.items():
+        if k[0] == "input":
+            leaves.setdefault(k, []).append(v)
+    for u, v, e in view.edges(data=True):
+        if not e.get("delay") or v not in keys:
+            continue
+        for slot in e.get("positions", ()):
+            for leaf in leaves.get(("input", keys[v], slot), ()):
+                a = view.nodes[leaf]
+                if a["kind"] == "data" and not a.get("name"):
+                    a["label"] = f"{view.nodes[u]['label']}0"
+                    a["initial_of"] = u
+    return view
+
+
+def fold(view) -> "nx.DiGraph":
+    """The circuit: the quotient of an unfolded view by time, with explicit delay nodes."""
+    nx = _nx()
+    keys = _fold_keys(view)
+    c = nx.DiGraph(view="circuit", detail=view.graph.get("detail", "ops"))
+    for v, a in view.nodes(data=True):
+        k = keys.get(v)
+        if k is None:
+            continue
+        if k not in c:
+            attrs = dict(a)
+            attrs["timesteps"] = () if a["timestep"] is None else (a["timestep"],)
+            attrs["timestep"] = None
+            c.add_node(k, **attrs)
+        else:
+            node = c.nodes[k]
+            node["members"] = node["members"] + tuple(a["members"])
+            node["reps"] = node.get("reps", ()) + tuple(a.get("reps", ()))
+            if a["timestep"] is not None:
+                node["timesteps"] = node["timesteps"] + (a["timestep"],)
+    for u, v, e in view.edges(data=True):
+        ku, kv = keys.get(u), keys.get(v)
+        if ku is None or kv is None:
+            continue
+        d = e.get("delay", 0)
+        if d:
+            delay = ("delay", ku, kv, d)
+            if delay not in c:
+                c.add_node(delay, kind="delay", label="", delay=d, name=None, op="delay",
+                           scope=c.nodes[kv]["scope"], timestep=None, timesteps=(),
+                           ordinal=None, shape=c.nodes[ku]["shape"], members=(), reps=(),
+                           backward=c.nodes[kv]["backward"])
+            _merge_edge(c, ku, delay, e, delay=d)
+            _merge_edge(c, delay, kv, e, delay=0)
+        else:
+            _merge_edge(c, ku, kv, e, delay=0)
+    return c
+
+
+def _merge_edge(c, u, v, e, delay):
+    if c.has_edge(u, v):
+        c.edges[u, v]["count"] += 1
+        return
+    c.add_edge(u, v, delay=delay, positions=tuple(e.get("positions", ())),
+               params=tuple(e.get("params", ())), count=1)
+
+
+def circuit(source, detail="ops") -> "nx.DiGraph":
+    """The folded circuit of a recording (``detail`` "ops" or "variables")."""
+    graph = _as_graph(source)
+    return fold(view_of(graph, detail))
+
+
+def view_of(graph, detail="ops", keep=None):
+    """The unfolded view at ``detail`` ("ops" or "variables")."""
+    if detail == "ops":
+        return unfolded(graph)
+    if detail == "variables":
+        return variables(graph, keep=keep)
+    raise ValueError(f"detail must be 'ops' or 'variables', got {detail!r}")
+
+
+# -- keeping big graphs drawable -------------------------------------------------
+
+def choose_steps(timesteps, steps=None, node_budget=None, nodes_per_step=1):
+    """Which time steps to show: all, or the first and last few.
+
+    ``steps`` is an int (at most that many steps), an iterable of step
+    indices, or None (as many as ``node_budget`` allows, at least 2).
+    """
+    timesteps = sorted(timesteps)
+    if steps is None:
+        if node_budget is None:
+            return timesteps
+        steps = max(2, int(node_budget // max(1, nodes_per_step)))
+    if isinstance(steps, int):
+        if steps >= len(timesteps):
+            return timesteps
+        first = (steps + 1) // 2
+        last = steps - first
+        return timesteps[:first] + (timesteps[-last:] if last else [])
+    wanted = set(steps)
+    return [t for t in timesteps if t in wanted]
+
+
+def elide_steps(view, shown):
+    """Drop nodes of steps not in ``shown``; each gap becomes one "... n steps ..." node."""
+    shown = sorted(set(shown))
+    all_steps = sorted({a["timestep"] for _, a in view.nodes(data=True) if a["timestep"] is not None})
+    hidden = [t for t in all_steps if t not in set(shown)]
+    if not hidden:
+        return view
+    shown_set = set(shown)
+    gap_of, gaps, in_gap = {}, [], False
+    for t in all_steps:
+        if t in shown_set:
+            in_gap = False
+            continue
+        if not in_gap:
+            gaps.append([])
+            in_gap = True
+        gaps[-1].append(t)
+        gap_of[t] = len(gaps) - 1
+    out = _nx().DiGraph(**view.graph)
+    out.graph["elided_steps"] = len(hidden)
+    for v, a in view.nodes(data=True):
+        t = a["timestep"]
+        if t is None or t in shown_set:
+            out.add_node(v, **a)
+    for k, gap in enumerate(gaps):
+        out.add_node(("elided", k), kind="elided", label=f"... {len(gap)} steps ...",
+                     name=None, op="elided", scope="", timestep=None, ordinal=None, shape=(),
+                     backward=False, members=(), reps=(), elided=(gap[0], gap[-1]))
+    for u, v, e in view.edges(data=True):
+        tu, tv = view.nodes[u]["timestep"], view.nodes[v]["timestep"]
+        su = u if (tu is None or tu in shown_set) else ("elided", gap_of[tu])
+        sv = v if (tv is None or tv in shown_set) else ("elided", gap_of[tv])
+        if su == sv:
+            continue
+        if view.nodes[u]["kind"] == "param" and isinstance(sv, tuple) and sv[0] == "elided":
+            continue  # a parameter feeding hidden steps adds nothing to the picture
+        if not out.has_edge(su, sv):
+            out.add_edge(su, sv, **e)
+    return out
+
+
+def _scope_group(scope, collapse):
+    """The collapsed scope ``scope`` falls into, or None."""
+    if not scope:
+        return None
+    if isinstance(collapse, bool):
+        return scope if collapse else None
+    if isinstance(collapse, int):
+        parts = scope.split(".")
+        return ".".join(parts[:collapse]) if len(parts) >= collapse else None
+    prefixes = [collapse] if isinstance(collapse, str) else list(collapse)
+    best = None
+    for p in prefixes:
+        if scope == p or scope.startswith(p + "."):
+            if best is None or len(p) < len(best):
+                best = p  # the outermost collapsed scope wins
+    return best
+
+
+def collapse_scopes(view, collapse):
+    """Merge the op nodes of each collapsed scope (per time step) into one box.
+
+    ``collapse``: a scope prefix, a list of them, an int depth (every scope is
+    cut to that many dotted parts) or True (every innermost scope). Leaves
+    keep their own nodes; edges inside a box disappear, delays stay.
+    """
+    if not collapse:
+        return view
+    nx = _nx()
+    group_of = {}
+    for v, a in view.nodes(data=True):
+        if a["kind"] not in ("op", "group"):
+            continue
+        grp = _scope_group(a["scope"], collapse)
+        if grp is not None:
+            group_of[v] = ("group", grp, a["timestep"])
+    if not group_of:
+        return view
+    out = nx.DiGraph(**view.graph)
+    counts: dict = {}
+    for v, a in view.nodes(data=True):
+        gk = group_of.get(v)
+        if gk is None:
+            out.add_node(v, **a)
+            continue
+        if gk not in out:
+            attrs = dict(a)
+            attrs.update(kind="group", label=gk[1].split(".")[-1] or gk[1], name=None,
+                         op="group:" + gk[1], scope=gk[1], members=tuple(a["members"]))
+            out.add_node(gk, **attrs)
+            counts[gk] = 0
+        else:
+            node = out.nodes[gk]
+            node["members"] = node["members"] + tuple(a["members"])
+            node["reps"] = node.get("reps", ()) + tuple(a.get("reps", ()))
+            node["ordinal"] = min(node["ordinal"], a["ordinal"]) if node.get("ordinal") is not None \
+                else a["ordinal"]
+        counts[gk] += 1
+    for gk, n in counts.items():
+        out.nodes[gk]["collapsed"] = n
+    for u, v, e in view.edges(data=True):
+        su, sv = group_of.get(u, u), group_of.get(v, v)
+        if su == sv and not e.get("delay"):
+            continue
+        if out.has_edge(su, sv):
+            old = out.edges[su, sv]
+            old["params"] = tuple(sorted(set(old.get("params", ())) | set(e.get("params", ()))))
+        else:
+            out.add_edge(su, sv, **e)
+    return out

@@ -1,0 +1,221 @@
+"""The three public diagrams: the recorded graph, the unfolded graph and the folded circuit.
+
+All three take the same keyword contract, which the backprop stepper relies
+on for its per-step pictures:
+
+* ``highlight``: recorded node ids drawn as the current node (red outline);
+* ``processed``: recorded node ids coloured as done (green);
+* ``grads``: ``{node id: array}`` used for gradient summaries (otherwise the
+  live ``.grad`` of each tensor; "grad: not computed" when there is none).
+
+In the variables view and the circuit a drawn node stands for several
+recorded nodes (the contracted op chain, every time step); an id is mapped
+onto every drawn node that stands for it.
+"""
+from __future__ import annotations
+
+from tinygraph import folding
+from tinygraph.graph import Graph
+
+from .dot import to_digraph
+
+__all__ = ["draw_graph", "draw_unfolded", "draw_circuit", "unfolded_networkx", "folded_networkx",
+           "DEFAULT_MAX_NODES"]
+
+DEFAULT_MAX_NODES = 300
+
+
+class _Recording:
+    """The graph to draw, plus what labels need (node lookup, outputs, renamed nodes)."""
+
+    def __init__(self, tensors, backward=False):
+        if not tensors:
+            raise ValueError("draw: pass at least one Tensor (e.g. the loss) to draw its graph")
+        forward = Graph.from_outputs(*tensors)
+        if not forward.nodes:
+            raise ValueError(
+                "draw: these tensors have no recorded graph; build them from tensors with "
+                "requires_grad=True (parameters) outside tg.no_grad()")
+        self.outputs = {n.id for n in forward.outputs}
+        self.renamed = {}
+        self.keep_alive = []
+        roots = list(forward.outputs)
+        if backward:
+            grads = self._backward_roots(forward, tensors)
+            roots += [g._node for g in grads]
+        self.graph = Graph(forward.nodes, roots) if not backward else Graph.from_outputs(*roots)
+        self.lookup = {n.id: n for n in self.graph.nodes}
+
+    def _backward_roots(self, forward, tensors):
+        """Gradient tensors recorded by create_graph=True (recording them if needed)."""
+        leaves = [n for n in forward.nodes if n.is_leaf and n.requires_grad and n.tensor is not None]
+        recorded = [(n, n.tensor.grad) for n in leaves
+                    if n.tensor.grad is not None and n.tensor.grad._node is not None
+                    and not n.tensor.grad._node.is_leaf]
+        if not recorded:
+            import tinygraph as tg
+            scalars = [t for t in tensors if getattr(t, "size", 0) == 1 and t.requires_grad]
+            if not scalars:
+                raise ValueError("draw(backward=True): pass a scalar output (the loss) to differentiate")
+            try:
+                grads = tg.grad(scalars[0], [n.tensor for n in leaves], create_graph=True,
+                                allow_unused=True)
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    "draw(backward=True): cannot record the backward graph because the forward "
+                    "graph was freed by an earlier backward(). Draw before calling backward(), or "
+                    "call loss.backward(create_graph=True) and draw afterwards") from exc
+            recorded = [(n, g) for n, g in zip(leaves, grads) if g is not None]
+        out = []
+        for leaf, g in recorded:
+            if g._node is None:
+                continue
+            self.renamed[g._node.id] = f"dL/d{leaf.name or 'param'}"
+            self.outputs.add(g._node.id)
+            out.append(g)
+        self.keep_alive = out
+        return out
+
+    def view(self, detail):
+        view = folding.view_of(self.graph, detail, keep=self.renamed)
+        for node_id, label in self.renamed.items():
+            if node_id in view:
+                view.nodes[node_id]["label"] = label
+        folding.label_initial_states(view)
+        qualify_clashing_labels(view)
+        return view
+
+
+def qualify_clashing_labels(view):
+    """Add the differing scope part to labels shared by nodes of different scopes.
+
+    A bidirectional layer names both states ``h``; drawn as ``h [forward]`` and
+    ``h [backward]`` (a 2-layer stack: ``h [layer0]``, ``h [layer1]``).
+    """
+    scopes_by_label: dict = {}
+    for _, a in view.nodes(data=True):
+        if a["kind"] in ("op", "data") and a.get("scope"):
+            scopes_by_label.setdefault(a["label"], set()).add(a["scope"])
+    for v, a in view.nodes(data=True):
+        scopes = scopes_by_label.get(a["label"], ())
+        if a["kind"] not in ("op", "data") or len(scopes) < 2 or not a.get("scope"):
+            continue
+        split = [sc.split(".") for sc in sorted(scopes)]
+        mine = a["scope"].split(".")
+        differing = [part for k, part in enumerate(mine)
+                     if any(len(o) <= k or o[k] != part for o in split)]
+        if differing:
+            a["label"] = f"{a['label']} [{'.'.join(differing)}]"
+
+
+def _draw(view, rec, *, title, detail, notes, rankdir, clusters, time_suffix, show_shapes,
+          show_values, show_grads, highlight, processed, grads, legend, rows=None):
+    return to_digraph(
+        view, lookup=rec.lookup, title=title, rankdir=rankdir, clusters=clusters,
+        detail=detail, outputs=rec.outputs, show_shapes=show_shapes, show_values=show_values,
+        show_grads=show_grads, highlight=highlight, processed=processed, grads=grads,
+        time_suffix=time_suffix, notes=notes, legend=legend, rows=rows)
+
+
+def _fit(view, max_nodes, notes, steps_first=True):
+    """Elide steps, then collapse scopes, then cut, until ``view`` has at most max_nodes nodes."""
+    if max_nodes is None or view.number_of_nodes() <= max_nodes:
+        return view
+    steps = sorted({a["timestep"] for _, a in view.nodes(data=True) if a["timestep"] is not None})
+    if steps_first and len(steps) > 2:
+        per_step = sum(1 for _, a in view.nodes(data=True) if a["timestep"] is not None) / len(steps)
+        outside = view.number_of_nodes() - per_step * len(steps)
+        shown = folding.choose_steps(steps, node_budget=int(max(0, max_nodes - outside - 2)),
+                                     nodes_per_step=max(1, round(per_step)))
+        if len(shown) < len(steps):
+            view = folding.elide_steps(view, shown)
+            notes.append(f"showing {len(shown)} of {len(steps)} time steps (the rest elided)")
+    depth = max((len(a["scope"].split(".")) for _, a in view.nodes(data=True) if a["scope"]),
+                default=0)
+    while view.number_of_nodes() > max_nodes and depth > 0:
+        view = folding.collapse_scopes(view, depth)
+        notes.append(f"scopes collapsed to depth {depth} to fit {max_nodes} nodes")
+        depth -= 1
+    if view.number_of_nodes() > max_nodes:
+        total = view.number_of_nodes()
+        keep = list(view.nodes)[-max_nodes:]  # the nodes nearest the outputs
+        view = view.subgraph(keep).copy()
+        notes.append(f"{total - max_nodes} of {total} nodes not drawn (max_nodes={max_nodes})")
+    return view
+
+
+def _time_rows(view):
+    """Copies of one circuit node across steps, in time order (elision markers in their gap)."""
+    keys = folding._fold_keys(view)
+    rows: dict = {}
+    for v, a in view.nodes(data=True):
+        if a["timestep"] is not None and v in keys:
+            rows.setdefault(keys[v], []).append((a["timestep"], v))
+    return [[v for _, v in sorted(row)] for row in rows.values() if len(row) > 1]
+
+
+def draw_graph(*tensors, detail="ops", backward=False, show_shapes=True, show_values=False,
+               show_grads=False, collapse=None, highlight=None, processed=None, grads=None,
+               max_nodes=DEFAULT_MAX_NODES, legend=False, title="graph"):
+    """The recorded graph as it is (``backward=True`` adds the recorded backward graph)."""
+    rec = _Recording(tensors, backward)
+    view = folding.collapse_scopes(rec.view(detail), collapse)
+    notes = []
+    view = _fit(view, max_nodes, notes)
+    return _draw(view, rec, title=title, detail=detail, notes=notes, rankdir="TB",
+                 clusters=False, time_suffix=True, show_shapes=show_shapes,
+                 show_values=show_values, show_grads=show_grads, highlight=highlight,
+                 processed=processed, grads=grads, legend=legend)
+
+
+def draw_unfolded(*tensors, detail="variables", steps=None, backward=False, show_shapes=True,
+                  show_values=False, show_grads=False, collapse=None, highlight=None,
+                  processed=None, grads=None, max_nodes=DEFAULT_MAX_NODES, legend=False,
+                  title="unfolded"):
+    """The graph unfolded in time: one cluster per step, left to right; parameters once.
+
+    ``steps``: an int (show at most that many steps: the first and last few),
+    an iterable of step indices, or None (as many as ``max_nodes`` allows).
+    Hidden steps become one "... n steps ..." node per gap.
+    """
+    rec = _Recording(tensors, backward)
+    view = rec.view(detail)
+    notes = []
+    all_steps = sorted({a["timestep"] for _, a in view.nodes(data=True) if a["timestep"] is not None})
+    if steps is not None:
+        shown = folding.choose_steps(all_steps, steps)
+        if len(shown) < len(all_steps):
+            view = folding.elide_steps(view, shown)
+            notes.append(f"showing {len(shown)} of {len(all_steps)} time steps (the rest elided)")
+    view = folding.collapse_scopes(view, collapse)
+    view = _fit(view, max_nodes, notes)
+    return _draw(view, rec, title=title, detail=detail, notes=notes, rankdir="BT",
+                 clusters=True, time_suffix=True, show_shapes=show_shapes,
+                 show_values=show_values, show_grads=show_grads, highlight=highlight,
+                 processed=processed, grads=grads, legend=legend, rows=_time_rows(view))
+
+
+def draw_circuit(*tensors, detail="variables", backward=False, show_shapes=True,
+                 show_values=False, show_grads=False, collapse=None, highlight=None,
+                 processed=None, grads=None, max_nodes=DEFAULT_MAX_NODES, legend=False,
+                 title="circuit"):
+    """The folded circuit: the cell once, edges across steps looped through delay squares."""
+    rec = _Recording(tensors, backward)
+    view = folding.fold(rec.view(detail))
+    view = folding.collapse_scopes(view, collapse)
+    notes = []
+    view = _fit(view, max_nodes, notes, steps_first=False)
+    return _draw(view, rec, title=title, detail=detail, notes=notes, rankdir="BT",
+                 clusters=False, time_suffix=False, show_shapes=show_shapes,
+                 show_values=show_values, show_grads=show_grads, highlight=highlight,
+                 processed=processed, grads=grads, legend=legend)
+
+
+def unfolded_networkx(*tensors, detail="ops", backward=False):
+    """The unfolded view as a networkx DiGraph (acyclic; node keys are recorded node ids)."""
+    return _Recording(tensors, backward).view(detail)
+
+
+def folded_networkx(*tensors, detail="ops", backward=False):
+    """The folded circuit as a networkx DiGraph (cyclic through its delay nodes)."""
+    return folding.fold(_Recording(tensors, backward).view(detail))

@@ -1,0 +1,139 @@
+"""`tinygraph step`: walk the backward pass of a small recurrent model in the terminal.
+
+Interactive keys: Enter or space = next step, ``b`` = one step back, ``r`` =
+run to the end, ``q`` = quit. On a terminal the keys are read one at a time
+(termios cbreak mode); from a pipe, one command per line (an empty line is
+"next", end of input is "quit"). ``--no-interactive`` prints the whole walk,
+``--explain`` plugs the numbers into every formula, ``--html FILE`` writes
+the self-contained HTML player instead of walking in the terminal.
+"""
+from __future__ import annotations
+
+import sys
+
+__all__ = ["configure", "run"]
+
+MODELS = ("rnn", "elman", "jordan", "lstm", "gru", "birnn")
+KEYS_HELP = "[Enter/space] next  [b] back  [r] run to the end  [q] quit"
+
+
+def configure(parser):
+    """Add the `step` options to an argparse parser."""
+    parser.add_argument("--model", choices=MODELS, default="elman",
+                        help="which small model to step through (default: elman, the textbook RNN)")
+    parser.add_argument("--steps", type=int, default=3, help="sequence length T (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for weights and data")
+    parser.add_argument("--hidden", type=int, default=3, help="hidden size (default 3)")
+    parser.add_argument("--no-interactive", dest="interactive", action="store_false",
+                        help="print the whole walk and exit (for scripts and docs)")
+    parser.add_argument("--explain", action="store_true",
+                        help="show each formula with the numbers plugged in")
+    parser.add_argument("--html", metavar="FILE",
+                        help="write the self-contained HTML player to FILE and exit")
+    parser.add_argument("--view", choices=("unfolded", "ops", "graph"), default="unfolded",
+                        help="diagram of the HTML player (default: unfolded variables)")
+    return parser
+
+
+def run(args) -> int:
+    """Build the model, then write HTML, print the walk, or walk interactively."""
+    from tinygraph.stepper import Stepper
+
+    from . import models_zoo
+
+    if args.steps < 1:
+        print("tinygraph step: --steps must be at least 1", file=sys.stderr)
+        return 2
+    example = models_zoo.build(args.model, steps=args.steps, seed=args.seed,
+                               hidden_size=args.hidden)
+    stepper = Stepper(example.loss)
+    intro = (f"{args.model}: {example.source}, T={args.steps}; the backward pass has "
+             f"{len(stepper)} steps, from the loss back to the parameters")
+    if args.html:
+        from .stepper_html import stepper_html
+        stepper_html(stepper, args.html, view=args.view,
+                     title=f"tinygraph step: {args.model}, T={args.steps}")
+        print(f"{intro}\nwrote {args.html}")
+        return 0
+    show = (lambda e: e.explain()) if args.explain else str
+    if not args.interactive:
+        print(intro)
+        print(stepper.explain() if args.explain else stepper.walkthrough())
+        return 0
+    return _interactive(stepper, intro, show)
+
+
+def _interactive(stepper, intro, show) -> int:
+    out = sys.stdout
+    print(intro, file=out)
+    print(KEYS_HELP, file=out, flush=True)
+    with _KeyReader(sys.stdin) as keys:
+        while True:
+            key = keys.read()
+            if key in ("q", None):
+                print("quit", file=out, flush=True)
+                return 0
+            if key == "b":
+                event = stepper.back()
+                where = f"back to step {event.index + 1}" if event else "back at the start"
+                print(f"\n← {where}", file=out)
+                if event is not None:
+                    print(show(event), file=out)
+            elif key == "r":
+                for event in stepper:
+                    print("\n" + show(event), file=out)
+            elif key in ("", " ", "n"):
+                event = stepper.step()
+                if event is not None:
+                    print("\n" + show(event), file=out)
+            else:
+                print(f"unknown key {key!r}; {KEYS_HELP}", file=out, flush=True)
+                continue
+            if stepper.done:
+                print("\n" + stepper.summary(numbers=True), file=out)
+                print("end of the walk: the gradients above equal loss.backward()'s", file=out,
+                      flush=True)
+                return 0
+            print(KEYS_HELP, file=out, flush=True)
+
+
+class _KeyReader:
+    """Single keys from a terminal (cbreak mode), else one command per line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.saved = None
+
+    def __enter__(self):
+        if self._is_tty():
+            import termios
+            import tty
+            fd = self.stream.fileno()
+            self.saved = termios.tcgetattr(fd)
+            tty.setcbreak(fd)  # keys arrive unbuffered; Ctrl-C still interrupts
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            import termios
+            termios.tcsetattr(self.stream.fileno(), termios.TCSADRAIN, self.saved)
+        return False
+
+    def _is_tty(self):
+        try:
+            return self.stream.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def read(self):
+        """"" for next (Enter/space/empty line), a lowercase letter, or None at end of input."""
+        if self.saved is not None:
+            ch = self.stream.read(1)
+            if ch == "":
+                return None
+            return "" if ch in ("\n", "\r", " ") else ch.lower()
+        line = self.stream.readline()
+        if line == "":
+            return None
+        word = line.strip().lower()
+        return word[:1] if word else ""

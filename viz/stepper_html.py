@@ -1,0 +1,263 @@
+"""Pictures of a backprop walk: one diagram per step, and a self-contained HTML player.
+
+``draw_step(event, view)`` draws the graph of the stepper's loss with the
+nodes processed so far coloured, the current node highlighted and gradient
+summaries on the nodes. Importing this module installs it as the renderer
+behind ``Event.diagram()`` (the engine's stepper never imports viz).
+
+``stepper_html(stepper, path)`` writes ONE file with no external resources:
+every step's diagram as inline SVG, prev/next/play/reset buttons (and the
+arrow keys), the current step's formula and numbers, and a time-step strip
+showing how far back the gradient has reached. Stable hooks for tests and
+styling: ``#prev #next #play #reset #step-index #formula #values #node-label
+#timeline`` and, inside the visible diagram, the class ``current`` on the
+highlighted node (``processed`` on the nodes already done).
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+
+from tinygraph import stepper as _stepper
+
+__all__ = ["draw_step", "stepper_html", "VIEWS"]
+
+VIEWS = ("unfolded", "ops", "graph")
+
+
+def draw_step(event, view="unfolded", **options):
+    """The diagram of ``event``'s walk: ``view`` is "unfolded" (variables), "ops" or "graph"."""
+    return _draw_at(event._walk, event.index, view, **options)
+
+
+def _notebook_svg(diagram):
+    return _strip_prolog(_svg_renderer()(diagram))
+
+
+_stepper.set_diagram_renderer(draw_step, svg=_notebook_svg)
+
+
+def _draw_at(walk, index, view, **options):
+    """The diagram right after event ``index`` (-1: before the first step)."""
+    from .diagrams import draw_graph, draw_unfolded
+
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    if index < 0:
+        highlight, processed, grads = set(), set(), {}
+    else:
+        event = walk.events[index]
+        highlight = {event.node.id} if event.node is not None else set()
+        processed, grads = set(walk.processed_at(index)), walk.grads_at(index)
+    keywords = dict(highlight=highlight, processed=processed, grads=grads, show_grads=True)
+    keywords.update(options)
+    if view == "graph":
+        return draw_graph(walk.loss, detail="ops", **keywords)
+    return draw_unfolded(walk.loss, detail="variables" if view == "unfolded" else "ops", **keywords)
+
+
+def _diagram_svg(walk, index, view, renderer):
+    return _mark_nodes(_strip_prolog(renderer(_draw_at(walk, index, view))))
+
+
+def _svg_renderer():
+    try:
+        from .render import render_svg
+        return render_svg
+    except ImportError:  # older viz without render.py: graphviz's own pipe
+        return lambda diagram: diagram.pipe(format="svg").decode("utf-8")
+
+
+def _strip_prolog(svg):
+    """Inline SVG must not carry the XML declaration or DOCTYPE."""
+    start = svg.find("<svg")
+    return svg[start:] if start >= 0 else svg
+
+
+_NODE_GROUP = re.compile(r'<g id="(node\d+)" class="node">(.*?)</g>', re.S)
+
+
+def _mark_nodes(svg):
+    """Add the CSS classes ``current``/``processed`` to the node groups drawn that way.
+
+    The diagrams mark them by colour (viz.labels.HIGHLIGHT / PROCESSED); a class
+    lets the player, its stylesheet and tests find them without knowing colours.
+    """
+    from .labels import HIGHLIGHT, PROCESSED
+
+    current = HIGHLIGHT.get("color", "").lower()
+    done = PROCESSED.get("fillcolor", "").lower()
+
+    def classify(match):
+        body = match.group(2).lower()
+        classes = ["node"]
+        if current and f'stroke="{current}"' in body:
+            classes.append("current")
+        if done and f'fill="{done}"' in body:
+            classes.append("processed")
+        return f'<g id="{match.group(1)}" class="{" ".join(classes)}">{match.group(2)}</g>'
+
+    return _NODE_GROUP.sub(classify, svg)
+
+
+def _step_record(walk, event):
+    """What the page shows beside the diagram for one step."""
+    return {
+        "kind": event.kind,
+        "label": event.label,
+        "header": event.header(),
+        "formula": str(event.formula()),
+        "values": str(event.explain()),
+        "timestep": event.timestep if isinstance(event.timestep, int) else None,
+        "reached": walk.reached_timesteps(event.index),
+    }
+
+
+def stepper_html(stepper, path=None, view="unfolded", *, title=None, max_steps=400):
+    """Write the walk of ``stepper`` as one self-contained HTML file; returns the HTML text.
+
+    Renders one diagram per step (plus the starting picture), so keep the
+    model small (``max_steps`` guards against accidental huge walks).
+    """
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    walk = stepper
+    if len(walk) > max_steps:
+        raise ValueError(f"stepper_html: {len(walk)} steps is more than max_steps={max_steps}; "
+                         "use fewer time steps or a smaller model, or raise max_steps")
+    renderer = _svg_renderer()
+    frames = [_diagram_svg(walk, k - 1, view, renderer) for k in range(len(walk) + 1)]
+    start = {"kind": "start", "label": "", "header": f"before the first step: {len(walk)} steps",
+             "formula": "press next (→) to take the first step", "values": "",
+             "timestep": None, "reached": []}
+    steps = [start] + [_step_record(walk, e) for e in walk.events]
+    page = _page(title or "tinygraph: stepping through backprop", frames, steps,
+                 walk.timesteps(), str(walk.summary(numbers=True)))
+    if path is not None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(page)
+    return page
+
+
+def _json_for_script(data):
+    # "</" would end the <script> element early
+    return json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+
+
+def _page(title, frames, steps, timesteps, summary):
+    frame_html = "\n".join(
+        f'<div class="frame" data-step="{k}"{"" if k == 0 else " hidden"}>{svg}</div>'
+        for k, svg in enumerate(frames))
+    strip = "".join(f'<span class="tstep" data-t="{t}">t={t}</span>' for t in timesteps)
+    return _TEMPLATE.format(
+        title=html.escape(title), frames=frame_html, strip=strip or "<span>no time steps</span>",
+        last=len(frames) - 1, summary=html.escape(summary), css=_CSS, js=_JS,
+        data=_json_for_script(steps))
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1em; color: #212529; }
+#controls button { font-size: 1em; padding: .3em .9em; margin-right: .3em; }
+#step-index { font-weight: bold; margin-left: .6em; }
+#timeline { margin: .8em 0; }
+.tstep { display: inline-block; padding: .2em .7em; margin-right: 2px; border-radius: 3px;
+         background: #e9ecef; color: #495057; }
+.tstep.reached { background: #b2f2bb; color: #1b4332; }
+.tstep.current { outline: 3px solid #e03131; }
+#node-label { font-weight: bold; margin: .4em 0; }
+#text { display: flex; gap: 1em; flex-wrap: wrap; }
+#text > * { flex: 1 1 28em; min-width: 0; }
+pre { white-space: pre; overflow-x: auto; background: #f8f9fa; padding: .6em; margin: .3em 0; }
+#formula { font-size: 1.1em; }
+#diagram { margin-top: .8em; border: 1px solid #dee2e6; overflow: auto; }
+#diagram svg { width: 100%; height: auto; min-width: 60em; }
+g.node.current > ellipse, g.node.current > polygon { stroke-width: 4; }
+#summary[hidden] { display: none; }
+"""
+
+_JS = """
+(function () {
+  var steps = JSON.parse(document.getElementById('steps-data').textContent);
+  var frames = document.querySelectorAll('#diagram .frame');
+  var last = steps.length - 1;
+  var index = 0, timer = null;
+  var el = function (id) { return document.getElementById(id); };
+  function show(k) {
+    index = Math.max(0, Math.min(last, k));
+    for (var i = 0; i < frames.length; i++) frames[i].hidden = (i !== index);
+    var s = steps[index];
+    el('step-index').textContent = index + ' / ' + last;
+    el('node-label').textContent = s.header;
+    el('formula').textContent = s.formula;
+    el('values').textContent = s.values;
+    el('player').setAttribute('data-step', String(index));
+    el('player').classList.toggle('at-end', index === last);
+    el('summary').hidden = (index !== last);
+    var cells = document.querySelectorAll('#timeline .tstep');
+    for (var j = 0; j < cells.length; j++) {
+      var t = Number(cells[j].getAttribute('data-t'));
+      cells[j].classList.toggle('reached', s.reached.indexOf(t) >= 0);
+      cells[j].classList.toggle('current', s.timestep === t);
+    }
+    el('prev').disabled = (index === 0);
+    el('next').disabled = (index === last);
+    if (index === last) stop();
+  }
+  function stop() {
+    if (timer !== null) { clearInterval(timer); timer = null; }
+    el('play').textContent = 'play';
+  }
+  function play() {
+    if (timer !== null) { stop(); return; }
+    if (index === last) show(0);
+    el('play').textContent = 'pause';
+    timer = setInterval(function () { show(index + 1); }, Number(el('player').getAttribute('data-interval')));
+  }
+  el('next').onclick = function () { stop(); show(index + 1); };
+  el('prev').onclick = function () { stop(); show(index - 1); };
+  el('reset').onclick = function () { stop(); show(0); };
+  el('play').onclick = play;
+  document.addEventListener('keydown', function (e) {
+    if (e.key === 'ArrowRight') { stop(); show(index + 1); e.preventDefault(); }
+    else if (e.key === 'ArrowLeft') { stop(); show(index - 1); e.preventDefault(); }
+    else if (e.key === 'Home') { stop(); show(0); e.preventDefault(); }
+    else if (e.key === ' ') { play(); e.preventDefault(); }
+  });
+  show(0);
+})();
+"""
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>{css}</style>
+</head>
+<body>
+<div id="player" data-step="0" data-last="{last}" data-interval="600">
+<h1>{title}</h1>
+<div id="controls">
+<button id="reset" title="back to the start (Home)">reset</button>
+<button id="prev" title="one step back (←)">prev</button>
+<button id="play" title="play / pause (space)">play</button>
+<button id="next" title="one step forward (→)">next</button>
+<span id="step-index">0 / {last}</span>
+</div>
+<div id="timeline" title="time steps the gradient has reached">{strip}</div>
+<div id="node-label"></div>
+<div id="text">
+<div><pre id="formula"></pre></div>
+<details open><summary>numbers</summary><pre id="values"></pre></details>
+</div>
+<div id="summary" hidden><h3>leaf gradients: sums over time</h3><pre>{summary}</pre></div>
+<div id="diagram">
+{frames}
+</div>
+</div>
+<script type="application/json" id="steps-data">{data}</script>
+<script>{js}</script>
+</body>
+</html>
+"""
