@@ -286,3 +286,19 @@ def test_engine_stepper_does_not_import_viz():
     code = ("import sys, tinygraph.stepper; "
             "assert 'tinygraph.viz' not in sys.modules and 'tinygraph.models' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not tg.cuda_available(), reason="needs CuPy and a CUDA device")
+def test_stepper_on_gpu_matches_backward():
+    models = pytest.importorskip("tinygraph.models")
+    model = models.ElmanRNN(2, 3, 2).double().to("cuda")
+    x = tg.tensor(np.random.default_rng(0).normal(size=(3, 1, 2))).to("cuda")
+    o, _ = model(x)
+    loss = (o * o).sum()
+    stepper = Stepper(loss)
+    stepper.run()
+    assert "∂L/∂h(1)" in stepper.explain()
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert np.array_equal(param.grad.numpy(), tg.backend.as_host(stepper.grad(param))), name

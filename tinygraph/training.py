@@ -225,14 +225,21 @@ def evaluate(model, data, loss_fn, *, carry_state=False, epoch=0):
     from .bptt import truncate
 
     total, count, state = 0.0, 0, None
-    with no_grad():
-        for batch in _epoch_data(data, epoch):
-            xs, targets = _unpack(batch)
-            xs = xs if isinstance(xs, Tensor) else Tensor(xs)
-            outputs, new_state = model(xs, state if carry_state else None)
-            state = truncate(new_state)
-            total += float(loss_fn(outputs, targets).item())
-            count += 1
+    was_training = getattr(model, "training", None)
+    if was_training is not None:
+        model.eval()  # dropout off while measuring
+    try:
+        with no_grad():
+            for batch in _epoch_data(data, epoch):
+                xs, targets = _unpack(batch)
+                xs = xs if isinstance(xs, Tensor) else Tensor(xs)
+                outputs, new_state = model(xs, state if carry_state else None)
+                state = truncate(new_state)
+                total += float(loss_fn(outputs, targets).item())
+                count += 1
+    finally:
+        if was_training is not None:
+            model.train(was_training)
     return total / count if count else None
 
 
@@ -376,6 +383,8 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
         return {"model": model, "optimizer": optimizer, "history": history, "epoch": run.epoch + 1,
                 "batches_done": run.batches_done, **extra}
 
+    if hasattr(model, "train"):
+        model.train()
     stop = _StopRequest(notes.write)
     try:
         with stop:

@@ -9,6 +9,7 @@ the self-contained HTML player instead of walking in the terminal.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 __all__ = ["configure", "run"]
@@ -57,8 +58,12 @@ def run(args) -> int:
         return 0
     show = (lambda e: e.explain()) if args.explain else str
     if not args.interactive:
-        print(intro)
-        print(stepper.explain() if args.explain else stepper.walkthrough())
+        try:
+            print(intro)
+            print(stepper.explain() if args.explain else stepper.walkthrough(), flush=True)
+        except BrokenPipeError:  # `tinygraph step --no-interactive | head` is fine
+            # the Python docs' recipe: point stdout at devnull so the exit flush is quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return _interactive(stepper, intro, show)
 

@@ -1,0 +1,156 @@
+"""The gradient checks on every device: "cpu" always, "cuda" when CuPy sees a GPU.
+
+The cuda cases carry the ``gpu`` marker (``pytest -m gpu`` runs them) and are
+skipped with a reason on machines without CuPy or a CUDA device.
+"""
+import numpy as np
+import pytest
+
+import tinygraph as tg
+
+from conftest import DEVICES, requires_gpu
+
+
+def on(device, array, requires_grad=True):
+    return tg.tensor(np.asarray(array, dtype=np.float64), device=device, requires_grad=requires_grad)
+
+
+def weighted(fn, out_shape, device, seed=0):
+    """fn followed by a fixed random weighting, so no gradient is trivially zero."""
+    weight = on(device, np.random.default_rng(seed).standard_normal(out_shape) + 0.5, requires_grad=False)
+    return lambda *xs: fn(*xs) * weight
+
+
+R = np.random.default_rng(7)
+A23, B3, B23 = R.standard_normal((2, 3)), R.standard_normal(3), R.standard_normal((2, 3))
+POS23 = np.abs(R.standard_normal((2, 3))) + 0.5
+A34 = R.standard_normal((3, 4))
+
+# (name, function, input arrays): one line per op; broadcasting included
+CASES = [
+    ("add broadcast", tg.add, [A23, B3]),
+    ("sub", tg.sub, [A23, B23]),
+    ("mul broadcast", tg.mul, [A23, B3]),
+    ("div", tg.div, [A23, POS23]),
+    ("pow", tg.pow, [POS23, B23]),
+    ("pow scalar", lambda x: x ** 2.5, [POS23]),
+    ("exp", tg.exp, [A23]),
+    ("log", tg.log, [POS23]),
+    ("sqrt", tg.sqrt, [POS23]),
+    ("abs", tg.abs, [POS23 - 2.2]),
+    ("tanh", tg.tanh, [A23]),
+    ("sigmoid", tg.sigmoid, [A23]),
+    ("relu", tg.relu, [POS23 - 1.1]),
+    ("maximum", tg.maximum, [A23, B23]),
+    ("minimum", tg.minimum, [A23, B3]),
+    ("clip", lambda x: tg.clip(x, -0.5, 0.5), [A23 + 0.01]),
+    ("clip upper only", lambda x: tg.clip(x, None, 0.2), [A23 + 0.01]),
+    ("where", lambda x, y: tg.where(x.data > 0, x, y), [A23, B23]),
+    ("sum axis", lambda x: x.sum(axis=0), [A23]),
+    ("mean keepdims", lambda x: x.mean(axis=1, keepdims=True), [A23]),
+    ("max", lambda x: x.max(axis=-1), [A23]),
+    ("reshape", lambda x: x.reshape(3, 2), [A23]),
+    ("transpose", lambda x: x.T, [A23]),
+    ("swapaxes", lambda x: tg.swapaxes(x, 0, 1), [A23]),
+    ("broadcast_to", lambda x: tg.broadcast_to(x, (2, 3)), [B3]),
+    ("matmul", tg.matmul, [A23, A34]),
+    ("matmul 1-D", tg.matmul, [B3, A34]),
+    ("getitem slice", lambda x: x[:, 1:], [A23]),
+    ("getitem repeated", lambda x: x[[0, 0, 1]], [A23]),
+    ("take", lambda x: tg.take(x, [2, 2, 0], axis=1), [A23]),
+    ("concat", lambda x, y: tg.concat([x, y], axis=0), [A23, B23]),
+    ("stack", lambda x, y: tg.stack([x, y], axis=1), [A23, B23]),
+    ("split", lambda x: tg.split(x, [1], axis=1)[1], [A23]),
+    ("softmax", lambda x: tg.softmax(x, axis=-1), [A23]),
+    ("log_softmax", lambda x: tg.log_softmax(x, axis=0), [A23]),
+    ("cross_entropy", lambda x: tg.cross_entropy(x, np.array([2, 0]), reduction="none"), [A23]),
+    ("cross_entropy mask", lambda x: tg.cross_entropy(x, np.array([2, 0]), mask=np.array([1, 0])), [A23]),
+    ("mse_loss", lambda x, y: tg.mse_loss(x, y, reduction="sum"), [A23, B23]),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name,fn,arrays", CASES, ids=[c[0] for c in CASES])
+def test_gradcheck_on_device(device, name, fn, arrays):
+    inputs = [on(device, a) for a in arrays]
+    out = fn(*inputs)
+    assert out.device.split(":")[0] == device
+    assert tg.gradcheck(weighted(fn, out.shape, device), inputs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_values_match_numpy_on_device(device):
+    x = on(device, A23)
+    np.testing.assert_allclose(tg.tanh(x @ on(device, A34)).numpy(), np.tanh(A23 @ A34))
+    np.testing.assert_allclose(tg.softmax(x).numpy(),
+                               np.exp(A23) / np.exp(A23).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hessian_vector_product_on_device(device):
+    v = np.random.default_rng(1).standard_normal((2, 3))
+
+    def f(x):
+        return (tg.softmax(tg.tanh(x), axis=-1) ** 2).sum()
+
+    x = on(device, A23)
+    g, = tg.grad(f(x), [x], create_graph=True)
+    hv, = tg.grad((g * on(device, v, requires_grad=False)).sum(), [x])
+    assert hv.device.split(":")[0] == device
+
+    def grad_at(point):
+        p = on(device, point)
+        return tg.grad(f(p), [p])[0].numpy()
+
+    eps = 1e-5
+    fd = (grad_at(A23 + eps * v) - grad_at(A23 - eps * v)) / (2 * eps)
+    np.testing.assert_allclose(hv.numpy(), fd, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_default_dtype_and_device_of_factories(device):
+    for t in (tg.zeros(2, 3, device=device), tg.randn(2, device=device), tg.ones((2,), device=device)):
+        assert t.dtype == np.float32
+        assert t.device.split(":")[0] == device
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_accumulates_on_device(device):
+    w = on(device, [0.5, -0.25])
+    h = on(device, [0.0, 0.0], requires_grad=False)
+    for _ in range(5):
+        h = tg.tanh(h * w + 0.3)
+    h.sum().backward()
+    assert w.grad.device == w.device
+    w_cpu = on("cpu", [0.5, -0.25])
+    h = on("cpu", [0.0, 0.0], requires_grad=False)
+    for _ in range(5):
+        h = tg.tanh(h * w_cpu + 0.3)
+    h.sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), w_cpu.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_to_cuda_round_trip_and_gradient_flows_back_to_cpu():
+    x = on("cpu", A23)
+    y = x.to("cuda")
+    assert y.device == "cuda:0" and y.requires_grad
+    back = (y * 2.0).to("cpu")
+    assert back.device == "cpu"
+    np.testing.assert_array_equal(back.numpy(), 2.0 * A23)
+    back.sum().backward()
+    assert x.grad.device == "cpu"
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((2, 3), 2.0))
+    assert tg.tensor(A23).to("cuda").to("cpu").numpy().tolist() == A23.tolist()
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_mixing_devices_is_a_clear_error():
+    a = tg.ones(2, device="cuda")
+    b = tg.ones(2)
+    with pytest.raises(RuntimeError) as info:
+        a + b
+    text = str(info.value)
+    assert text.startswith("add:") and "cuda:0" in text and "cpu" in text and ".to(" in text
