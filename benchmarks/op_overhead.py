@@ -13,19 +13,36 @@ best of several repeats (timeit), so numbers from different machines compare.
 """
 from __future__ import annotations
 
-import argparse
-import platform
-import timeit
+import os
 
-import numpy as np
+# One BLAS thread: spinning helper threads make CPU-time measurements of large
+# matmuls on a shared machine meaningless; overhead is what is measured here.
+# Set OPENBLAS_NUM_THREADS yourself to override.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-import tinygraph as tg
-from tinygraph import backend
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+import timeit  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import tinygraph as tg  # noqa: E402
+from tinygraph import backend  # noqa: E402
 
 
 def _timer(xp):
-    """Returns best_seconds_per_call(fn): synchronises the GPU around each repeat."""
-    sync = (lambda: xp.cuda.Device().synchronize()) if xp is not np else (lambda: None)
+    """Returns best_seconds_per_call(fn).
+
+    On the CPU it counts process CPU time, which other busy processes on a
+    shared machine disturb far less than wall time; on the GPU it must be wall
+    time, with a synchronisation at the end of each repeat.
+    """
+    if xp is np:
+        sync, clock = (lambda: None), time.process_time
+    else:
+        sync, clock = (lambda: xp.cuda.Device().synchronize()), time.perf_counter
 
     def best_per_call(fn, number, repeat):
         def run():
@@ -34,7 +51,7 @@ def _timer(xp):
             sync()
         fn()  # warm-up (CuPy compiles kernels on first use)
         sync()
-        return min(timeit.repeat(run, number=1, repeat=repeat)) / number
+        return min(timeit.repeat(run, number=1, repeat=repeat, timer=clock)) / number
 
     return best_per_call
 
@@ -159,7 +176,8 @@ def main(argv=None):
     base_name = "numpy" if xp is np else "cupy"
     print(f"# tinygraph op overhead on {args.device} ({platform.processor() or platform.machine()}, "
           f"python {platform.python_version()}, numpy {np.__version__}); best of {repeat}")
-    print(f"# ratios are tinygraph time / raw {base_name} time, measured in this run")
+    clock = "process CPU time" if xp is np else "wall time, GPU synchronised"
+    print(f"# ratios are tinygraph time / raw {base_name} time, measured in this run ({clock})")
     print()
     print(f"| op | size | {base_name} us | no-grad us | no-grad ratio | recording us | recording ratio |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -92,6 +92,7 @@ def save_json(path, obj):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, default=_jsonable)
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for reading
     os.replace(tmp, path)
 
 
@@ -141,7 +142,7 @@ def plot_lines(series, path, *, title="", xlabel="", ylabel="", logy=False, hlin
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=label)
+        ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3)
     for label, y in (hlines or {}).items():
         ax.axhline(y, linestyle="--", color="grey", linewidth=1)
         ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=8, va="bottom", color="grey")

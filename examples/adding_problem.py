@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 import _common
 import tinygraph as tg
 from tinygraph import data, nn, optim
@@ -100,7 +98,7 @@ def main(argv=None):
         title=f"Adding problem, T={args.T}", xlabel="training step", ylabel="eval MSE",
         hlines={"baseline 1/6": baseline})]
     fresh = {}
-    for cell in cells:  # untrained models: the plot is about what the architecture lets through
+    for cell in LAYERS:  # untrained models of every kind: the plot is about what the architecture lets through
         tg.manual_seed(args.seed)
         fresh[cell.upper() if cell != "rnn" else "RNN (tanh)"] = AddingModel(cell, args.hidden)
     gf_path, curves = _common.gradient_flow_picture(

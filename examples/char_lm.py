@@ -20,8 +20,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
-
 import _common
 import tinygraph as tg
 from tinygraph import bptt, data, optim

@@ -104,6 +104,7 @@ def test_tbptt_k_k_equals_sum_of_independent_windows(elman_case):
     result = bptt.backprop_through_time(model, xs, ys, loss_fn, k1=k, k2=k)
     assert_grads_close(grads_of(model), want)
     assert result.windows == [(0, 4, 0), (4, 8, 4), (8, 12, 8)]
+    assert result.num_updates == 0 and len(result.update_grad_norms) == 1  # accumulated, one norm
     assert result.loss == pytest.approx(sum(losses), rel=1e-12)
     np.testing.assert_allclose(result.state.numpy(), state.numpy(), rtol=1e-12)
     assert result.state.is_leaf and not result.state.requires_grad

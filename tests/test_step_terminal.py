@@ -1,6 +1,7 @@
 """`tinygraph step` driven through a pseudo-terminal: single keys advance, go back, quit."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -66,3 +67,19 @@ def test_no_interactive_prints_the_whole_walk():
     headers = re.findall(r"^step (\d+)/(\d+) ", done.stdout, re.M)
     assert [int(k) for k, _ in headers] == list(range(1, total + 1))
     assert "∂L/∂" in done.stdout and "gradients of the leaves" in done.stdout
+
+
+def test_html_option_writes_the_player(tmp_path, capsys):
+    import argparse
+
+    from tinygraph.viz import step_command
+
+    if shutil.which("dot") is None and shutil.which("graphviz-pure") is None:
+        pytest.skip("needs a Graphviz renderer (dot or graphviz-pure)")
+    parser = step_command.configure(argparse.ArgumentParser())
+    target = tmp_path / "walk.html"
+    args = parser.parse_args(["--model", "gru", "--steps", "1", "--html", str(target)])
+    assert step_command.run(args) == 0
+    assert f"wrote {target}" in capsys.readouterr().out
+    page = target.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and 'id="next"' in page and "<svg" in page

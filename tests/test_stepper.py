@@ -302,3 +302,15 @@ def test_stepper_on_gpu_matches_backward():
     loss.backward()
     for name, param in model.named_parameters():
         assert np.array_equal(param.grad.numpy(), tg.backend.as_host(stepper.grad(param))), name
+
+
+def test_reached_time_steps_grow_backwards_in_time():
+    stepper = Stepper(build("elman", steps=3).loss)
+    assert stepper.timesteps() == [0, 1, 2]
+    seen = []
+    for event in stepper:
+        reached = stepper.reached_timesteps()
+        if not seen or reached != seen[-1]:
+            seen.append(reached)
+    # the per-step losses do not count; the cell is reached at t=2 first, then 1, then 0
+    assert seen == [[], [2], [1, 2], [0, 1, 2]]

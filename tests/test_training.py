@@ -110,6 +110,7 @@ def test_resume_after_interrupt_continues_bit_for_bit(reference, tmp_path):
     resumed = bptt.fit(model, shuffled, mean_ce, opt, epochs=3, k1=4, eval_data=BATCHES[:2],
                        checkpoint=path, resume=True, progress=False)
     assert_same_run(model, resumed, *reference)  # ...and still the same run
+    assert not resumed.interrupted
 
 
 def test_sigint_stops_after_the_current_batch_and_saves(reference, tmp_path):
@@ -150,6 +151,22 @@ def test_interrupt_inside_a_batch_keeps_the_last_good_checkpoint(reference, tmp_
     resumed = bptt.fit(model, shuffled, mean_ce, opt, epochs=3, k1=4, eval_data=BATCHES[:2],
                        checkpoint=path, resume=True, progress=False)  # from the end of epoch 1
     assert_same_run(model, resumed, *reference)
+
+
+def test_resume_with_a_carried_state(tmp_path):
+    def run(**kwargs):
+        return bptt.fit(model, BATCHES, mean_ce, opt, epochs=2, k1=4, k2=6, carry_state=True,
+                        progress=False, **kwargs)
+
+    model, opt = new_run()
+    ref_model, ref_history = model, run()
+    path = tmp_path / "carry.npz"
+    model, opt = new_run()
+    assert run(checkpoint=path, callbacks=[StopAfter(3)]).interrupted
+    with np.load(path, allow_pickle=False) as saved:
+        assert "carry/0" in saved.files  # the state batch 4 must start from
+    model, opt = new_run(seed=3)
+    assert_same_run(model, run(checkpoint=path, resume=True), ref_model, ref_history)
 
 
 def test_checkpoint_is_a_plain_npz(tmp_path):

@@ -216,10 +216,7 @@ class BPTTResult:
     windows: list = field(default_factory=list)
     update_grad_norms: list = field(default_factory=list)
     clipped: list = field(default_factory=list)
-
-    @property
-    def num_updates(self) -> int:
-        return len(self.update_grad_norms)
+    num_updates: int = 0  # optimizer steps taken
 
 
 class _NormTracker:
@@ -318,6 +315,8 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
     plan = window_plan(T, k1, k2)
     for w, (a, b, r) in enumerate(plan):
         next_r = plan[w + 1][2] if w + 1 < len(plan) else b
+        # run [r, b) in segments: split at a (only loss-window outputs are kept) and at
+        # next_r (the detached state there is where the next window re-runs from)
         cuts = sorted({r, a, b, next_r})
         s = restart_state
         stored = restart_state if next_r == r else None
@@ -344,18 +343,21 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
         if optimizer is not None:
             norm, clipped = _clip(params, clip_norm, clip_value)
             optimizer.step()
+            result.num_updates += 1
             result.update_grad_norms.append(norm)
             result.clipped.append(clipped)
-        restart_state, final = stored, s
+        restart_state, final = stored, truncate(s)
         del loss, outputs, loss_parts, tracked, s  # drop this window's graph before the next one
 
     if optimizer is None and params:
-        norm, clipped = _clip(params, clip_norm, clip_value) if (clip_norm or clip_value) is not None \
-            else (grad_norm(params), False)
+        if clip_norm is None and clip_value is None:
+            norm, clipped = grad_norm(params), False
+        else:
+            norm, clipped = _clip(params, clip_norm, clip_value)
         result.update_grad_norms.append(norm)
         result.clipped.append(clipped)
     result.loss = float(sum(result.window_losses))
-    result.state = truncate(final)
+    result.state = final
     if tracker is not None:
         result.state_grad_norms = tracker.result()
         result.grad_norms = result.state_grad_norms[0]
@@ -482,12 +484,12 @@ def gradient_flow(model, xs, targets, loss_fn, state=None, *, per_state=False):
     return tuple(norms) if per_state else norms[0]
 
 
-def _per_sample(arr, batch_axis, B):
-    """(..., B, H) -> (B, rest) on the host."""
+def _per_sample(arr, B):
+    """(..., B, H) -> (B, rest) on the host; a 1-D state is one sample."""
     arr = backend.as_host(arr)
-    if batch_axis is None:
+    if arr.ndim < 2:
         return arr.reshape(1, -1)
-    return np.moveaxis(arr, batch_axis, 0).reshape(B, -1)
+    return np.moveaxis(arr, arr.ndim - 2, 0).reshape(B, -1)
 
 
 def jacobian_norms(model, xs, state=None, *, ord="fro", state_index=0):
@@ -521,7 +523,7 @@ def jacobian_norms(model, xs, state=None, *, ord="fro", state_index=0):
         grads = iter(_grad(last, flat_sources, grad_outputs=xp.asarray(seed), retain_graph=True,
                            allow_unused=True))
         for t, srcs in enumerate(sources):
-            row = [np.zeros((B, src.size // B)) if g is None else _per_sample(g.data, g.ndim - 2 if g.ndim >= 2 else None, B)
+            row = [np.zeros((B, src.size // B)) if g is None else _per_sample(g.data, B)
                    for src, g in zip(srcs, grads)]
             row = np.concatenate(row, axis=1)  # (B, M_in)
             if jac[t] is None:

@@ -79,6 +79,7 @@ def _write_text_atomic(path, text):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; this one is for reading
     os.replace(tmp, path)
 
 
@@ -178,7 +179,7 @@ def _draw_model(model, vocab, prompt, out, cell):
     return [circuit, unfolded]
 
 
-def _gradient_flow(trained, streams, cfg, out, seed):
+def _gradient_flow(trained, cell_name, streams, cfg, out, seed):
     """‖∂L/∂h(t)‖ of the last step's loss: fresh tanh RNN and LSTM of the same size, and the trained model.
 
     The loss sits on the last step only, so the curve shows how much of it
@@ -197,7 +198,7 @@ def _gradient_flow(trained, streams, cfg, out, seed):
     for label, cell in (("RNN (tanh), untrained", "rnn"), ("LSTM, untrained", "lstm")):
         tg.manual_seed(seed)
         models[label] = LanguageModel(trained.vocab_size, cfg["embedding"], cfg["hidden"], cell=cell)
-    models["LSTM, trained"] = trained
+    models[f"{cell_name.upper()}, trained"] = trained
     curves = {label: np.asarray(bptt.gradient_flow(m, x, y, last_step_loss), dtype=float)
               for label, m in models.items()}
     path = out / "gradient_flow.png"
@@ -286,7 +287,7 @@ def run(args):
     written = []
     for label, fn, fargs in (
         ("circuit and unfolded graph", _draw_model, (model, vocab, prompt, out, args.cell)),
-        ("gradient-flow plot", lambda *a: _gradient_flow(*a)[0], (model, val_streams, cfg, out, args.seed)),
+        ("gradient-flow plot", lambda *a: _gradient_flow(*a)[0], (model, args.cell, val_streams, cfg, out, args.seed)),
         ("loss curve", _loss_curve, (history, out)),
         ("backprop walk-through", _walkthrough, (out, args.seed)),
     ):

@@ -87,29 +87,91 @@ def _delay(t_src, t_dst) -> int:
 
 # -- unfolded (op level) ------------------------------------------------------
 
-def unfolded(source) -> "nx.DiGraph":
-    """Every recorded node, keyed by node id, in topological order."""
+class _Gaps:
+    """Which time steps are hidden, grouped into gaps: one "... n steps ..." node each."""
+
+    def __init__(self, all_steps, shown):
+        self.shown = set(shown)
+        self.gap_of, self.gaps = {}, []
+        in_gap = False
+        for t in all_steps:
+            if t in self.shown:
+                in_gap = False
+                continue
+            if not in_gap:
+                self.gaps.append([])
+                in_gap = True
+            self.gaps[-1].append(t)
+            self.gap_of[t] = ("elided", len(self.gaps) - 1)
+
+    def hidden(self, t) -> bool:
+        return t is not None and t not in self.shown
+
+    def add_nodes(self, g):
+        g.graph["elided_steps"] = sum(len(gap) for gap in self.gaps)
+        for k, gap in enumerate(self.gaps):
+            g.add_node(("elided", k), kind="elided", label=f"... {len(gap)} steps ...",
+                       name=None, op="elided", scope="", timestep=None, ordinal=None, shape=(),
+                       backward=False, members=(), reps=(), elided=(gap[0], gap[-1]))
+
+
+def _gaps_for(graph, steps):
+    if steps is None:
+        return None
+    all_steps = graph.timesteps
+    shown = set(steps)
+    if all(t in shown for t in all_steps):
+        return None
+    return _Gaps(all_steps, shown)
+
+
+def _add_or_merge_edge(g, u, v, **attrs):
+    if g.has_edge(u, v):
+        g.edges[u, v]["positions"] += attrs.get("positions", ())
+    else:
+        g.add_edge(u, v, **attrs)
+
+
+def unfolded(source, steps=None) -> "nx.DiGraph":
+    """Every recorded node, keyed by node id, in topological order.
+
+    ``steps``: only these time steps; each run of hidden steps becomes one
+    elision node (cheap on a 10,000-step recording: hidden nodes are skipped).
+    """
     graph = _as_graph(source)
+    gaps = _gaps_for(graph, steps)
     g = _nx().DiGraph(view="unfolded", detail="ops")
     for n in graph.nodes:
-        g.add_node(n.id, **_node_attrs(n))
+        if gaps is None or not gaps.hidden(n.timestep):
+            g.add_node(n.id, **_node_attrs(n))
+    if gaps is not None:
+        gaps.add_nodes(g)
     for n in graph.nodes:
+        n_hidden = gaps is not None and gaps.hidden(n.timestep)
         for pos, i in enumerate(n.inputs):
-            if g.has_edge(i.id, n.id):
-                g.edges[i.id, n.id]["positions"] += (pos,)
-            else:
-                g.add_edge(i.id, n.id, positions=(pos,), delay=_delay(i.timestep, n.timestep),
-                           params=(i.name or "param",) if i.is_leaf and i.requires_grad else ())
+            i_hidden = gaps is not None and gaps.hidden(i.timestep)
+            if n_hidden and i_hidden:
+                continue
+            if n_hidden and i.is_leaf and i.requires_grad:
+                continue  # a parameter feeding hidden steps adds nothing to the picture
+            u = gaps.gap_of[i.timestep] if i_hidden else i.id
+            v = gaps.gap_of[n.timestep] if n_hidden else n.id
+            if u == v:
+                continue
+            _add_or_merge_edge(g, u, v, positions=(pos,), delay=_delay(i.timestep, n.timestep),
+                               params=(i.name or "param",) if i.is_leaf and i.requires_grad else ())
     return g
 
 
 # -- variables (textbook level) ----------------------------------------------
 
-def _pure_param_names(reach, kinds):
-    """Parameter names if every source of ``reach`` is a parameter (W, W.T, W[:H])."""
-    if reach and all(kinds[s] == "param" for s in reach):
-        return tuple(reach)
-    return ()
+def _pure_of(part):
+    """Parameter names when every source of ``part`` is a parameter (W, W.T, W[:H]), else None."""
+    if isinstance(part, _Lazy):
+        return part.pure
+    if isinstance(part, _Seq):
+        return _flat(part).pure
+    return part.get("__pure__")
 
 
 ELEMENTWISE_OPS = frozenset({
@@ -133,13 +195,27 @@ class _Seq:
         self.items = items
 
 
+class _Lazy:
+    """Sources of an unnamed op, as references to its inputs' sources (merged on demand).
+
+    Merging eagerly copies every source at every op, which is quadratic on a
+    running sum over 10,000 steps; references keep building linear.
+    ``parts``: (child, extra weights) pairs; ``pure``: parameter names when
+    every source is a parameter (``W.T``), else None.
+    """
+
+    __slots__ = ("parts", "pure")
+
+    def __init__(self, parts, pure):
+        self.parts = parts
+        self.pure = pure
+
+
 def _flat(part):
     if isinstance(part, _Seq):
-        merged: dict = {}
-        for item in part.items:
-            for s, ws in item.items():
-                merged.setdefault(s, set()).update(ws)
-        return merged
+        pures = [_pure_of(p) for p in part.items]
+        pure = tuple(sorted(set().union(*pures))) if all(p is not None for p in pures) else None
+        return _Lazy([(item, frozenset()) for item in part.items], pure)
     return part
 
 
@@ -174,13 +250,14 @@ def _keeps_time(n, seq_inputs):
     return False
 
 
-def variables(source, keep=None) -> "nx.DiGraph":
+def variables(source, keep=None, steps=None) -> "nx.DiGraph":
     """The textbook view: named nodes, leaves and outputs; unnamed chains contracted.
 
     ``keep`` (optional set of node ids) forces extra nodes to stay, e.g. the
-    parameter gradients of a backward graph.
+    parameter gradients of a backward graph. ``steps``: as in :func:`unfolded`.
     """
     graph = _as_graph(source)
+    gaps = _gaps_for(graph, steps)
     nodes = graph.nodes
     outputs = {n.id for n in graph.outputs}
     keep = set(keep or ())
@@ -193,28 +270,52 @@ def variables(source, keep=None) -> "nx.DiGraph":
     reach: dict = {}
 
     def contribution(i):
+        if gaps is not None and gaps.hidden(i.timestep):
+            return {gaps.gap_of[i.timestep]: set()}
         if i.id in kept:
+            if kinds[i.id] == "param":
+                return {i.id: set(), "__pure__": (names[i.id],)}
             return {i.id: set()}
         return reach[i.id]
 
     def merge(n, parts):
-        """Union of plain parts; weights of multiplicative ops label the other operands."""
-        merged: dict = {}
-        if n.op in MULTIPLICATIVE_OPS:
-            weight_of = [tuple(names[s] for s in _pure_param_names(p, kinds)) for p in parts]
-            for idx, part in enumerate(parts):
-                extra = set()
-                if not weight_of[idx]:
-                    for j, w in enumerate(weight_of):
-                        if j != idx:
-                            extra.update(w)
-                for s, ws in part.items():
-                    merged.setdefault(s, set()).update(ws, extra if kinds[s] != "param" else ())
-        else:
-            for part in parts:
-                for s, ws in part.items():
-                    merged.setdefault(s, set()).update(ws)
-        return merged
+        """Reference the parts; weights of multiplicative ops label the other operands."""
+        pures = [_pure_of(p) for p in parts]
+        pure = tuple(sorted(set().union(*pures))) if all(p is not None for p in pures) else None
+        if n.op not in MULTIPLICATIVE_OPS:
+            return _Lazy([(p, frozenset()) for p in parts], pure)
+        linked = []
+        for idx, part in enumerate(parts):
+            extra = set()
+            if pures[idx] is None:
+                for j, w in enumerate(pures):
+                    if j != idx and w is not None:
+                        extra.update(w)
+            linked.append((part, frozenset(extra)))
+        return _Lazy(linked, pure)
+
+    def flatten(part):
+        """kept source id -> weight names, in input order (deterministic: used by fold keys)."""
+        out: dict = {}
+        stack, seen = [(_flat(part), frozenset())], set()
+        while stack:
+            node, extra = stack.pop()
+            mark = (id(node), extra)
+            if mark in seen:
+                continue
+            seen.add(mark)
+            if isinstance(node, dict):
+                for s, ws in node.items():
+                    if s == "__pure__":
+                        continue
+                    entry = out.setdefault(s, set())
+                    entry.update(ws)
+                    if extra and kinds.get(s) != "param":
+                        entry.update(extra)
+            else:
+                for child, more in reversed(node.parts):
+                    stack.append((_flat(child), extra | more if more else extra))
+        return out
 
     def sources_of(n):
         parts = [contribution(i) for i in n.inputs]
@@ -237,22 +338,43 @@ def variables(source, keep=None) -> "nx.DiGraph":
 
     g = _nx().DiGraph(view="unfolded", detail="variables")
     for n in nodes:
-        if n.id in kept:
+        if n.id in kept and (gaps is None or not gaps.hidden(n.timestep)):
             g.add_node(n.id, **_node_attrs(n))
+    if gaps is not None:
+        gaps.add_nodes(g)
     for n in nodes:
         if n.is_leaf:
+            continue
+        if gaps is not None and gaps.hidden(n.timestep):
+            _edges_into_gap(g, n, gaps, kept, reach, flatten, kinds)
             continue
         merged = sources_of(n)
         if n.id not in kept:
             reach[n.id] = merged
             continue
-        for pos, (s, ws) in enumerate(_flat(merged).items()):
+        for pos, (s, ws) in enumerate(flatten(merged).items()):
+            if isinstance(s, tuple):  # an elision node
+                _add_or_merge_edge(g, s, n.id, positions=(pos,), delay=0, params=())
+                continue
             src = by_id[s]
             params = (names[s],) if kinds[s] == "param" else tuple(sorted(ws))
             g.add_edge(s, n.id, positions=(pos,), delay=_delay(src.timestep, n.timestep),
                        params=params)
     _assign_contracted_members(g, nodes, kept)
     return g
+
+
+def _edges_into_gap(g, n, gaps, kept, reach, flatten, kinds):
+    """State flowing from a shown step into hidden ones ends at the gap's elision node."""
+    gap = gaps.gap_of[n.timestep]
+    for i in n.inputs:
+        if gaps.hidden(i.timestep) or kinds[i.id] == "param":
+            continue
+        sources = [i.id] if i.id in kept else [s for s in flatten(reach[i.id])
+                                              if not isinstance(s, tuple)]
+        for s in sources:
+            if kinds.get(s) != "param" and s in g and g.nodes[s]["timestep"] is not None:
+                _add_or_merge_edge(g, s, gap, positions=(), delay=1, params=())
 
 
 def _int_index(index):
@@ -273,6 +395,8 @@ def _assign_contracted_members(g, nodes, kept):
     """Each unnamed op belongs to the kept nodes it feeds (for highlight mapping)."""
     owners: dict = {}
     for n in reversed(nodes):  # consumers before inputs
+        if n.id not in g and n.id in kept:
+            continue  # a hidden step
         mine = {n.id} if n.id in kept else owners.get(n.id, set())
         for i in n.inputs:
             if i.id not in kept:
@@ -389,12 +513,12 @@ def circuit(source, detail="ops") -> "nx.DiGraph":
     return fold(view_of(graph, detail))
 
 
-def view_of(graph, detail="ops", keep=None):
-    """The unfolded view at ``detail`` ("ops" or "variables")."""
+def view_of(graph, detail="ops", keep=None, steps=None):
+    """The unfolded view at ``detail`` ("ops" or "variables"), optionally only ``steps``."""
     if detail == "ops":
-        return unfolded(graph)
+        return unfolded(graph, steps=steps)
     if detail == "variables":
-        return variables(graph, keep=keep)
+        return variables(graph, keep=keep, steps=steps)
     raise ValueError(f"detail must be 'ops' or 'variables', got {detail!r}")
 
 
@@ -423,39 +547,22 @@ def choose_steps(timesteps, steps=None, node_budget=None, nodes_per_step=1):
 
 def elide_steps(view, shown):
     """Drop nodes of steps not in ``shown``; each gap becomes one "... n steps ..." node."""
-    shown = sorted(set(shown))
     all_steps = sorted({a["timestep"] for _, a in view.nodes(data=True) if a["timestep"] is not None})
-    hidden = [t for t in all_steps if t not in set(shown)]
-    if not hidden:
+    gaps = _Gaps(all_steps, shown)
+    if not gaps.gaps:
         return view
-    shown_set = set(shown)
-    gap_of, gaps, in_gap = {}, [], False
-    for t in all_steps:
-        if t in shown_set:
-            in_gap = False
-            continue
-        if not in_gap:
-            gaps.append([])
-            in_gap = True
-        gaps[-1].append(t)
-        gap_of[t] = len(gaps) - 1
     out = _nx().DiGraph(**view.graph)
-    out.graph["elided_steps"] = len(hidden)
     for v, a in view.nodes(data=True):
-        t = a["timestep"]
-        if t is None or t in shown_set:
+        if not gaps.hidden(a["timestep"]):
             out.add_node(v, **a)
-    for k, gap in enumerate(gaps):
-        out.add_node(("elided", k), kind="elided", label=f"... {len(gap)} steps ...",
-                     name=None, op="elided", scope="", timestep=None, ordinal=None, shape=(),
-                     backward=False, members=(), reps=(), elided=(gap[0], gap[-1]))
+    gaps.add_nodes(out)
     for u, v, e in view.edges(data=True):
         tu, tv = view.nodes[u]["timestep"], view.nodes[v]["timestep"]
-        su = u if (tu is None or tu in shown_set) else ("elided", gap_of[tu])
-        sv = v if (tv is None or tv in shown_set) else ("elided", gap_of[tv])
+        su = gaps.gap_of[tu] if gaps.hidden(tu) else u
+        sv = gaps.gap_of[tv] if gaps.hidden(tv) else v
         if su == sv:
             continue
-        if view.nodes[u]["kind"] == "param" and isinstance(sv, tuple) and sv[0] == "elided":
+        if view.nodes[u]["kind"] == "param" and gaps.hidden(tv):
             continue  # a parameter feeding hidden steps adds nothing to the picture
         if not out.has_edge(su, sv):
             out.add_edge(su, sv, **e)

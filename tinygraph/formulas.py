@@ -87,6 +87,11 @@ FORMULAS = {
     "stack": F("stack({xs})", ("{g}[{k}]",), ("slice {k}",)),
     "to_device": F("{x0} on {device}", ("{g} moved back to {source}",), ("copy",)),
     "astype": F("{x0} as {dtype}", ("{g} cast back",), ("cast",)),
+    # fused cells (closed-form VJPs; dz are the gate pre-activation gradients
+    # [di i(1−i), df f(1−f), dg (1−g²), do o(1−o)], dc = ∂L/∂c′ + ∂L/∂h′ ⊙ o ⊙ (1 − tanh²c′))
+    "lstm_cell": F("LSTM cell({x0}, {x1}, {x2})",
+                   ("dz {x3}", "dz {x4}", "dc ⊙ f", "dzᵀ {x0}", "dzᵀ {x1}", "Σ_batch dz"),
+                   ("{x3}", "{x4}", "⊙ f", "gates, x", "gates, h", "gates")),
 }
 del F
 

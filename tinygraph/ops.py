@@ -81,17 +81,20 @@ def apply(prim, *args, **attrs):
     """
     datas = []
     has_tensor = needs_grad = False
+    all_tensors = True
     for a in args:
         if isinstance(a, Tensor):
             has_tensor = True
             datas.append(a.data)
             if a.requires_grad:
                 needs_grad = True
-        elif isinstance(a, np.generic):
-            # a NumPy scalar mixes like a Python scalar: x * np.float64(2) stays float32
-            datas.append(a.item())
         else:
-            datas.append(a)
+            all_tensors = False
+            if isinstance(a, np.generic):
+                # a NumPy scalar mixes like a Python scalar: x * np.float64(2) stays float32
+                datas.append(a.item())
+            else:
+                datas.append(a)
     if not has_tensor:
         return _apply_raw(prim, args, attrs)
 
@@ -105,19 +108,13 @@ def apply(prim, *args, **attrs):
         out = backend.array_module(*datas).asarray(out)
 
     if needs_grad and STATE.grad_enabled:
-        saved, inputs, literals = [], [], None
-        for position, (a, d) in enumerate(zip(args, datas)):
-            if isinstance(a, Tensor):
-                inputs.append(a._node or a._leaf_node())
-            elif type(d) is np.ndarray or _is_array(d):
-                a = Tensor(d)  # a raw array argument becomes a constant leaf of the graph
-                inputs.append(a._leaf_node())
-            else:
-                a = d
-                literals = (literals or ()) + ((position, d),)
-            saved.append(a)
-        node = Node(prim.name, tuple(inputs), attrs, out.shape, out.dtype, prim=prim,
-                    saved=tuple(saved), literals=literals)
+        if all_tensors:  # the common case, kept short
+            saved, literals = args, None
+            inputs = tuple([a._node or a._leaf_node() for a in args])
+        else:
+            saved, inputs, literals = _mixed_arguments(args, datas)
+        node = Node(prim.name, inputs, attrs, out.shape, out.dtype, prim=prim,
+                    saved=saved, literals=literals)
         result = Tensor._from_op(out, node)
         node.out_ref = weakref.ref(result)
     else:
@@ -126,6 +123,26 @@ def apply(prim, *args, **attrs):
         from .autodiff import check_finite
         check_finite(out, prim.name, result._node, phase="forward")
     return result
+
+
+def _mixed_arguments(args, datas):
+    """(saved, input nodes, literals) when some arguments are not Tensors.
+
+    A raw array becomes a constant leaf Tensor; a scalar stays in ``saved`` as
+    itself and is listed in ``literals`` as (position, value).
+    """
+    saved, inputs, literals = [], [], None
+    for position, (a, d) in enumerate(zip(args, datas)):
+        if isinstance(a, Tensor):
+            inputs.append(a._node or a._leaf_node())
+        elif type(d) is np.ndarray or _is_array(d):
+            a = Tensor(d)
+            inputs.append(a._leaf_node())
+        else:
+            a = d
+            literals = (literals or ()) + ((position, d),)
+        saved.append(a)
+    return tuple(saved), tuple(inputs), literals
 
 
 def _apply_raw(prim, args, attrs):
@@ -662,6 +679,8 @@ def _normalize_index(index):
 
 def _index_on_device_of(x, index):
     """Move NumPy index arrays to the device of ``x`` (a CuPy array wants CuPy indices)."""
+    if backend._cupy is None:  # CuPy never loaded: nothing to move
+        return index
     xp = _xp(x)
     if xp is np:
         return index

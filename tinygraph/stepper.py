@@ -312,6 +312,7 @@ class Stepper:
         self.position = 0
         self.breakpoints = []
         self.window = None  # (a, b, r) when made by for_window
+        self._cells = None
 
     @classmethod
     def for_window(cls, model, xs, targets, loss_fn, *, k1, k2=None, window=0, state=None,
@@ -613,10 +614,22 @@ class Stepper:
         return sorted({n.timestep for n in self.order if isinstance(n.timestep, int)})
 
     def reached_timesteps(self, index=None):
-        """Time steps whose nodes the gradient has reached up to event ``index`` (default: cursor)."""
+        """Time steps whose cell nodes the gradient has passed, up to event ``index`` (default: cursor).
+
+        Cell nodes are those in the scopes where parameters are used at a time
+        step; a per-step loss is left out, since the gradient reaches it at once.
+        """
         index = self.position - 1 if index is None else index
+        cells = self._cell_scopes()
         return sorted({e.timestep for e in self.events[:index + 1]
-                       if e.node is not None and isinstance(e.timestep, int)})
+                       if e.node is not None and isinstance(e.timestep, int)
+                       and (not cells or e.scope in cells)})
+
+    def _cell_scopes(self):
+        if self._cells is None:
+            self._cells = {c.scope for n in self.order if n.is_leaf and n.requires_grad
+                           for c in self._consumers[n.id] if isinstance(c.timestep, int)}
+        return self._cells
 
     def __repr__(self):
         return f"<Stepper {self.position}/{len(self.events)} steps>"

@@ -120,9 +120,10 @@ class _ExplosionDetector:
 def _rng_state():
     from . import creation
     mt = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     return {
         "tinygraph": creation.generator().bit_generator.state,
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "python": [version, list(internal), gauss_next],
         "numpy": {"keys": mt[1].tolist(), "pos": int(mt[2]), "has_gauss": int(mt[3]),
                   "gauss": float(mt[4])},
     }
@@ -146,18 +147,18 @@ def _state_structure(state, arrays, prefix):
     if state is None:
         return None
     if isinstance(state, Tensor):
-        key = f"{prefix}{len(arrays)}"
+        key = f"{prefix}{sum(name.startswith(prefix) for name in arrays)}"
         arrays[key] = backend.as_host(state.data)
         return key
     return [_state_structure(s, arrays, prefix) for s in state]
 
 
-def _state_from_structure(structure, arrays):
+def _state_from_structure(structure, arrays, device):
     if structure is None:
         return None
     if isinstance(structure, str):
-        return Tensor(np.array(arrays[structure]))
-    return tuple(_state_from_structure(s, arrays) for s in structure)
+        return Tensor(backend.to_device(np.array(arrays[structure]), device))
+    return tuple(_state_from_structure(s, arrays, device) for s in structure)
 
 
 def save_checkpoint(path, model, optimizer, progress):
@@ -191,7 +192,9 @@ def load_checkpoint(path, model, optimizer):
     optim_state = {k[len("optim/"):]: v for k, v in entries.items() if k.startswith("optim/")}
     if optimizer is not None and optim_state:
         optimizer.load_state_dict(optim_state)
-    progress["carry"] = _state_from_structure(progress.get("carry"), entries)
+    params = list(model.parameters()) if hasattr(model, "parameters") else []
+    device = params[0].device if params else "cpu"  # the carried state goes where the model is
+    progress["carry"] = _state_from_structure(progress.get("carry"), entries, device)
     return progress
 
 
@@ -307,6 +310,43 @@ class GradientFlowRecorder:
 # ---------------------------------------------------------------------------
 # fit
 # ---------------------------------------------------------------------------
+def _open_epoch(data, run):
+    """(iterator over the epoch's remaining batches, number of batches or None).
+
+    Resuming mid-epoch replays the epoch's data order: the generators are set
+    back to where they were when the epoch began, the batches already done
+    are drawn and skipped, then the generators continue from the checkpoint.
+    """
+    rng_now = _rng_state()
+    mid_epoch = run.batch > 0
+    if mid_epoch:
+        _set_rng_state(run.epoch_rng)
+    else:
+        run.epoch_rng = rng_now
+    epoch_data = _epoch_data(data, run.epoch)
+    total = len(epoch_data) if hasattr(epoch_data, "__len__") else None
+    batches = iter(epoch_data)
+    for _ in range(run.batch):
+        next(batches)
+    if mid_epoch:
+        _set_rng_state(rng_now)
+    return batches, total
+
+
+def _record_updates(history, result, epoch, detector, clipping):
+    """Append one history row per optimizer update; warn (once per call site) on explosions."""
+    for loss, norm, clipped in zip(result.window_losses, result.update_grad_norms, result.clipped):
+        history.step_loss.append(loss)
+        history.step_grad_norm.append(norm)
+        history.step_clipped.append(bool(clipped))
+        history.step_epoch.append(epoch)
+        message = detector.check(norm, len(history.step_loss), clipping)
+        if message:
+            if not history.warnings:
+                warnings.warn(message, ExplodingGradientWarning, stacklevel=3)
+            history.warnings.append(message)
+
+
 @dataclass
 class _Progress:
     """Where the run stands; exactly what a checkpoint stores besides model and optimizer."""
@@ -343,6 +383,9 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
     """
     from .bptt import backprop_through_time
 
+    if optimizer is None:
+        raise TypeError("fit: needs an optimizer (e.g. tg.optim.Adam(model.parameters())); "
+                        "use backprop_through_time to only accumulate gradients")
     if epochs < 0:
         raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
     if not callable(data) and iter(data) is data and epochs > 1:
@@ -361,16 +404,17 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
         saved = load_checkpoint(checkpoint, model, optimizer)
         run = _Progress(**{k: saved[k] for k in _Progress.__dataclass_fields__ if k in saved})
         history = History(**run.history)
+        history.interrupted = False  # this run goes on
         _set_rng_state(run.rng)
         notes.write(f"resumed from {checkpoint}: epoch {run.epoch}, batch {run.batch}")
     elif resume and checkpoint is not None:
         notes.write(f"resume: no checkpoint at {checkpoint} yet, starting from scratch")
 
     detector = _ExplosionDetector(explode_factor, history.step_grad_norm[-20:])
-    warned = False
+    clipping = clip_norm is not None or clip_value is not None
     consistent = True  # False while a batch is half done (its checkpoint would not resume exactly)
 
-    def save(reason):
+    def save():
         if checkpoint is None:
             return
         run.rng = _rng_state()
@@ -379,9 +423,10 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
         save_checkpoint(checkpoint, model, optimizer,
                         {name: getattr(run, name) for name in _Progress.__dataclass_fields__})
 
-    def info(**extra):
-        return {"model": model, "optimizer": optimizer, "history": history, "epoch": run.epoch + 1,
+    def hooks(name, **extra):
+        info = {"model": model, "optimizer": optimizer, "history": history, "epoch": run.epoch + 1,
                 "batches_done": run.batches_done, **extra}
+        return any([_call_hook(cb, name, info) for cb in callbacks])  # every hook runs
 
     if hasattr(model, "train"):
         model.train()
@@ -390,60 +435,30 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
         with stop:
             while run.epoch < epochs:
                 start = time.perf_counter()
-                resuming_mid_epoch = run.batch > 0
-                rng_now = _rng_state()
-                if resuming_mid_epoch:
-                    _set_rng_state(run.epoch_rng)  # replay the epoch's data order
-                else:
-                    run.epoch_rng = rng_now
-                epoch_data = _epoch_data(data, run.epoch)
-                total = len(epoch_data) if hasattr(epoch_data, "__len__") else None
-                batches = iter(epoch_data)
-                for _ in range(run.batch):
-                    next(batches)
-                if resuming_mid_epoch:
-                    _set_rng_state(rng_now)
-                bar = ProgressBar(total, desc=f"epoch {run.epoch + 1}/{epochs}",
-                                  enabled=bool(progress))
+                batches, total = _open_epoch(data, run)
+                bar = ProgressBar(total, desc=f"epoch {run.epoch + 1}/{epochs}", enabled=bool(progress))
                 bar.count = run.batch
-                stopping = False
                 for batch in batches:
                     xs, targets = _unpack(batch)
                     consistent = False
                     result = backprop_through_time(
-                        model, xs, targets, loss_fn, state=run.carry if carry_state else None,
-                        k1=k1, k2=k2, optimizer=optimizer, clip_norm=clip_norm, clip_value=clip_value)
-                    for loss, norm, clipped in zip(result.window_losses, result.update_grad_norms,
-                                                   result.clipped):
-                        history.step_loss.append(loss)
-                        history.step_grad_norm.append(norm)
-                        history.step_clipped.append(bool(clipped))
-                        history.step_epoch.append(run.epoch + 1)
-                        message = detector.check(norm, len(history.step_loss),
-                                                 clip_norm is not None or clip_value is not None)
-                        if message:
-                            history.warnings.append(message)
-                            if not warned:
-                                warnings.warn(message, ExplodingGradientWarning, stacklevel=2)
-                                warned = True
+                        model, xs, targets, loss_fn, state=run.carry, k1=k1, k2=k2, optimizer=optimizer,
+                        clip_norm=clip_norm, clip_value=clip_value)
+                    _record_updates(history, result, run.epoch + 1, detector, clipping)
                     run.carry = result.state if carry_state else None
                     run.batch += 1
                     run.batches_done += 1
                     run.epoch_loss_sum += sum(result.window_losses)
                     run.epoch_updates += len(result.window_losses)
                     consistent = True
-                    batch_loss = result.loss / max(len(result.window_losses), 1)
-                    bar.update(loss=batch_loss, ppl=perplexity(batch_loss),
-                               gnorm=history.step_grad_norm[-1] if history.step_grad_norm else None)
-                    stopping = any([_call_hook(cb, "on_batch_end", info(loss=batch_loss, result=result))
-                                    for cb in callbacks])
+                    batch_loss = result.loss / len(result.window_losses)
+                    bar.update(loss=batch_loss, ppl=perplexity(batch_loss), gnorm=history.step_grad_norm[-1])
+                    stopping = hooks("on_batch_end", loss=batch_loss, result=result)
                     if checkpoint_every and run.batches_done % checkpoint_every == 0:
-                        save("periodic")
+                        save()
                     if stopping or stop.requested:
-                        break
-                if stopping or stop.requested:
-                    bar.close()
-                    raise KeyboardInterrupt
+                        bar.close()
+                        raise KeyboardInterrupt
                 train_loss = run.epoch_loss_sum / run.epoch_updates if run.epoch_updates else None
                 eval_loss = evaluate(model, eval_data, loss_fn, carry_state=carry_state,
                                      epoch=run.epoch) if eval_data is not None else None
@@ -451,21 +466,19 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
                            "train_perplexity": perplexity(train_loss), "eval_loss": eval_loss,
                            "eval_perplexity": perplexity(eval_loss), "updates": run.epoch_updates,
                            "seconds": time.perf_counter() - start}
-                bar.close(**{"loss": train_loss, "eval": eval_loss})
+                bar.close(loss=train_loss, eval=eval_loss)
                 history.epochs.append(metrics)
                 run.epoch += 1
-                run.batch = 0
+                run.batch, run.carry = 0, None  # a new epoch starts the data (and the state) over
                 run.epoch_loss_sum, run.epoch_updates = 0.0, 0
-                if not carry_state:
-                    run.carry = None
-                stopping = any([_call_hook(cb, "on_epoch_end", info(metrics=metrics)) for cb in callbacks])
-                save("epoch")
+                stopping = hooks("on_epoch_end", metrics=metrics)
+                save()
                 if stopping:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         history.interrupted = True
         if consistent:
-            save("interrupt")
+            save()
             where = f"; checkpoint saved to {checkpoint}, resume with resume=True" if checkpoint else ""
             notes.write(f"stopped at epoch {run.epoch + 1}, batch {run.batch}{where}")
         else:

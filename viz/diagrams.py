@@ -76,8 +76,8 @@ class _Recording:
         self.keep_alive = out
         return out
 
-    def view(self, detail):
-        view = folding.view_of(self.graph, detail, keep=self.renamed)
+    def view(self, detail, steps=None):
+        view = folding.view_of(self.graph, detail, keep=self.renamed, steps=steps)
         for node_id, label in self.renamed.items():
             if node_id in view:
                 view.nodes[node_id]["label"] = label
@@ -144,6 +144,31 @@ def _fit(view, max_nodes, notes, steps_first=True):
     return view
 
 
+def _steps_to_show(graph, detail, steps, max_nodes):
+    """The steps to draw (None: all), from the recording alone so hidden steps cost nothing."""
+    all_steps = graph.timesteps
+    if not all_steps:
+        return None
+    if steps is None:
+        if max_nodes is None:
+            return None
+        if detail == "variables":
+            drawn = [n for n in graph.nodes if n.is_leaf or n.name]
+        else:
+            drawn = graph.nodes
+        in_steps = sum(1 for n in drawn if n.timestep is not None)
+        outside = (len(drawn) - in_steps) if detail == "ops" else \
+            sum(1 for n in drawn if n.timestep is None)
+        per_step = max(1, round(in_steps / len(all_steps)))
+        if in_steps + outside <= max_nodes:
+            return None
+        shown = folding.choose_steps(all_steps, node_budget=max(0, max_nodes - outside - 2),
+                                     nodes_per_step=per_step)
+    else:
+        shown = folding.choose_steps(all_steps, steps)
+    return shown if len(shown) < len(all_steps) else None
+
+
 def _time_rows(view):
     """Copies of one circuit node across steps, in time order (elision markers in their gap)."""
     keys = folding._fold_keys(view)
@@ -179,14 +204,12 @@ def draw_unfolded(*tensors, detail="variables", steps=None, backward=False, show
     Hidden steps become one "... n steps ..." node per gap.
     """
     rec = _Recording(tensors, backward)
-    view = rec.view(detail)
     notes = []
-    all_steps = sorted({a["timestep"] for _, a in view.nodes(data=True) if a["timestep"] is not None})
-    if steps is not None:
-        shown = folding.choose_steps(all_steps, steps)
-        if len(shown) < len(all_steps):
-            view = folding.elide_steps(view, shown)
-            notes.append(f"showing {len(shown)} of {len(all_steps)} time steps (the rest elided)")
+    shown = _steps_to_show(rec.graph, detail, steps, max_nodes)
+    view = rec.view(detail, steps=shown)
+    if shown is not None:
+        notes.append(f"showing {len(shown)} of {len(rec.graph.timesteps)} time steps "
+                     "(the rest elided)")
     view = folding.collapse_scopes(view, collapse)
     view = _fit(view, max_nodes, notes)
     return _draw(view, rec, title=title, detail=detail, notes=notes, rankdir="BT",

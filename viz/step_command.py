@@ -94,12 +94,20 @@ def _interactive(stepper, intro, show) -> int:
             else:
                 print(f"unknown key {key!r}; {KEYS_HELP}", file=out, flush=True)
                 continue
+            print(_time_strip(stepper), file=out)
             if stepper.done:
                 print("\n" + stepper.summary(numbers=True), file=out)
                 print("end of the walk: the gradients above equal loss.backward()'s", file=out,
                       flush=True)
                 return 0
             print(KEYS_HELP, file=out, flush=True)
+
+
+def _time_strip(stepper) -> str:
+    """``time: ■0 ■1 □2``: which time steps the gradient has reached so far."""
+    reached = set(stepper.reached_timesteps())
+    cells = " ".join(("■" if t in reached else "□") + str(t) for t in stepper.timesteps())
+    return f"time steps reached: {cells}" if cells else ""
 
 
 class _KeyReader:
