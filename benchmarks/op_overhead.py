@@ -168,7 +168,7 @@ def _us(seconds):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="'cpu' (NumPy baseline) or 'cuda' (CuPy baseline)")
-    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats (~10 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats (a few seconds)")
     args = parser.parse_args(argv)
 
     xp = backend.module_for_device(args.device)

@@ -324,6 +324,9 @@ def test_to_networkx_carries_node_attributes():
     attrs = g.nodes[y.node.id]
     assert attrs["op"] == "exp" and attrs["scope"] == "m" and attrs["timestep"] == 4
     assert attrs["shape"] == (2,) and attrs["dtype"] == "float64" and attrs["is_leaf"] is False
+    assert attrs["literals"] == {}
+    scaled = 2.0 * x
+    assert tg.Graph.from_outputs(scaled).to_networkx().nodes[scaled.node.id]["literals"] == {0: 2.0}
     assert g.nodes[x.node.id]["name"] == "x"
     assert list(g.edges) == [(x.node.id, y.node.id)]
 
@@ -377,3 +380,38 @@ def test_detect_anomaly_names_the_op_in_backward():
     with tg.detect_anomaly():
         with pytest.raises(tg.AnomalyError, match=r"backward pass: op 'backward of sqrt'"):
             y.backward()
+
+
+# ---------------------------------------------------------------------------
+# seed gradients
+# ---------------------------------------------------------------------------
+def test_backward_with_a_python_scalar_seed():
+    x = t64([1.0, 2.0])
+    (x * x).sum().backward(3.0)
+    np.testing.assert_allclose(x.grad.numpy(), [6.0, 12.0])
+
+
+def test_backward_and_grad_with_several_outputs():
+    x = t64([1.0, 2.0])
+    a, b = (x * x).sum(), x * 3.0
+    tg.backward([a, b], [None, tg.tensor([1.0, 10.0], dtype="float64")])
+    np.testing.assert_allclose(x.grad.numpy(), [2.0 + 3.0, 4.0 + 30.0])
+    y = t64([0.5])
+    ga, = tg.grad([y.sum(), (y * y).sum()], [y])
+    np.testing.assert_allclose(ga.numpy(), [1.0 + 1.0])
+
+
+def test_numpy_array_on_the_left_gives_a_tensor():
+    x = t64([1.0, 2.0])
+    y = np.array([3.0, 4.0]) * x + np.array([1.0, 1.0])
+    assert isinstance(y, tg.Tensor)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [3.0, 4.0])
+
+
+def test_boolean_tensor_mask_index():
+    x = t64([-1.0, 2.0, -3.0, 4.0])
+    picked = x[x > 0]
+    np.testing.assert_array_equal(picked.numpy(), [2.0, 4.0])
+    (picked * picked).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [0.0, 4.0, 0.0, 8.0])

@@ -155,3 +155,17 @@ def test_gradcheck_passes_a_correct_function_and_needs_an_input():
     assert tg.gradcheck(lambda v: v * v, [t64([1.0, 2.0])]) is True
     with pytest.raises(ValueError, match="no input requires grad"):
         tg.gradcheck(lambda v: v * v, [t64([1.0], requires_grad=False)])
+
+
+def test_seed_gradient_count_must_match_outputs():
+    x = tg.ones(2, requires_grad=True)
+    a, b = x * 2.0, x * 3.0
+    with pytest.raises(ValueError, match=r"backward: got 1 seed gradient\(s\) for 2 output\(s\)"):
+        tg.backward([a, b], tg.ones(2))
+    with pytest.raises(ValueError, match=r"grad: got 3 seed gradient\(s\) for 1 output\(s\)"):
+        tg.grad(a, [x], grad_outputs=[None, None, None])
+
+
+def test_len_of_a_scalar_tensor():
+    with pytest.raises(TypeError, match=r"len\(\) of a 0-d tensor"):
+        len(tg.tensor(1.0))

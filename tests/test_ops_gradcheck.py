@@ -561,3 +561,54 @@ def test_hessian_vector_product_two_layer_net(rng):
     eps = 1e-5
     fd = (flat_grad(theta + eps * v) - flat_grad(theta - eps * v)) / (2 * eps)
     np.testing.assert_allclose(hv, fd, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# factories
+# ---------------------------------------------------------------------------
+def test_factories_accept_ints_or_a_tuple_and_keywords():
+    for make in (tg.zeros, tg.ones, tg.randn, tg.rand):
+        assert make(2, 3).shape == make((2, 3)).shape == (2, 3)
+        t = make(2, dtype="float64", requires_grad=True)
+        assert t.dtype == np.float64 and t.requires_grad and t.device == "cpu"
+    np.testing.assert_array_equal(tg.zeros(2, 2).numpy(), np.zeros((2, 2)))
+    np.testing.assert_array_equal(tg.ones(3).numpy(), np.ones(3))
+    np.testing.assert_array_equal(tg.full((2, 2), 7.0).numpy(), np.full((2, 2), 7.0))
+    np.testing.assert_array_equal(tg.arange(5).numpy(), np.arange(5))
+    np.testing.assert_array_equal(tg.arange(1.0, 2.0, 0.5).numpy(), [1.0, 1.5])
+    np.testing.assert_array_equal(tg.eye(3).numpy(), np.eye(3))
+    base = tg.tensor([[1.0, 2.0]], dtype="float64")
+    assert tg.zeros_like(base).dtype == np.float64 and tg.zeros_like(base).shape == (1, 2)
+    np.testing.assert_array_equal(tg.ones_like(base).numpy(), [[1.0, 1.0]])
+    u = tg.rand(1000)
+    assert 0.0 <= float(u.numpy().min()) and float(u.numpy().max()) < 1.0
+
+
+def test_manual_seed_makes_sampling_reproducible():
+    tg.manual_seed(123)
+    a, b = tg.randn(3, 2), tg.rand(4)
+    tg.manual_seed(123)
+    np.testing.assert_array_equal(tg.randn(3, 2).numpy(), a.numpy())
+    np.testing.assert_array_equal(tg.rand(4).numpy(), b.numpy())
+
+
+def test_tensor_copies_its_input():
+    source = np.array([1.0, 2.0])
+    t = tg.tensor(source)
+    source[0] = 99.0
+    assert t.numpy()[0] == 1.0
+
+
+def test_public_api_names_exist():
+    names = """tensor zeros ones full randn rand arange eye zeros_like ones_like manual_seed
+        Tensor matmul add sub mul div neg pow exp log sqrt abs tanh sigmoid relu maximum minimum
+        clip where sum mean max reshape transpose swapaxes broadcast_to sum_to getitem concat stack
+        split take softmax log_softmax cross_entropy nll_loss mse_loss grad backward no_grad
+        enable_grad Graph scope timestep gradcheck cuda_available detect_anomaly""".split()
+    missing = [n for n in names if not hasattr(tg, n)]
+    assert not missing, f"tinygraph lacks {missing}"
+    x = tg.tensor([[1.0, -2.0]], requires_grad=True)
+    for attr in ["data", "grad", "shape", "ndim", "dtype", "device", "requires_grad", "name",
+                 "numpy", "item", "detach", "to", "backward", "sum", "mean", "max", "reshape",
+                 "transpose", "T", "exp", "log", "tanh", "sigmoid", "relu"]:
+        assert hasattr(x, attr), attr

@@ -66,17 +66,6 @@ def _initial_grad(t, g, create_graph):
     return arr
 
 
-def _accumulate(grads, node, g, create_graph):
-    prev = grads.get(node.id)
-    if prev is None:
-        grads[node.id] = g
-    elif create_graph:
-        grads[node.id] = prev + g
-    else:
-        # first contribution may alias a forward buffer or another grad: copy on first add
-        grads[node.id] = prev + g
-
-
 def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None, on_node=None):
     """Core reverse walk. Returns {node_id: (node, grad)} for ``targets`` (or leaves).
 
@@ -182,11 +171,25 @@ def _as_list(x):
     return list(x)
 
 
+def _one_gradient_per_output(grads, count, op):
+    """Normalise the seed gradients to a list with one entry (or None) per output."""
+    if grads is None:
+        return [None] * count
+    if isinstance(grads, (Tensor, int, float)) or hasattr(grads, "shape"):
+        grads = [grads]
+    grads = list(grads)
+    if len(grads) != count:
+        raise ValueError(
+            f"{op}: got {len(grads)} seed gradient(s) for {count} output(s); "
+            "pass a list with one gradient (or None for a scalar) per output"
+        )
+    return grads
+
+
 def backward(tensors, grad_tensors=None, retain_graph=False, create_graph=False):
     """Accumulate gradients of ``tensors`` into the ``.grad`` of every leaf that requires one."""
     tensors = _as_list(tensors)
-    if grad_tensors is None or isinstance(grad_tensors, Tensor) or hasattr(grad_tensors, "shape"):
-        grad_tensors = [grad_tensors] * len(tensors) if len(tensors) == 1 else [None] * len(tensors)
+    grad_tensors = _one_gradient_per_output(grad_tensors, len(tensors), "backward")
     for t in tensors:
         if not t.requires_grad or t._node is None:
             raise RuntimeError(
@@ -251,10 +254,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     """
     outputs = _as_list(outputs)
     inputs = _as_list(inputs)
-    if grad_outputs is None:
-        grad_outputs = [None] * len(outputs)
-    elif isinstance(grad_outputs, Tensor) or hasattr(grad_outputs, "shape"):
-        grad_outputs = [grad_outputs]
+    grad_outputs = _one_gradient_per_output(grad_outputs, len(outputs), "grad")
     for t in outputs:
         if not t.requires_grad or t._node is None:
             raise RuntimeError("grad: an output does not require grad (no recorded graph reaches it)")

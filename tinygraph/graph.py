@@ -169,7 +169,8 @@ class Graph:
         """A ``networkx.MultiDiGraph``-free ``DiGraph``: one node per recorded node.
 
         Node keys are the node ids; attributes are op, name, shape, dtype,
-        scope, timestep, ordinal, is_leaf. Edge attribute ``positions`` lists
+        scope, timestep, ordinal, is_leaf, literals ({argument position: scalar}
+        for scalar arguments such as the 2.0 of ``x * 2.0``). Edge attribute ``positions`` lists
         the input slots the edge feeds (``a*a`` gives one edge, positions [0, 1]).
         """
         import networkx as nx
@@ -178,7 +179,7 @@ class Graph:
         for n in self.nodes:
             g.add_node(n.id, op=n.op, name=n.name, shape=tuple(n.shape), dtype=str(n.dtype),
                        scope=n.scope, timestep=n.timestep, ordinal=n.ordinal,
-                       is_leaf=n.is_leaf)
+                       is_leaf=n.is_leaf, literals=dict(n.literals or ()))
         for n in self.nodes:
             for pos, i in enumerate(n.inputs):
                 if g.has_edge(i.id, n.id):

@@ -103,7 +103,7 @@ def apply(prim, *args, **attrs):
     try:
         out = prim.forward(*datas, **attrs)
     except (ValueError, TypeError, IndexError) as exc:
-        raise type(exc)(f"{prim.name}: {exc} (inputs: {_describe(args)}){_hint(exc)}") from None
+        raise _named_error(exc, f"{prim.name}: {exc} (inputs: {_describe(args)}){_hint(exc)}") from None
     if type(out) is not np.ndarray and not _is_array(out):
         out = backend.array_module(*datas).asarray(out)
 
@@ -153,6 +153,15 @@ def _apply_raw(prim, args, attrs):
         # (the VJP of 2.0 ** x multiplies a float32 gradient by log(2.0))
         return out.item()
     return out
+
+
+def _named_error(exc, message):
+    """The same exception type with the op's name and inputs in the message."""
+    try:
+        return type(exc)(message)
+    except Exception:  # a subclass whose constructor wants other arguments
+        return (IndexError if isinstance(exc, IndexError) else
+                TypeError if isinstance(exc, TypeError) else ValueError)(message)
 
 
 def _hint(exc):

@@ -171,6 +171,8 @@ class Tensor:
         return f"tensor({body}, dtype={self.dtype}{tail})"
 
     def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor; use .item() to get its value")
         return self.shape[0]
 
     def __bool__(self):
@@ -208,22 +210,24 @@ def _install_methods():
     from . import ops
 
     T = Tensor
-    T.__add__ = lambda a, b: ops.add(a, b)
+    # forward operators bind the ops functions directly (a plain function is a
+    # method): one Python call less on every op; reflected ones swap arguments
+    T.__add__ = ops.add
     T.__radd__ = lambda a, b: ops.add(b, a)
-    T.__sub__ = lambda a, b: ops.sub(a, b)
+    T.__sub__ = ops.sub
     T.__rsub__ = lambda a, b: ops.sub(b, a)
-    T.__mul__ = lambda a, b: ops.mul(a, b)
+    T.__mul__ = ops.mul
     T.__rmul__ = lambda a, b: ops.mul(b, a)
-    T.__truediv__ = lambda a, b: ops.div(a, b)
+    T.__truediv__ = ops.div
     T.__rtruediv__ = lambda a, b: ops.div(b, a)
-    T.__pow__ = lambda a, b: ops.pow(a, b)
+    T.__pow__ = ops.pow
     T.__rpow__ = lambda a, b: ops.pow(b, a)
-    T.__matmul__ = lambda a, b: ops.matmul(a, b)
+    T.__matmul__ = ops.matmul
     T.__rmatmul__ = lambda a, b: ops.matmul(b, a)
-    T.__neg__ = lambda a: ops.neg(a)
+    T.__neg__ = ops.neg
     T.__pos__ = lambda a: a
-    T.__abs__ = lambda a: ops.abs(a)
-    T.__getitem__ = lambda a, idx: ops.getitem(a, idx)
+    T.__abs__ = ops.abs
+    T.__getitem__ = ops.getitem
     # comparisons give non-differentiable boolean tensors
     T.__lt__ = lambda a, b: ops.compare(a, b, "lt")
     T.__le__ = lambda a, b: ops.compare(a, b, "le")
@@ -241,12 +245,12 @@ def _install_methods():
     T.view = T.reshape
     T.transpose = lambda a, *axes: ops.transpose(a, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
     T.T = property(lambda a: ops.transpose(a, None))
-    T.exp = lambda a: ops.exp(a)
-    T.log = lambda a: ops.log(a)
-    T.sqrt = lambda a: ops.sqrt(a)
-    T.tanh = lambda a: ops.tanh(a)
-    T.sigmoid = lambda a: ops.sigmoid(a)
-    T.relu = lambda a: ops.relu(a)
+    T.exp = ops.exp
+    T.log = ops.log
+    T.sqrt = ops.sqrt
+    T.tanh = ops.tanh
+    T.sigmoid = ops.sigmoid
+    T.relu = ops.relu
     T.softmax = lambda a, axis=-1: ops.softmax(a, axis=axis)
     T.log_softmax = lambda a, axis=-1: ops.log_softmax(a, axis=axis)
     T.clip = lambda a, lo=None, hi=None: ops.clip(a, lo, hi)
