@@ -175,7 +175,7 @@ def gradient_flow_picture(models, make_batch, loss_fn, path, *, title):
         curves[label] = np.asarray(norms, dtype=float)
     try:
         from tinygraph.viz import plot_gradient_flow
-        plot_gradient_flow(curves, path)
+        plot_gradient_flow(curves, path, title=title)
     except ImportError:
         plot_lines({k: (np.arange(len(v)), v) for k, v in curves.items()}, path, title=title,
                    xlabel="time step t", ylabel="‖∂L/∂h(t)‖", logy=True)

@@ -23,14 +23,19 @@ LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 class AddingModel(nn.Module):
     """A recurrent layer read out by a linear map at every step (the last one is scored)."""
 
-    def __init__(self, cell, hidden_size):
+    def __init__(self, cell, hidden_size, forget_bias=None):
         super().__init__()
-        self.rnn = LAYERS[cell](2, hidden_size)
+        options = {"forget_bias": forget_bias} if cell == "lstm" and forget_bias is not None else {}
+        self.rnn = LAYERS[cell](2, hidden_size, **options)
         self.head = nn.Linear(hidden_size, 1)
 
     def forward(self, x, state=None):
         out, state = self.rnn(x, state)
         return self.head(out), state
+
+
+def name(cell):
+    return "RNN (tanh)" if cell == "rnn" else cell.upper()
 
 
 def last_step_mse(outputs, targets):
@@ -47,11 +52,13 @@ def build_parser():
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, lstm, gru")
     p.add_argument("--eval-size", type=int, default=1000)
+    p.add_argument("--forget-bias", type=float, default=None,
+                   help="LSTM forget-gate bias at initialisation (1.0 is the usual remedy)")
     return p
 
 
 def train_one(cell, args, rng):
-    model = AddingModel(cell, args.hidden)
+    model = AddingModel(cell, args.hidden, args.forget_bias)
     opt = optim.RMSprop(model.parameters(), lr=args.lr)
     x_eval, y_eval = data.adding_problem(args.eval_size, args.T, seed=args.seed + 1)
     eval_every = max(args.steps // 20, 1)
@@ -97,13 +104,13 @@ def main(argv=None):
         {c: (h["step"], h["eval_mse"]) for c, h in histories.items()}, out / "adding_mse.png",
         title=f"Adding problem, T={args.T}", xlabel="training step", ylabel="eval MSE",
         hlines={"baseline 1/6": baseline})]
-    fresh = {}
-    for cell in LAYERS:  # untrained models of every kind: the plot is about what the architecture lets through
+    flow_models = {f"{name(cell)}, trained": models[cell] for cell in cells}
+    for cell in LAYERS:  # untrained models of every kind: what the architecture alone lets through
         tg.manual_seed(args.seed)
-        fresh[cell.upper() if cell != "rnn" else "RNN (tanh)"] = AddingModel(cell, args.hidden)
+        flow_models[f"{name(cell)}, untrained"] = AddingModel(cell, args.hidden, args.forget_bias)
     gf_path, curves = _common.gradient_flow_picture(
-        fresh, lambda: tuple(tg.tensor(a) for a in data.adding_problem(args.batch, args.T, seed=args.seed + 2)),
-        last_step_mse, out / "adding_gradient_flow.png", title="‖∂L/∂h(t)‖ at initialisation")
+        flow_models, lambda: tuple(tg.tensor(a) for a in data.adding_problem(args.batch, args.T, seed=args.seed + 2)),
+        last_step_mse, out / "adding_gradient_flow.png", title="‖∂L/∂h(t)‖ with the loss on the last step")
     if gf_path:
         pictures.append(gf_path)
     elapsed = time.perf_counter() - start

@@ -59,6 +59,11 @@ def build_parser():
     return p
 
 
+def recall_loss(logits, targets):
+    """The loss on the last COPY_LEN steps only: where the model must write what it saw first."""
+    return tg.cross_entropy(logits[-COPY_LEN:], targets[-COPY_LEN:])
+
+
 def train_one(cell, args, rng):
     model = CopyModel(cell, args.hidden)
     opt = optim.RMSprop(model.parameters(), lr=args.lr)
@@ -82,7 +87,7 @@ def train_one(cell, args, rng):
                 history["train_loss"].append(_common.scalar(loss))
                 history["recall"].append(recall_accuracy(ev_logits, y_eval))
             bar.update(loss=_common.scalar(loss), eval=history["eval_loss"][-1])
-    return history
+    return model, history
 
 
 def main(argv=None):
@@ -94,10 +99,10 @@ def main(argv=None):
     print(f"copy task: T={args.T} ({args.T + 20} steps), hidden={args.hidden}, {args.steps} steps of batch "
           f"{args.batch}; memoryless baseline = 10 ln 8 / (T+20) = {baseline:.4f}")
     start = time.perf_counter()
-    histories = {}
+    histories, models = {}, {}
     for cell in [c.strip() for c in args.cells.split(",") if c.strip()]:
         tg.manual_seed(args.seed)
-        histories[cell] = train_one(cell, args, rng)
+        models[cell], histories[cell] = train_one(cell, args, rng)
         h = histories[cell]
         print(f"{cell}: eval loss {h['eval_loss'][-1]:.4f}, symbols recalled {100 * h['recall'][-1]:.1f}%")
     elapsed = time.perf_counter() - start
@@ -106,12 +111,22 @@ def main(argv=None):
         {c: (h["step"], h["eval_loss"]) for c, h in histories.items()}, out / "copy_loss.png",
         title=f"Copy task, T={args.T}", xlabel="training step", ylabel="eval cross-entropy per step",
         hlines={"memoryless baseline": baseline}, logy=True)]
+    flow_models = {f"{c.upper()}, trained": m for c, m in models.items()}
+    for cell in LAYERS:  # untrained models of every kind, for reference
+        tg.manual_seed(args.seed)
+        flow_models[f"{cell.upper()}, untrained"] = CopyModel(cell, args.hidden)
+    gf_path, curves = _common.gradient_flow_picture(
+        flow_models, lambda: data.copy_task(args.batch, args.T, seed=args.seed + 2), recall_loss,
+        out / "copy_gradient_flow.png", title="‖∂L/∂h(t)‖ with the loss on the recall steps")
+    if gf_path:
+        pictures.append(gf_path)
     final = {c: h["eval_loss"][-1] for c, h in histories.items()}
     best = min(final, key=final.get)
     summary = _common.finish(out, {
         "task": "copy_task", "T": args.T, "steps": args.steps, "seconds": elapsed, "baseline": baseline,
         "eval_loss": final, "recall": {c: h["recall"][-1] for c, h in histories.items()},
         "loss_history": {c: h["train_loss"] for c, h in histories.items()}, "eval_history": histories,
+        "gradient_flow": {k: v.tolist() for k, v in curves.items()},
     }, pictures)
     _common.result(f"{best} eval cross-entropy (T={args.T})", final[best], "memoryless baseline", baseline,
                    extra=", ".join(f"{c} {v:.4f}" for c, v in final.items()) + f"; {elapsed:.0f}s")

@@ -314,3 +314,15 @@ def test_reached_time_steps_grow_backwards_in_time():
             seen.append(reached)
     # the per-step losses do not count; the cell is reached at t=2 first, then 1, then 0
     assert seen == [[], [2], [1, 2], [0, 1, 2]]
+
+
+def test_every_primitive_has_a_readable_formula():
+    import tinygraph.models  # noqa: F401  (registers the fused cells)
+    from tinygraph.formulas import FORMULAS
+    from tinygraph.ops import PRIMITIVES
+
+    missing = sorted(set(PRIMITIVES) - set(FORMULAS))
+    assert not missing, f"add these to tinygraph/formulas.py: {missing}"
+    for name in PRIMITIVES:
+        entry = FORMULAS[name]
+        assert entry.rules and entry.via and entry.forward

@@ -214,8 +214,13 @@ def argument_symbols(node, labels, saved=None) -> dict:
 
 
 def _arguments(node):
-    """Saved arguments when still available, else the input nodes (scalars unknown)."""
-    return node.saved if node.saved is not None else node.inputs
+    """Saved arguments while available, else input nodes with the literal scalars put back."""
+    if node.saved is not None:
+        return node.saved
+    literals = dict(getattr(node, "literals", None) or ())
+    inputs = iter(node.inputs)
+    return [literals[k] if k in literals else next(inputs)
+            for k in range(len(node.inputs) + len(literals))]
 
 
 def _format_attr(value):
