@@ -5,7 +5,9 @@ memory grows linearly with the sequence length T. TBPTT(k, k) backpropagates
 every k steps and cuts the graph at the window edge, so its peak stays at
 one window's graph: O(k), whatever T is. Peak memory is measured with
 ``tracemalloc`` (Python allocations, which include NumPy's buffers), one run
-per setting; wall time is measured in a separate run without tracemalloc.
+per setting; time is the process CPU time (``time.process_time``) of a
+separate run without tracemalloc: on a shared machine wall-clock time mostly
+measures the neighbours.
 
     python benchmarks/tbptt_memory.py            # T = 1,000 ... 20,000
     python benchmarks/tbptt_memory.py --quick    # T = 500 ... 2,000
@@ -33,7 +35,7 @@ def make_problem(T, batch, inputs, classes, seed=0):
 
 
 def run_once(T, k, args, measure_memory):
-    """(peak bytes or None, seconds) of one backprop_through_time call."""
+    """(peak bytes or None, CPU seconds) of one backprop_through_time call."""
     xs, ys = make_problem(T, args.batch, args.inputs, args.classes)
     tg.manual_seed(0)
     model = ElmanRNN(args.inputs, args.hidden, args.classes)
@@ -43,10 +45,10 @@ def run_once(T, k, args, measure_memory):
 
     if measure_memory:
         tracemalloc.start()
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         bptt.backprop_through_time(model, xs, ys, loss_fn, k1=k, k2=k)
-        seconds = time.perf_counter() - start
+        seconds = time.process_time() - start
         peak = tracemalloc.get_traced_memory()[1] if measure_memory else None
     finally:
         if measure_memory:
@@ -69,7 +71,8 @@ def main(argv=None):
     print(f"# TBPTT memory: ElmanRNN(D={args.inputs}, H={args.hidden}, K={args.classes}), "
           f"batch {args.batch}, float32, k = {args.k}")
     print(f"# python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}\n")
-    print("| T | full BPTT peak (MiB) | full time (s) | TBPTT(k,k) peak (MiB) | TBPTT time (s) | full / TBPTT |")
+    print("| T | full BPTT peak (MiB) | full CPU time (s) | TBPTT(k,k) peak (MiB) | TBPTT CPU time (s) "
+          "| full / TBPTT |")
     print("|---:|---:|---:|---:|---:|---:|")
     for T in lengths:
         cells = [f"{T:,}"]

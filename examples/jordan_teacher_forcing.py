@@ -93,8 +93,11 @@ def main(argv=None):
                     h["free_running_acc"].append(free_running_accuracy(model, x_test, y_test))
                 bar.update(loss=_common.scalar(loss), acc=h["free_running_acc"][-1])
         histories[mode], accuracy[mode] = h, h["free_running_acc"][-1]
+        reached = next((s for s, a in zip(h["step"], h["free_running_acc"]) if a >= 0.95), None)
+        h["steps_to_95"] = reached
         print(f"{mode}: final training loss {h['train_loss'][-1]:.4f}, "
-              f"free-running test accuracy {100 * accuracy[mode]:.1f}%")
+              f"free-running test accuracy {100 * accuracy[mode]:.1f}%, "
+              + (f"95% reached after {reached} steps" if reached else "95% not reached"))
     elapsed = time.perf_counter() - start
 
     pictures = [
@@ -114,7 +117,8 @@ def main(argv=None):
     }, pictures)
     _common.result(f"free-running accuracy ({best})", 100 * accuracy[best], "most-frequent-symbol baseline",
                    100 * baseline, better="higher", unit="%",
-                   extra=", ".join(f"{m} {100 * a:.1f}%" for m, a in accuracy.items()) + f"; {elapsed:.0f}s")
+                   extra=", ".join(f"{m} {100 * a:.1f}% (95% after {histories[m]['steps_to_95']} steps)"
+                                   for m, a in accuracy.items()) + f"; {elapsed:.0f}s")
     return summary
 
 

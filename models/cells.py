@@ -46,9 +46,23 @@ def zeros_state(like, batch, hidden_size):
     return tg.Tensor(xp.zeros((batch, hidden_size), dtype=data.dtype))
 
 
-def as_tensor(x):
-    """Wrap arrays as Tensors (Tensors pass through)."""
-    return x if isinstance(x, tg.Tensor) else tg.tensor(x)
+def as_tensor(x, like=None):
+    """``x`` as a Tensor in the dtype of ``like`` (a parameter).
+
+    Arrays and lists are cast to ``like``'s dtype, so a float32 model fed
+    float64 NumPy data stays float32. A float Tensor of another dtype is an
+    error, as in PyTorch: casting it would cut it from its graph silently.
+    """
+    if isinstance(x, tg.Tensor):
+        if like is not None and x.dtype.kind == "f" and x.dtype != like.dtype:
+            raise TypeError(f"input Tensor has dtype {x.dtype} but the model's parameters are {like.dtype}; "
+                            f"convert the input (tg.tensor(x.numpy(), dtype='{like.dtype}')) or the model "
+                            "(model.double() / model.float())")
+        return x
+    if like is None:
+        return tg.tensor(x)
+    data = x if hasattr(x, "astype") else np.asarray(x)
+    return tg.Tensor(data.astype(like.dtype, copy=False))
 
 
 class _Cell(Module):
@@ -83,16 +97,36 @@ class _Cell(Module):
             raise ValueError(f"{type(self).__name__}: state must be ({x.shape[0]}, {self.hidden_size}), "
                              f"got {h.shape}")
 
-    def _projections(self, x, h):
+    def _prepare(self, x, states):
+        """Validate one step's input and states (None -> zeros); returns (x, states)."""
+        x = as_tensor(x, self.U)
+        states = tuple(zeros_state(x, x.shape[0], self.hidden_size) if s is None else as_tensor(s, self.U)
+                       for s in states)
+        for s in states:
+            self._check(x, s)
+        return x, states
+
+    def forward(self, x, h=None):
+        """One step (single-state cells): (B, D), (B, H) -> (B, H). A missing ``h`` is zeros."""
+        x, (h,) = self._prepare(x, (h,))
+        return self.step(x, h, self.weights())
+
+    def weights(self):
+        """The per-sequence constants ``step`` takes: (U^T, W^T).
+
+        A layer computes them once per forward, outside the time steps, so a
+        sequence of T steps records 2 transposes instead of 2 T.
+        """
+        return tg.transpose(self.U), tg.transpose(self.W)
+
+    def _projections(self, x, h, weights):
         """(U x, W h) for a batch, layer-normalised when ``layer_norm`` is on."""
-        ux = tg.matmul(x, tg.transpose(self.U))
-        wh = tg.matmul(h, tg.transpose(self.W))
+        u_t, w_t = weights
+        ux = tg.matmul(x, u_t)
+        wh = tg.matmul(h, w_t)
         if self.layer_norm:
             ux, wh = self.ln_x(ux), self.ln_h(wh)
         return ux, wh
-
-    def _initial(self, x, h):
-        return zeros_state(x, x.shape[0], self.hidden_size) if h is None else as_tensor(h)
 
     def extra_repr(self):
         extra = ", layer_norm=True" if self.layer_norm else ""
@@ -130,12 +164,9 @@ class RNNCell(_Cell):
         super().__init__(input_size, hidden_size, bias, layer_norm, recurrent_init, dtype)
         self.nonlinearity = nonlinearity
 
-    def forward(self, x, h=None):
-        """One step: (B, D), (B, H) -> (B, H). A missing ``h`` is zeros."""
-        x = as_tensor(x)
-        h = self._initial(x, h)
-        self._check(x, h)
-        ux, wh = self._projections(x, h)
+    def step(self, x, h, weights):
+        """One step without checks; ``weights`` comes from :meth:`weights`."""
+        ux, wh = self._projections(x, h, weights)
         a = wh + ux
         if self.b is not None:
             a = self.b + a
@@ -179,15 +210,18 @@ class LSTMCell(_Cell):
 
     def forward(self, x, state=None):
         """One step: (B, D), (h, c) -> (h', c'). A missing state is zeros."""
-        x = as_tensor(x)
-        h, c = (None, None) if state is None else state
-        h = self._initial(x, h)
-        c = self._initial(x, c)
-        self._check(x, h)
-        self._check(x, c)
+        x, state = self._prepare(x, (None, None) if state is None else state)
+        return self.step(x, state, self.weights())
+
+    def weights(self):
+        return None if self.fused else super().weights()  # the fused primitive transposes inside
+
+    def step(self, x, state, weights):
+        """One step without checks; ``weights`` comes from :meth:`weights`."""
+        h, c = state
         if self.fused:
             return lstm_cell(x, h, c, self.U, self.W, self.b)
-        ux, wh = self._projections(x, h)
+        ux, wh = self._projections(x, h, weights)
         gates = wh + ux
         if self.b is not None:
             gates = self.b + gates
@@ -229,12 +263,9 @@ class GRUCell(_Cell):
         else:
             self.b_hn = None
 
-    def forward(self, x, h=None):
-        """One step: (B, D), (B, H) -> (B, H). A missing ``h`` is zeros."""
-        x = as_tensor(x)
-        h = self._initial(x, h)
-        self._check(x, h)
-        ux, wh = self._projections(x, h)
+    def step(self, x, h, weights):
+        """One step without checks; ``weights`` comes from :meth:`weights`."""
+        ux, wh = self._projections(x, h, weights)
         if self.b is not None:
             ux = ux + self.b
         xr, xz, xn = tg.split(ux, 3, axis=-1)

@@ -39,12 +39,65 @@ def _uniform(shape, bound, dtype):
     return init.uniform_(empty_parameter(*shape, dtype=dtype), -bound, bound)
 
 
-def _check_sequence(model, x):
-    if x.ndim != 3 or x.shape[2] != model.input_size:
-        raise ValueError(f"{type(model).__name__}: input must be (T, B, {model.input_size}), got {x.shape}")
+class _TextbookRNN(Module):
+    """Shared parts of the Elman and Jordan networks: parameters, one step, the time loop.
+
+    Both run ``a = b + W s(t-1) + U x(t)``, ``h = tanh(a)``, ``o = c + V h``;
+    they differ only in the carried state ``s``: h itself (Elman) or the
+    fed-back output (Jordan), of width ``state_size``.
+    """
+
+    def __init__(self, input_size, hidden_size, output_size, state_size, dtype):
+        super().__init__()
+        self.input_size, self.hidden_size, self.output_size = int(input_size), int(hidden_size), int(output_size)
+        D, H, K = self.input_size, self.hidden_size, self.output_size
+        k = 1.0 / math.sqrt(H)
+        self.U = _uniform((H, D), k, dtype)
+        self.W = _uniform((H, state_size), k, dtype)
+        self.V = _uniform((K, H), k, dtype)
+        self.b = _uniform((H,), k, dtype)
+        self.c = _uniform((K,), k, dtype)
+
+    def weights(self):
+        """(U^T, W^T, V^T): computed once per forward, outside the time steps."""
+        return tg.transpose(self.U), tg.transpose(self.W), tg.transpose(self.V)
+
+    def step(self, x_t, s_prev, weights=None):
+        """One step of the textbook equations: (x(t), s(t-1)) -> (h(t), o(t))."""
+        u_t, w_t, v_t = self.weights() if weights is None else weights
+        x_t.name = "x"
+        a = self.b + tg.matmul(s_prev, w_t) + tg.matmul(x_t, u_t)
+        a.name = "a"
+        h = tg.tanh(a)
+        h.name = "h"
+        o = self.c + tg.matmul(h, v_t)
+        o.name = "o"
+        return h, o
+
+    def _prepare(self, x, s0, size, what):
+        """Validate the sequence and the initial state (None -> zeros) once per forward."""
+        x = as_tensor(x, self.U)
+        if x.ndim != 3 or x.shape[2] != self.input_size:
+            raise ValueError(f"{type(self).__name__}: input must be (T, B, {self.input_size}), got {x.shape}")
+        batch = x.shape[1]
+        s = zeros_state(x, batch, size) if s0 is None else as_tensor(s0, self.U)
+        if s.shape != (batch, size):
+            raise ValueError(f"{type(self).__name__}: {what} must be ({batch}, {size}), got {s.shape}")
+        return x, s
+
+    def _unroll(self, x, s, carry):
+        """Run every step; ``carry(t, h, o)`` gives the state step t+1 receives."""
+        weights = self.weights()
+        outputs = []
+        for t in range(x.shape[0]):
+            with tg.timestep(t), tg.scope("cell"):
+                h, o = self.step(x[t], s, weights)
+                s = carry(t, h, o)
+            outputs.append(o)
+        return tg.stack(outputs, axis=0), s
 
 
-class ElmanRNN(Module):
+class ElmanRNN(_TextbookRNN):
     """Hidden-to-hidden RNN with parameters U (H x D), W (H x H), V (K x H), b (H), c (K).
 
     ``forward(x, h0=None) -> (o, h_n)``: ``o`` (T, B, K) logits, ``h_n`` (B, H).
@@ -53,47 +106,18 @@ class ElmanRNN(Module):
     """
 
     def __init__(self, input_size, hidden_size, output_size, dtype=None):
-        super().__init__()
-        self.input_size, self.hidden_size, self.output_size = int(input_size), int(hidden_size), int(output_size)
-        D, H, K = self.input_size, self.hidden_size, self.output_size
-        k = 1.0 / math.sqrt(H)
-        self.U = _uniform((H, D), k, dtype)
-        self.W = _uniform((H, H), k, dtype)
-        self.V = _uniform((K, H), k, dtype)
-        self.b = _uniform((H,), k, dtype)
-        self.c = _uniform((K,), k, dtype)
+        super().__init__(input_size, hidden_size, output_size, hidden_size, dtype)
 
     def forward(self, x, h0=None):
         """Run over ``x`` (T, B, D) from ``h0`` (B, H; zeros by default)."""
-        x = as_tensor(x)
-        _check_sequence(self, x)
-        steps, batch = x.shape[0], x.shape[1]
-        h = zeros_state(x, batch, self.hidden_size) if h0 is None else as_tensor(h0)
-        if h.shape != (batch, self.hidden_size):
-            raise ValueError(f"ElmanRNN: h0 must be ({batch}, {self.hidden_size}), got {h.shape}")
-        outputs = []
-        for t in range(steps):
-            with tg.timestep(t), tg.scope("cell"):
-                h, o = self.step(x[t], h)
-            outputs.append(o)
-        return tg.stack(outputs, axis=0), h
-
-    def step(self, x_t, h_prev):
-        """One step of the textbook equations: (x(t), h(t-1)) -> (h(t), o(t))."""
-        x_t.name = "x"
-        a = self.b + tg.matmul(h_prev, tg.transpose(self.W)) + tg.matmul(x_t, tg.transpose(self.U))
-        a.name = "a"
-        h = tg.tanh(a)
-        h.name = "h"
-        o = self.c + tg.matmul(h, tg.transpose(self.V))
-        o.name = "o"
-        return h, o
+        x, h = self._prepare(x, h0, self.hidden_size, "h0")
+        return self._unroll(x, h, lambda t, h, o: h)
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}, {self.output_size}"
 
 
-class JordanRNN(Module):
+class JordanRNN(_TextbookRNN):
     """Output-to-hidden RNN: U (H x D), W (H x K), V (K x H), b (H), c (K).
 
     ``forward(x, h0=None, targets=None) -> (o, y_last)``. The carried state is
@@ -106,60 +130,38 @@ class JordanRNN(Module):
 
     def __init__(self, input_size, hidden_size, output_size, teacher_forcing=False, feedback="softmax",
                  dtype=None):
-        super().__init__()
         if feedback not in ("softmax", "logits"):
             raise ValueError(f"JordanRNN: feedback must be 'softmax' or 'logits', got {feedback!r}")
-        self.input_size, self.hidden_size, self.output_size = int(input_size), int(hidden_size), int(output_size)
+        super().__init__(input_size, hidden_size, output_size, output_size, dtype)
         self.teacher_forcing, self.feedback = bool(teacher_forcing), feedback
-        D, H, K = self.input_size, self.hidden_size, self.output_size
-        k = 1.0 / math.sqrt(H)
-        self.U = _uniform((H, D), k, dtype)
-        self.W = _uniform((H, K), k, dtype)
-        self.V = _uniform((K, H), k, dtype)
-        self.b = _uniform((H,), k, dtype)
-        self.c = _uniform((K,), k, dtype)
 
-    def _one_hot(self, classes, like):
-        xp = backend.array_module(like.data)
-        eye = xp.eye(self.output_size, dtype=like.dtype)
-        return tg.Tensor(eye[backend.to_device(classes, like.device)], name="y")
+    def _one_hots(self, targets, like):
+        """(T, B, K) one-hot targets on ``like``'s device, built once per forward."""
+        classes = targets.data if isinstance(targets, tg.Tensor) else targets
+        if not hasattr(classes, "dtype"):
+            classes = np.asarray(classes)
+        steps, batch = like.shape[0], like.shape[1]
+        if tuple(classes.shape) != (steps, batch) or classes.dtype.kind not in "iu":
+            raise ValueError(f"JordanRNN: targets must be ({steps}, {batch}) integers, got "
+                             f"{tuple(classes.shape)} {classes.dtype}")
+        eye = backend.array_module(like.data).eye(self.output_size, dtype=like.dtype)
+        return eye[backend.to_device(classes, like.device)]
 
     def forward(self, x, h0=None, targets=None):
         """Run over ``x`` (T, B, D); returns logits (T, B, K) and the next feedback (B, K)."""
-        x = as_tensor(x)
-        _check_sequence(self, x)
-        steps, batch = x.shape[0], x.shape[1]
-        forcing = self.teacher_forcing and self.training and targets is not None
-        if forcing:
-            classes = np.asarray(targets.numpy() if isinstance(targets, tg.Tensor) else targets)
-            if classes.shape != (steps, batch) or classes.dtype.kind not in "iu":
-                raise ValueError(f"JordanRNN: targets must be ({steps}, {batch}) integers, got "
-                                 f"{classes.shape} {classes.dtype}")
-        y = zeros_state(x, batch, self.output_size) if h0 is None else as_tensor(h0)
-        if y.shape != (batch, self.output_size):
-            raise ValueError(f"JordanRNN: h0 (the fed-back output) must be ({batch}, {self.output_size}), "
-                             f"got {y.shape}")
-        outputs = []
-        for t in range(steps):
-            with tg.timestep(t), tg.scope("cell"):
-                x_t = x[t]
-                x_t.name = "x"
-                a = self.b + tg.matmul(y, tg.transpose(self.W)) + tg.matmul(x_t, tg.transpose(self.U))
-                a.name = "a"
-                h = tg.tanh(a)
-                h.name = "h"
-                o = self.c + tg.matmul(h, tg.transpose(self.V))
-                o.name = "o"
-                if forcing:
-                    y = self._one_hot(classes[t], o)
-                elif self.feedback == "softmax":
-                    y = tg.softmax(o, axis=-1)
-                    y.name = "y"
-                else:
-                    y = o
-            outputs.append(o)
-        return tg.stack(outputs, axis=0), y
+        x, y = self._prepare(x, h0, self.output_size, "h0 (the fed-back output)")
+        if self.teacher_forcing and self.training and targets is not None:
+            one_hots = self._one_hots(targets, x)
+            return self._unroll(x, y, lambda t, h, o: tg.Tensor(one_hots[t], name="y"))
+        if self.feedback == "logits":
+            return self._unroll(x, y, lambda t, h, o: o)
+        return self._unroll(x, y, lambda t, h, o: _named(tg.softmax(o, axis=-1), "y"))
 
     def extra_repr(self):
         return (f"{self.input_size}, {self.hidden_size}, {self.output_size}, "
                 f"teacher_forcing={self.teacher_forcing}, feedback={self.feedback!r}")
+
+
+def _named(tensor, name):
+    tensor.name = name
+    return tensor

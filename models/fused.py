@@ -30,10 +30,10 @@ def _forward(x, h, c, U, W, b):
     xp = backend.array_module(x, h, c, U, W, b)
     z = x @ U.T + h @ W.T + b
     H = h.shape[-1]
-    i = 0.5 * (xp.tanh(0.5 * z[:, :H]) + 1)   # the logistic function, overflow-free
-    f = 0.5 * (xp.tanh(0.5 * z[:, H:2 * H]) + 1)
+    i = ops.stable_sigmoid(z[:, :H])   # the same logistic function as ops.sigmoid
+    f = ops.stable_sigmoid(z[:, H:2 * H])
     g = xp.tanh(z[:, 2 * H:3 * H])
-    o = 0.5 * (xp.tanh(0.5 * z[:, 3 * H:]) + 1)
+    o = ops.stable_sigmoid(z[:, 3 * H:])
     c_new = f * c + i * g
     return xp.concatenate([o * xp.tanh(c_new), c_new], axis=-1)
 

@@ -43,12 +43,10 @@ class _Encoder(Module):
     def _encode(self, x, state, lengths):
         if self.embedding is not None:
             x = self.embedding(x)
-        elif not isinstance(x, tg.Tensor):
-            x = tg.tensor(x)
-        if x.dtype.kind not in "fc":
+        elif (x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype).kind not in "fc":
             raise TypeError(f"{type(self).__name__}: got integer input but the model was built for float "
                             "features; pass embedding_dim= to read token ids")
-        return self.rnn(x, state, lengths=lengths)
+        return self.rnn(x, state, lengths=lengths)  # the layer casts arrays to its dtype
 
 
 def _hidden(hidden_size, hidden):

@@ -91,7 +91,7 @@ class _RecurrentLayer(Module):
     # -- running -----------------------------------------------------------
     def forward(self, x, state=None, lengths=None):
         """Run the stack over ``x``; returns ``(output, state)`` (see the module docstring)."""
-        x = as_tensor(x)
+        x = as_tensor(x, self.cell(0).U)
         if x.ndim != 3:
             layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
             raise ValueError(f"{type(self).__name__}: input must be 3-D {layout}, got shape {x.shape}")
@@ -134,11 +134,12 @@ class _RecurrentLayer(Module):
         steps = x.shape[0]
         outputs = [None] * steps
         order = range(steps - 1, -1, -1) if reverse else range(steps)
+        weights = cell.weights()  # once per sequence, outside the steps (timestep None)
         for t in order:
             with tg.timestep(t):
                 x_t = x[t]
                 x_t.name = "x"
-                new = self._step(cell, x_t, state)
+                new = self._step(cell, x_t, state, weights)
                 if keep is not None:
                     # padded steps carry the state through and output zeros
                     new = tuple(tg.where(keep[t], n, s) for n, s in zip(new, state))
@@ -148,8 +149,8 @@ class _RecurrentLayer(Module):
                 state = new
         return tg.stack(outputs, axis=0), state
 
-    def _step(self, cell, x_t, state):
-        return (cell.forward(x_t, state[0]),)
+    def _step(self, cell, x_t, state, weights):
+        return (cell.step(x_t, state[0], weights),)
 
     # -- state layout --------------------------------------------------------
     def _state_shape(self, batch):
@@ -164,7 +165,7 @@ class _RecurrentLayer(Module):
         parts = (state,) if self.state_tensors == 1 else tuple(state)
         if len(parts) != self.state_tensors:
             raise ValueError(f"{type(self).__name__}: state must be {self._state_doc()}")
-        parts = [as_tensor(p) for p in parts]
+        parts = [as_tensor(p, self.cell(0).U) for p in parts]
         for p in parts:
             if p.shape != self._state_shape(batch):
                 raise ValueError(f"{type(self).__name__}: each state tensor must have shape "
@@ -234,6 +235,10 @@ class _RecurrentLayer(Module):
 class RNN(_RecurrentLayer):
     """Stacked vanilla RNN: h(t) = tanh(b + W h(t-1) + U x(t)) per layer (``nonlinearity="relu"`` too).
 
+    ``RNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False)`` as in PyTorch;
+    ``RNN(3, 4, 1, True)`` (bias fourth, like LSTM and GRU) works too.
+
     With no readout this is the textbook's recurrent network with no outputs:
     it only carries state forward. Options: ``residual`` (add each stacked
     layer's input to its output), ``layer_norm``, ``recurrent_init``
@@ -242,13 +247,23 @@ class RNN(_RecurrentLayer):
 
     cell_class = RNNCell
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, *, nonlinearity="tanh", residual=False, layer_norm=False,
-                 recurrent_init=None, dtype=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         residual=residual, layer_norm=layer_norm, recurrent_init=recurrent_init, dtype=dtype,
-                         nonlinearity=nonlinearity)
-        self.nonlinearity = nonlinearity
+    def __init__(self, input_size, hidden_size, num_layers=1, *args, **options):
+        # Positional order: PyTorch's nn.RNN (nonlinearity, bias, batch_first, dropout,
+        # bidirectional) when the 4th argument is a string, else the LSTM/GRU order
+        # (bias, batch_first, dropout, bidirectional), so both kinds of call keep working.
+        names = _RNN_POSITIONAL if args and isinstance(args[0], str) else _RNN_POSITIONAL[1:]
+        if len(args) > len(names):
+            raise TypeError(f"RNN takes at most {3 + len(names)} positional arguments ({len(args) + 3} given)")
+        for name, value in zip(names, args):
+            if name in options:
+                raise TypeError(f"RNN got multiple values for argument {name!r}")
+            options[name] = value
+        options.setdefault("nonlinearity", "tanh")
+        super().__init__(input_size, hidden_size, num_layers, **options)
+        self.nonlinearity = options["nonlinearity"]
+
+
+_RNN_POSITIONAL = ("nonlinearity", "bias", "batch_first", "dropout", "bidirectional")
 
 
 def IRNN(input_size, hidden_size, num_layers=1, **options):
@@ -273,8 +288,8 @@ class LSTM(_RecurrentLayer):
                          residual=residual, layer_norm=layer_norm, recurrent_init=recurrent_init, dtype=dtype,
                          forget_bias=forget_bias, fused=fused)
 
-    def _step(self, cell, x_t, state):
-        return cell.forward(x_t, state)
+    def _step(self, cell, x_t, state, weights):
+        return cell.step(x_t, state, weights)
 
 
 class GRU(_RecurrentLayer):

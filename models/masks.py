@@ -4,15 +4,19 @@ from __future__ import annotations
 import numpy as np
 
 import tinygraph as tg
+from tinygraph import backend
 
 __all__ = ["lengths_to_mask", "mask_to_lengths", "check_lengths"]
 
 
+def _host(values):
+    """A NumPy array from a Tensor, a NumPy/CuPy array or a list (np.asarray refuses CuPy)."""
+    return backend.as_host(values.data if isinstance(values, tg.Tensor) else values)
+
+
 def check_lengths(lengths, steps, batch):
     """``lengths`` as a host int array of shape (batch,), each in [1, steps]."""
-    arr = lengths.numpy() if isinstance(lengths, tg.Tensor) else np.asarray(
-        lengths.get() if hasattr(lengths, "get") else lengths)
-    arr = np.asarray(arr)
+    arr = _host(lengths)
     if arr.shape != (batch,) or arr.dtype.kind not in "iu":
         raise ValueError(f"lengths must be {batch} integers (one per sequence), got shape {arr.shape} "
                          f"dtype {arr.dtype}")
@@ -24,13 +28,13 @@ def check_lengths(lengths, steps, batch):
 
 def lengths_to_mask(lengths, steps):
     """Boolean (steps, B) mask, True at the valid (non-padded) steps of each sequence."""
-    arr = np.asarray(lengths.numpy() if isinstance(lengths, tg.Tensor) else lengths)
+    arr = _host(lengths)
     return np.arange(steps)[:, None] < arr[None, :]
 
 
 def mask_to_lengths(mask):
     """Lengths (B,) from a (T, B) mask of valid steps that are a prefix of each column."""
-    m = np.asarray(mask.numpy() if isinstance(mask, tg.Tensor) else mask).astype(bool)
+    m = _host(mask).astype(bool)
     lengths = m.sum(axis=0)
     if not np.array_equal(m, lengths_to_mask(lengths, m.shape[0])):
         raise ValueError("mask_to_lengths: each sequence's valid steps must come first (a prefix mask)")

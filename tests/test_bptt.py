@@ -110,11 +110,39 @@ def test_tbptt_k_k_equals_sum_of_independent_windows(elman_case):
     assert result.state.is_leaf and not result.state.requires_grad
 
 
-def test_short_last_window_still_looks_k2_steps_back():
-    # T = 13, k = 4: the last update differentiates the loss of step 12 through steps 9..12
-    assert bptt.window_plan(13, 4, 4) == [(0, 4, 0), (4, 8, 4), (8, 12, 8), (12, 13, 9)]
+def independent_chunks(model, xs, ys, loss_fn, k):
+    """Gradients and final state of plain chunking: each chunk of k steps (the last may be
+    shorter) differentiated through itself only, starting from the previous chunk's state
+    detached."""
+    params = [p for _, p in model.named_parameters()]
+    want = {n: np.zeros(p.shape) for n, p in model.named_parameters()}
+    state = None
+    for a in range(0, len(xs), k):
+        outputs, new_state = model(xs[a:a + k], state)
+        for (n, _), g in zip(model.named_parameters(), tg.grad(loss_fn(outputs, ys[a:a + k]), params)):
+            want[n] += g.numpy()
+        state = bptt.truncate(new_state)
+    return want, state
+
+
+@pytest.mark.parametrize("case", ["elman_case", "lstm_case"])
+def test_tbptt_k_k_is_plain_chunking_when_T_is_not_a_multiple_of_k(case, request):
+    model, xs, ys, loss_fn = request.getfixturevalue(case)
+    assert len(xs) == 13
+    want, state = independent_chunks(model, xs, ys, loss_fn, 4)
+    result = bptt.backprop_through_time(model, xs, ys, loss_fn, k1=4, k2=4)
+    assert_grads_close(grads_of(model), want)
+    # the short last window (step 12) backpropagates through itself, not steps 9..12
+    assert result.windows == [(0, 4, 0), (4, 8, 4), (8, 12, 8), (12, 13, 12)]
+    for got, ref in zip(bptt.state_tensors(result.state), bptt.state_tensors(state)):
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12)
+
+
+def test_window_plan_k1_lt_k2_still_looks_k2_steps_back():
+    assert bptt.window_plan(13, 3, 5) == [(0, 3, 0), (3, 6, 1), (6, 9, 4), (9, 12, 7), (12, 13, 8)]
     assert bptt.window_plan(13, 3, 13) == [(a, min(a + 3, 13), 0) for a in range(0, 13, 3)]
     assert bptt.window_plan(10, 2, 5) == [(0, 2, 0), (2, 4, 0), (4, 6, 1), (6, 8, 3), (8, 10, 5)]
+    assert bptt.window_plan(13, 13, 13) == bptt.window_plan(13, 20, 20) == [(0, 13, 0)]
 
 
 @pytest.mark.parametrize("k1,k2", [(2, 5), (3, 4), (1, 3), (4, 9)])
@@ -294,3 +322,53 @@ def test_truncated_memory_does_not_grow_with_sequence_length():
     assert long <= 1.5 * short, (short, long)
     full_short, full_long = _peak_bytes(200, None), _peak_bytes(600, None)
     assert full_long > 2.5 * full_short  # the unrolled graph does grow: the test measures something
+
+
+def test_clip_value_then_norm_reports_pre_clip_norm_and_clips_to_both(elman_case):
+    model, xs, ys, loss_fn = elman_case
+    opt = SGD(model.parameters(), 0.0)
+    result = bptt.backprop_through_time(model, xs, ys, loss_fn, optimizer=opt, clip_value=1e-3,
+                                        clip_norm=1e-3)
+    clipped = [p.grad.numpy() for p in model.parameters()]
+    assert max(np.abs(g).max() for g in clipped) <= 1e-3
+    assert np.sqrt(sum((g ** 2).sum() for g in clipped)) <= 1e-3
+    model.zero_grad()
+    bptt.backprop_through_time(model, xs, ys, loss_fn)  # unclipped gradients of the same (lr 0) model
+    assert result.update_grad_norms[0] == pytest.approx(bptt.grad_norm(model.parameters()), rel=1e-12)
+    assert result.clipped == [True]
+
+
+def test_bidirectional_models_refuse_tbptt_windows_and_per_step_tracking():
+    model = LSTM(D, H, bidirectional=True, dtype="float64")
+    xs, ys = np.zeros((T, B, D)), np.zeros((T, B, 2 * H))
+    with pytest.raises(ValueError, match="bidirectional.*full BPTT"):
+        bptt.backprop_through_time(model, xs, ys, sum_mse, k1=4, k2=4)
+    with pytest.raises(ValueError, match="per-step diagnostics need a unidirectional model"):
+        bptt.backprop_through_time(model, xs, ys, sum_mse, track_grad_norms=True)
+    result = bptt.backprop_through_time(model, xs, ys, sum_mse)  # full BPTT is fine
+    assert result.windows == [(0, T, 0)]
+
+
+def test_teacher_forcing_reaches_the_model_through_bptt():
+    from tinygraph.models import JordanRNN
+    tg.manual_seed(5)
+    model = JordanRNN(D, H, K, teacher_forcing=True, dtype="float64")
+    rng = np.random.default_rng(6)
+    xs, ys = rng.standard_normal((T, B, D)), rng.integers(0, K, (T, B))
+    params = model.parameters()
+    forced = tg.grad(sum_ce(model(xs, targets=ys)[0], ys), params)
+    free = tg.grad(sum_ce(model(xs)[0], ys), params)
+    assert not np.allclose(forced[1].numpy(), free[1].numpy())  # W sees one-hot targets, not softmax
+    bptt.backprop_through_time(model, xs, ys, sum_ce)
+    for p, want in zip(params, forced):
+        np.testing.assert_allclose(p.grad.numpy(), want.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_float64_arrays_drive_a_float32_model():
+    tg.manual_seed(7)
+    model = ElmanRNN(D, H, K)  # float32
+    rng = np.random.default_rng(8)
+    xs, ys = rng.standard_normal((T, B, D)), rng.integers(0, K, (T, B))
+    result = bptt.backprop_through_time(model, xs, ys, sum_ce, k1=4)
+    assert np.isfinite(result.loss) and all(p.grad.dtype == np.float32 for p in model.parameters())
+    assert np.isfinite(bptt.gradient_flow(model, xs, ys, sum_ce)).all()

@@ -195,3 +195,12 @@ def test_plot_gradient_heatmap_and_loss_curve(tmp_path):
     _open_png(tmp_path / "loss.png")
     with pytest.raises(ValueError, match="2-D"):
         plot_gradient_heatmap(np.ones(5))
+
+
+def test_per_step_diagnostics_refuse_bidirectional_models():
+    model = RNN(2, 3, bidirectional=True, dtype="float64")
+    xs = np.zeros((4, 1, 2))
+    with pytest.raises(ValueError, match="gradient_flow.*unidirectional"):
+        bptt.gradient_flow(model, xs, np.zeros((4, 1, 6)), lambda o, y: tg.sum(o * o))
+    with pytest.raises(ValueError, match="jacobian_norms.*unidirectional"):
+        bptt.jacobian_norms(model, xs)

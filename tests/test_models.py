@@ -546,3 +546,87 @@ def test_fused_cell_records_one_node_per_step():
     assert ops.count("lstm_cell") == 1 and len(ops) < 6
     with pytest.raises(ValueError, match="layer norm"):
         LSTMCell(D, H, fused=True, layer_norm=True)
+
+
+# -- per-step overhead: hoisted transposes, validation once per forward ---------------------------
+@pytest.mark.parametrize("model_fn,params", [
+    (lambda: LSTM(D, H, num_layers=2), ["U", "W"]),
+    (lambda: GRU(D, H, bidirectional=True), ["U", "W"]),
+    (lambda: ElmanRNN(D, H, 3), ["U", "W", "V"]),
+    (lambda: JordanRNN(D, H, 3), ["U", "W", "V"]),
+])
+def test_parameter_transposes_are_recorded_once_per_forward(model_fn, params):
+    steps = 6
+    model = model_fn()
+    out = model(tg.randn(steps, B, D))[0]
+    graph = tg.Graph.from_outputs(out)
+    consumers = graph.consumers()
+    transposes = [n for n in graph.nodes if n.op == "transpose" and n.inputs[0].is_leaf]
+    # one per parameter matrix per cell, not one per step
+    cells = sum(1 for name, _ in model.named_parameters() if name.split(".")[-1] == params[0])
+    assert len(transposes) == len(params) * cells
+    assert all(n.timestep is None for n in transposes)
+    # ... and each still feeds every step, so gradients reach the parameter from all of them
+    for n in transposes:
+        assert {c.timestep for c in consumers[n.id]} == set(range(steps))
+
+
+def test_layers_validate_once_per_forward_not_every_step(monkeypatch):
+    calls = []
+    original = LSTMCell._check
+    monkeypatch.setattr(LSTMCell, "_check", lambda self, x, h: calls.append(1) or original(self, x, h))
+    model = LSTM(D, H)
+    model(tg.randn(8, B, D))
+    assert calls == []  # the layer checked x and the state once; its steps skip the checks
+    with pytest.raises(ValueError, match="each state tensor must have shape"):
+        model(tg.randn(T, B, D), (tg.zeros(1, B, H), tg.zeros(1, B + 1, H)))
+    with pytest.raises(ValueError, match="state must be"):
+        model.cell(0)(tg.randn(B, D), (tg.zeros(B, H), tg.zeros(B + 1, H)))  # a lone cell still checks
+
+
+# -- dtypes: arrays follow the parameters, a mismatched Tensor is an error -----------------------
+@pytest.mark.parametrize("model_fn", [
+    lambda: RNN(D, H), lambda: LSTM(D, H), lambda: GRU(D, H), lambda: ElmanRNN(D, H, 3),
+    lambda: JordanRNN(D, H, 3), lambda: RNNCell(D, H), lambda: LSTMCell(D, H),
+])
+def test_float64_arrays_are_cast_to_a_float32_models_dtype(model_fn):
+    model = model_fn()
+    assert all(p.dtype == np.float32 for p in model.parameters())
+    shape = (B, D) if isinstance(model, (RNNCell, LSTMCell)) else (T, B, D)
+    x = np.random.default_rng(0).standard_normal(shape)  # float64
+    out = model(x)
+    first = out if isinstance(out, tg.Tensor) else out[0]
+    assert first.dtype == np.float32
+    with pytest.raises(TypeError, match="float64.*float32"):
+        model(tg.tensor(x, dtype="float64"))
+
+
+def test_float64_state_array_is_cast_and_float64_state_tensor_rejected():
+    model = GRU(D, H)
+    h0 = np.zeros((1, B, H))
+    assert model(np.zeros((T, B, D)), h0)[1].dtype == np.float32
+    with pytest.raises(TypeError, match="float64.*float32"):
+        model(np.zeros((T, B, D)), tg.tensor(h0, dtype="float64"))
+
+
+def test_classifier_casts_float64_features():
+    model = SequenceClassifier(D, 3, cell="gru", hidden_size=H)
+    logits = model(np.random.default_rng(0).standard_normal((T, B, D)), [T, 1])
+    assert logits.dtype == np.float32
+    with pytest.raises(TypeError, match="integer input"):
+        model(np.zeros((T, B, D), dtype=np.int64))
+
+
+# -- RNN takes PyTorch's positional order ------------------------------------------------------
+def test_rnn_accepts_pytorch_positional_order():
+    relu = RNN(3, 4, 1, "relu")
+    assert relu.nonlinearity == "relu" and relu.cell(0).nonlinearity == "relu"
+    torch_order = RNN(3, 4, 2, "tanh", False, True, 0.0, True)
+    assert (torch_order.bias, torch_order.batch_first, torch_order.bidirectional) == (False, True, True)
+    shared_order = RNN(3, 4, 2, False, True, 0.0, True)  # bias fourth, as LSTM and GRU take it
+    assert (shared_order.bias, shared_order.batch_first, shared_order.bidirectional) == (False, True, True)
+    assert shared_order.nonlinearity == "tanh"
+    with pytest.raises(TypeError, match="multiple values for argument 'bias'"):
+        RNN(3, 4, 1, "relu", True, bias=False)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        RNN(3, 4, 1, "sigmoid")

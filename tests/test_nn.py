@@ -5,6 +5,8 @@ import pytest
 import tinygraph as tg
 from tinygraph import init, nn
 
+from conftest import requires_gpu
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -193,3 +195,35 @@ def test_blockwise_init_per_gate():
     np.testing.assert_array_equal(p.numpy(), np.tile(np.eye(2), (3, 1)))
     with pytest.raises(ValueError, match="gate blocks"):
         init.blockwise_(nn.Parameter(np.zeros((5, 2))), "identity", 3)
+
+
+def test_embedding_rejects_negative_ids_with_min_and_max():
+    with pytest.raises(IndexError, match=r"min -1, max 2"):
+        nn.Embedding(5, 3)(np.array([2, -1]))
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_cuda_paths_stay_on_the_device():
+    """Dropout draws its mask with CuPy; Embedding, masks, one-hots and grad_norm take CuPy arrays."""
+    import cupy
+
+    from tinygraph import optim
+    from tinygraph.models import JordanRNN, lengths_to_mask, mask_to_lengths
+
+    drop = nn.Dropout(0.5)
+    y = drop(tg.ones(1000, device="cuda"))
+    assert isinstance(y.data, cupy.ndarray) and 0.4 < float((y.data != 0).mean()) < 0.6
+    emb = nn.Embedding(5, 3).to("cuda")
+    assert isinstance(emb(cupy.asarray([[1, 4]])).data, cupy.ndarray)
+    with pytest.raises(IndexError, match=r"\[0, 5\)"):
+        emb(cupy.asarray([5]))
+    assert mask_to_lengths(lengths_to_mask(cupy.asarray([3, 1]), 4)).tolist() == [3, 1]
+    model = JordanRNN(2, 3, 4, teacher_forcing=True).to("cuda")
+    xs = tg.randn(5, 2, 2).to("cuda")
+    out, y_last = model(xs, targets=cupy.asarray(np.ones((5, 2), dtype=np.int64)))
+    assert isinstance(y_last.data, cupy.ndarray) and y_last.numpy()[:, 1].tolist() == [1.0, 1.0]
+    tg.sum(out).backward()
+    norm = optim.grad_norm(model.parameters())
+    want = np.sqrt(sum((p.grad.numpy().astype(np.float64) ** 2).sum() for p in model.parameters()))
+    assert norm == pytest.approx(want, rel=1e-6)

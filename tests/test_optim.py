@@ -254,3 +254,26 @@ def test_clip_matches_torch():
     assert n1 == pytest.approx(float(n2), rel=1e-12)
     for p, q in zip(ours, theirs):
         np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-12)
+
+
+def test_sgd_takes_only_lr_and_momentum_by_position():
+    p = nn.Parameter(START.copy())
+    with pytest.raises(TypeError):
+        optim.SGD([p], 0.1, 0.9, True)  # would have set dampening=True, not nesterov
+    opt = optim.SGD([p], 0.1, 0.9, nesterov=True, weight_decay=0.01)
+    assert (opt.nesterov, opt.dampening, opt.weight_decay) == (True, 0.0, 0.01)
+    np.testing.assert_allclose(run(lambda ps: optim.SGD(ps, 0.1, 0.9, nesterov=True)),
+                               reference_sgd(0.1, 0.9, nesterov=True))
+
+
+def test_grad_norm_is_the_one_norm_used_by_clipping_and_bptt():
+    from tinygraph import bptt
+    a, b, none = nn.Parameter(np.zeros(3)), nn.Parameter(np.zeros((2, 2))), nn.Parameter(np.zeros(1))
+    a.grad, b.grad = tg.tensor([3.0, 0.0, -4.0]), tg.tensor([[0.0, 12.0], [0.0, 0.0]])
+    assert bptt.grad_norm is optim.grad_norm
+    assert optim.grad_norm([a, b, none]) == pytest.approx(13.0)
+    assert optim.grad_norm([a, b], math.inf) == pytest.approx(12.0)
+    assert optim.grad_norm([a, b], 1) == pytest.approx(19.0)
+    assert optim.grad_norm([none]) == 0.0
+    assert optim.clip_grad_norm([a, b], 6.5) == pytest.approx(13.0)
+    np.testing.assert_allclose(a.grad.numpy(), [1.5, 0.0, -2.0], rtol=1e-6)

@@ -52,7 +52,7 @@ def test_r_runs_to_the_end_and_prints_the_sums_over_time():
     child.send("r")
     child.expect(rf"step {total}/{total} ")
     child.expect("gradients of the leaves")
-    child.expect(r"∇W = from ")
+    child.expect(r"∇W = \(?from ")
     child.expect("end of the walk")
     child.expect(pexpect.EOF)
     child.close()

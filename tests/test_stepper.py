@@ -75,13 +75,19 @@ def test_back_then_step_returns_the_same_event(name):
 
 
 def test_grads_grow_as_the_walk_goes():
-    loss = build("elman").loss
-    stepper = Stepper(loss)
+    example = build("elman")
+    model = example.model
+    stepper = Stepper(example.loss)
     assert stepper.grads == {}
+    o_last = stepper.run_to(name="o", timestep=2)
     stepper.run_to(name="h", timestep=2)
-    partial = {n.name for n in stepper.grads}
-    assert "V" in partial and "c" in partial  # the output layer is reached first
-    assert "U" not in partial                 # the input layer is not reached yet
+    partial = {n.name: g for n, g in stepper.grads.items()}
+    # c is added at every step; so far only o(2) has sent it its share (summed over the batch)
+    assert np.allclose(partial["c"], o_last.upstream.sum(axis=0))
+    assert "U" not in partial  # the input weights are reached last
+    stepper.run()
+    assert {n.name for n in stepper.grads} == {"U", "W", "V", "b", "c"}
+    assert stepper.grad(model.c) is not None and not np.allclose(stepper.grad(model.c), partial["c"])
 
 
 def test_run_to_stops_where_asked():
@@ -168,7 +174,8 @@ def test_elman_parameter_gradients_are_sums_over_time():
     for label, s in sums.items():
         param = getattr(model, label)
         assert np.allclose(sum(c.value for c in s.contributions), param.grad.data)
-        assert s.formula().startswith(f"∇{label} = from ")
+        assert s.formula().startswith(f"∇{label} = ")
+        assert s.formula().count("from ") == len(s.contributions)
 
 
 def test_explain_plugs_in_numbers():

@@ -28,14 +28,13 @@ from .checks import GradcheckError, gradcheck  # noqa: E402
 __version__ = "0.1.0"
 
 _LAZY = {
-    # submodules that depend on optional pieces load on first use
+    # engine submodules load on first use; tinygraph.models and tinygraph.viz sit
+    # above the engine and are imported by name, never from here
     "nn": ("tinygraph.nn", None),
     "optim": ("tinygraph.optim", None),
     "bptt": ("tinygraph.bptt", None),
     "stepper": ("tinygraph.stepper", None),
     "data": ("tinygraph.data", None),
-    "models": ("tinygraph.models", None),
-    "viz": ("tinygraph.viz", None),
     "trace": ("tinygraph.trace", "trace"),
     "save": ("tinygraph.serialization", "save"),
     "load": ("tinygraph.serialization", "load"),

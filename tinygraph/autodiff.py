@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from . import backend
-from .graph import STATE, _override_context, topological_order
+from .graph import STATE, _GradMode, _override_context, topological_order
 from .tensor import Tensor
 
 __all__ = ["backward", "grad", "detect_anomaly", "AnomalyError", "check_finite"]
@@ -72,8 +74,12 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
     This loop runs once per training step over every recorded node, so it keys
     its sets and dicts by the Node objects themselves (identity hash) and
     calls no helpers per node in the raw interpretation.
+
+    Without ``retain_graph`` each node's ``saved`` inputs and ``value`` are
+    released as soon as its rule has run (the node keeps its own output, so a
+    consumer releasing its inputs never takes a producer's ``out`` away).
     """
-    from .ops import sum_to
+    from .ops import SparseGrad, raw, sum_to
 
     root_nodes = [r._node for r in roots]
     order = topological_order(root_nodes)
@@ -85,84 +91,134 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
             hit = node.id in wanted
         else:
             hit = node.prim is None and node.requires_grad
-        if not hit:
-            for i in node.inputs:
-                if i in needed:
-                    hit = True
-                    break
-        if hit:
+        if hit or not needed.isdisjoint(node.inputs):
             needed.add(node)
 
-    grads = {}
+    grads, owned = {}, set()
     for r, g in zip(root_nodes, root_grads):
         if r in needed:
-            prev = grads.get(r)
-            grads[r] = g if prev is None else prev + g
+            _accumulate(grads, owned, r, g)
 
     results = {}
-    processed = []
     anomaly = STATE.anomaly
-    for node in reversed(order):
-        g = grads.pop(node, None)
-        if g is None:
-            continue
-        if wanted is not None and node.id in wanted:
-            results[node.id] = (node, g)
-        prim = node.prim
-        if prim is None:
-            if wanted is None:
-                results[node.id] = (node, g)
-            continue
-        if node.retains_grad and wanted is None:
-            t = node.tensor
-            if t is not None:  # a copy: g also flows on and may become a leaf's .grad
-                t.grad = g if isinstance(g, Tensor) else Tensor(g.copy())
-        saved = node.saved
-        if saved is None:
-            raise RuntimeError(
-                f"backward: the graph through op '{node.op}' (scope {node.scope or '<top>'!r}, "
-                f"time step {node.timestep}) was already freed by an earlier backward. Pass "
-                "retain_graph=True to the first backward if you need to backpropagate twice, "
-                "or detach/truncate the state that reuses it"
-            )
-        ref = node.out_ref
-        out_t = ref() if ref is not None else None
-        if create_graph:
-            needs = tuple(isinstance(a, Tensor) and a.requires_grad and a._node in needed
-                          for a in saved)
-            with _override_context(f"backward({node.scope})" if node.scope else "backward", node.timestep):
-                in_grads = prim.vjp(g, out_t, needs, *saved, **node.attrs)
-        else:
-            args, needs = [], []
-            for a in saved:
-                if isinstance(a, Tensor):
-                    args.append(a.data)
-                    needs.append(a.requires_grad and a._node in needed)
-                else:
-                    args.append(a)
-                    needs.append(False)
-            needs = tuple(needs)
-            in_grads = prim.vjp(g, out_t.data if out_t is not None else None, needs, *args, **node.attrs)
-        if on_node is not None:
-            on_node(node, g, in_grads)
-        if not retain_graph:
-            # freed only after the walk: a consumer's saved inputs keep its producers'
-            # outputs alive, and the producers' rules still need them (e.g. tanh's out)
-            processed.append(node)
-        for a, need, ig in zip(saved, needs, in_grads):
-            if not need or ig is None:
+    # getitem's rule returns SparseGrads only to this raw walk; a caller's
+    # on_node callback (the stepper) sees and re-runs rules, so it gets dense ones
+    sparse = not create_graph and on_node is None
+    old_sparse = STATE.sparse_grads
+    STATE.sparse_grads = sparse
+    try:
+        for node in reversed(order):
+            g = grads.pop(node, None)
+            if g is None:
                 continue
-            shape = a.data.shape
-            if getattr(ig, "shape", ()) != shape:
-                ig = sum_to(ig, shape)  # undo broadcasting once, here, for every rule
-            if anomaly:
-                check_finite(ig.data if isinstance(ig, Tensor) else ig, f"backward of {node.op}", node, "backward")
-            receiver = a._node
-            prev = grads.get(receiver)
-            grads[receiver] = ig if prev is None else prev + ig
-    for node in processed:
-        node.saved = None
+            if type(g) is SparseGrad:
+                g = g.dense()
+            if wanted is not None and node.id in wanted:
+                results[node.id] = (node, g)
+            prim = node.prim
+            if prim is None:
+                if wanted is None:
+                    results[node.id] = (node, g)
+                continue
+            if node.retains_grad and wanted is None:
+                _retain(node, g)
+            saved = node.saved
+            if saved is None:
+                raise RuntimeError(
+                    f"backward: the graph through op '{node.op}' (scope {node.scope or '<top>'!r}, "
+                    f"time step {node.timestep}) was already freed by an earlier backward. Pass "
+                    "retain_graph=True to the first backward if you need to backpropagate twice, "
+                    "or detach/truncate the state that reuses it"
+                )
+            if create_graph:
+                out_t = node.tensor
+                if out_t is None and node.value is not None:  # the output Tensor died: same array, same node
+                    out_t = Tensor._from_op(node.value, node)
+                needs = tuple(isinstance(a, Tensor) and a.requires_grad and a._node in needed
+                              for a in saved)
+                with _override_context(f"backward({node.scope})" if node.scope else "backward", node.timestep):
+                    in_grads = prim.vjp(g, out_t, needs, *saved, **node.attrs)
+            else:
+                if node.literals is None:  # every saved argument is a Tensor (see ops.apply)
+                    args = [a.data for a in saved]
+                    needs = tuple([a.requires_grad and a._node in needed for a in saved])
+                else:
+                    args = [a.data if isinstance(a, Tensor) else a for a in saved]
+                    needs = tuple([isinstance(a, Tensor) and a.requires_grad and a._node in needed
+                                   for a in saved])
+                out = node.value
+                if out is None:  # a node made before outputs were kept on nodes
+                    out_t = node.tensor
+                    out = out_t.data if out_t is not None else None
+                in_grads = prim.vjp(g, out, needs, *args, **node.attrs)
+            if on_node is not None:
+                on_node(node, g, in_grads)
+            if not retain_graph:
+                node.saved = node.value = None
+            for a, need, ig in zip(saved, needs, in_grads):
+                if not need or ig is None:
+                    continue
+                shape = a.data.shape
+                if getattr(ig, "shape", ()) != shape:
+                    ig = sum_to(ig, shape)  # undo broadcasting once, here, for every rule
+                if anomaly:
+                    check_finite(ig.values if type(ig) is SparseGrad else raw(ig),
+                                 f"backward of {node.op}", node, "backward")
+                receiver = a._node
+                prev = grads.get(receiver)
+                if prev is None:
+                    grads[receiver] = ig
+                else:
+                    _accumulate(grads, owned, receiver, ig)
+    finally:
+        STATE.sparse_grads = old_sparse
     return results
+
+
+def _retain(node, g):
+    """retain_grad(): the non-leaf's .grad accumulates across backward calls, like a leaf's."""
+    t = node.tensor
+    if t is None:
+        return
+    if isinstance(g, Tensor):
+        t.grad = g if t.grad is None else t.grad + g
+    elif t.grad is None:
+        t.grad = Tensor(g.copy())  # a copy: g also flows on and may become a leaf's .grad
+    else:
+        t.grad = Tensor(t.grad.data + g)
+
+
+def _accumulate(grads, owned, key, g):
+    """grads[key] += g, where either may be a SparseGrad.
+
+    Two dense gradients add out of place, as always. Once a sparse one is
+    involved the receiver gets one dense buffer of its own (``owned``) and
+    every later contribution is added into it in place: O(slice) for a sparse
+    one, so T reads ``x[t]`` cost O(T * slice + x), not O(T * x).
+    """
+    from .ops import SparseGrad
+
+    prev = grads.get(key)
+    if prev is None:
+        grads[key] = g
+        return
+    sparse_g = type(g) is SparseGrad
+    if key not in owned:
+        sparse_prev = type(prev) is SparseGrad
+        if not sparse_g and not sparse_prev:
+            grads[key] = prev + g
+            return
+        dtype = np.result_type(prev.dtype, g.dtype)
+        # prev may alias a forward buffer or another receiver's gradient: copy it once
+        prev = prev.dense(dtype) if sparse_prev else prev.astype(dtype, copy=True)
+        owned.add(key)
+    elif np.result_type(prev.dtype, g.dtype) != prev.dtype:
+        prev = prev.astype(np.result_type(prev.dtype, g.dtype))
+    if sparse_g:
+        g.add_to(prev)
+    else:
+        prev += g
+    grads[key] = prev
 
 
 def _as_list(x):
@@ -198,12 +254,8 @@ def backward(tensors, grad_tensors=None, retain_graph=False, create_graph=False)
             )
     root_grads = [_initial_grad(t, g, create_graph) for t, g in zip(tensors, grad_tensors)]
     retain = retain_graph or create_graph
-    old_mode = STATE.grad_enabled
-    STATE.grad_enabled = create_graph
-    try:
+    with _GradMode(create_graph):
         results = run_backward(tensors, root_grads, retain_graph=retain, create_graph=create_graph)
-    finally:
-        STATE.grad_enabled = old_mode
     handed_out = set()
     for node, g in results.values():
         leaf = node.tensor
@@ -236,16 +288,6 @@ def _owned(arr, dtype=None, handed_out=None):
     return arr
 
 
-@contextlib.contextmanager
-def _grad_mode(enabled):
-    old = STATE.grad_enabled
-    STATE.grad_enabled = enabled
-    try:
-        yield
-    finally:
-        STATE.grad_enabled = old
-
-
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
     """Gradients of ``outputs`` with respect to ``inputs`` as a tuple of Tensors.
 
@@ -265,7 +307,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         retain_graph = create_graph
     root_grads = [_initial_grad(t, g, create_graph) for t, g in zip(outputs, grad_outputs)]
     targets = [t._node.id for t in inputs]
-    with _grad_mode(create_graph):
+    with _GradMode(create_graph):
         results = run_backward(outputs, root_grads, retain_graph=retain_graph,
                                create_graph=create_graph, targets=targets)
     answer = []

@@ -8,8 +8,9 @@ model's initial state), a Tensor, or a tuple of Tensors (LSTM ``(h, c)``).
 Truncated BPTT(k1, k2) after Williams & Peng: the sequence is cut into loss
 windows of k1 steps; window ``[a, b)`` differentiates ``loss_fn`` on the
 outputs of steps ``a..b-1`` through the last k2 steps, ``[max(0, b - k2), b)``
-(so k2 >= T is full BPTT, and the last, possibly short, window still looks
-k2 steps back). The steps before ``a`` are
+(so k2 >= T is full BPTT). With k1 == k2 every window backpropagates
+through itself only, the last short one included, so TBPTT(k, k) is plain
+chunking with detached states for any T. The steps before ``a`` are
 *re-run* from a detached copy of the state stored when the previous window
 passed that point (so every window owns a fresh graph and memory is O(k2),
 whatever the sequence length). With an optimizer the re-run uses the current
@@ -19,6 +20,7 @@ truncated gradients.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -27,6 +29,7 @@ import numpy as np
 from . import backend
 from .autodiff import grad as _grad
 from .ops import concat
+from .optim import _rescale_grads, clip_grad_value, grad_norm
 from .tensor import Tensor
 
 __all__ = [
@@ -118,15 +121,17 @@ def resolve_window(k1, k2, T):
 
 
 def window_plan(T, k1, k2):
-    """[(a, b, r)]: loss on steps [a, b), backprop through steps [r, b), r = max(0, b - k2).
+    """[(a, b, r)]: loss on steps [a, b), backprop through steps [r, b).
 
-    The last window may be short (T not a multiple of k1); it still
-    backpropagates through the last k2 steps, so k2 >= T is full BPTT.
+    k1 < k2 (Williams & Peng): r = max(0, b - k2), the last k2 steps, also
+    for a short last window. k1 == k2: r = a, every window only through
+    itself, so TBPTT(k, k) equals independent detached chunks for any T.
+    Either way k2 >= T is full BPTT.
     """
     plan = []
     for a in range(0, T, k1):
         b = min(a + k1, T)
-        plan.append((a, b, max(0, b - k2)))
+        plan.append((a, b, a if k1 == k2 else max(0, b - k2)))
     return plan
 
 
@@ -138,6 +143,8 @@ def _time_slice(x, a, b):
 
 
 def _target_slice(y, a, b):
+    if y is None:
+        return None
     if isinstance(y, Tensor):
         return Tensor(y.data[a:b])
     return y[a:b]
@@ -158,15 +165,6 @@ def _norm(array):
     return float(xp.sqrt((array.astype(np.float64) ** 2).sum()))
 
 
-def grad_norm(params) -> float:
-    """Total L2 norm of the ``.grad`` of ``params`` (those without a gradient are skipped)."""
-    total = 0.0
-    for p in params:
-        if getattr(p, "grad", None) is not None:
-            total += _norm(p.grad.data) ** 2
-    return math.sqrt(total)
-
-
 def _parameters_of(model, optimizer):
     if hasattr(model, "parameters"):
         return list(model.parameters())
@@ -177,18 +175,54 @@ def _parameters_of(model, optimizer):
 
 def _clip(params, clip_norm, clip_value):
     """Clip in place; returns (pre-clip norm, whether anything was clipped)."""
-    from .optim import clip_grad_norm, clip_grad_value
-
     norm = grad_norm(params)
     clipped = False
     if clip_value is not None:
-        biggest = max((float(backend.array_module(p.grad.data).abs(p.grad.data).max())
-                       for p in params if p.grad is not None and p.grad.size), default=0.0)
-        clipped = biggest > clip_value
+        clipped = grad_norm(params, math.inf) > clip_value
         clip_grad_value(params, clip_value)
     if clip_norm is not None:
-        clipped = (clip_grad_norm(params, clip_norm) > clip_norm) or clipped
+        # value clipping changed the gradients; otherwise the norm above is still current
+        total = norm if clip_value is None else grad_norm(params)
+        _rescale_grads(params, clip_norm, total)
+        clipped = clipped or total > clip_norm
     return norm, clipped
+
+
+def _as_model_input(xs, params):
+    """A float array in the parameters' dtype (cast once, not per window); Tensors as they are."""
+    if (params and not isinstance(xs, Tensor) and hasattr(xs, "astype") and xs.dtype.kind == "f"
+            and xs.dtype != params[0].dtype):
+        return xs.astype(params[0].dtype)
+    return xs
+
+
+def _model_call(model):
+    """``call(x, state, targets)``: passes ``targets=`` when the model's forward takes it.
+
+    Teacher forcing (``JordanRNN``) needs the targets window; the signature is
+    read once per sequence, not per step.
+    """
+    try:
+        takes = "targets" in inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if takes:
+        return lambda x, state, y: model(x, state, targets=y)
+    return lambda x, state, y: model(x, state)
+
+
+def _bidirectional(model):
+    modules = model.modules() if callable(getattr(model, "modules", None)) else [model]
+    return any(getattr(m, "num_directions", 1) > 1 or getattr(m, "bidirectional", False) is True
+               for m in modules)
+
+
+def _require_unidirectional(model, what):
+    if _bidirectional(model):
+        raise ValueError(
+            f"{what} runs the model one step per call, so a bidirectional layer's backward "
+            "direction would see only that step, not the rest of the sequence: per-step "
+            "diagnostics need a unidirectional model")
 
 
 # ---------------------------------------------------------------------------
@@ -271,13 +305,13 @@ def _step_sources(state):
     return [state_sources(t) for t in state_tensors(state)]
 
 
-def _run(model, xs, state, u, v, track, tracked):
+def _run(call, xs, targets, state, u, v, track, tracked):
     """Run steps [u, v); with ``track`` one step per call so each state is its own tensor."""
     if not track:
-        return model(_time_slice(xs, u, v), state)
+        return call(_time_slice(xs, u, v), state, _target_slice(targets, u, v))
     outs = []
     for t in range(u, v):
-        out, state = model(_time_slice(xs, t, t + 1), state)
+        out, state = call(_time_slice(xs, t, t + 1), state, _target_slice(targets, t, t + 1))
         comps = _step_sources(state)
         for sources in comps:
             for c in sources:
@@ -307,12 +341,21 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
         raise ValueError(f"BPTT: inputs have {T} steps but targets have {tshape[0]} (both time-major)")
     k1, k2 = resolve_window(k1, k2, T)
     params = _parameters_of(model, optimizer)
+    xs = _as_model_input(xs, params)
+    call = _model_call(model)
     tracker = _NormTracker(T) if track_grad_norms else None
+    plan = window_plan(T, k1, k2)
+    if track_grad_norms:
+        _require_unidirectional(model, "track_grad_norms=True")
+    if len(plan) > 1 and _bidirectional(model):
+        raise ValueError(
+            f"TBPTT(k1={k1}, k2={k2}) cuts the sequence into windows, and a bidirectional layer's "
+            "backward direction would then see only the future inside each window; use full "
+            "BPTT (k1 = k2 = None) or a unidirectional model")
 
     result = BPTTResult(loss=0.0, state=None, grad_norms=np.full(T, np.nan))
     restart_state = truncate(state)  # detached state before step r of the coming window
     final = restart_state
-    plan = window_plan(T, k1, k2)
     for w, (a, b, r) in enumerate(plan):
         next_r = plan[w + 1][2] if w + 1 < len(plan) else b
         # run [r, b) in segments: split at a (only loss-window outputs are kept) and at
@@ -322,7 +365,7 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
         stored = restart_state if next_r == r else None
         loss_parts, tracked = [], []
         for u, v in zip(cuts, cuts[1:]):
-            out, s = _run(model, xs, s, u, v, track_grad_norms, tracked)
+            out, s = _run(call, xs, targets, s, u, v, track_grad_norms, tracked)
             if u >= a:
                 loss_parts.append(out)
             if v == next_r:
@@ -446,12 +489,15 @@ class StatefulBPTT:
 # ---------------------------------------------------------------------------
 # diagnostics: vanishing and exploding gradients as data
 # ---------------------------------------------------------------------------
-def _unrolled(model, xs, state):
+def _unrolled(model, xs, state, targets=None, what="gradient_flow"):
     """Run one step per call: (outputs (T, ...), per step [sources of each state tensor])."""
+    _require_unidirectional(model, what)
+    xs = _as_model_input(xs, _parameters_of(model, None))
+    call = _model_call(model) if targets is not None else (lambda x, s, y: model(x, s))
     s = truncate(state)
     outs, per_step = [], []
     for t in range(_seq_len(xs)):
-        out, s = model(_time_slice(xs, t, t + 1), s)
+        out, s = call(_time_slice(xs, t, t + 1), s, _target_slice(targets, t, t + 1))
         outs.append(out)
         per_step.append(_step_sources(s))
     if not per_step or not per_step[0]:
@@ -471,7 +517,7 @@ def gradient_flow(model, xs, targets, loss_fn, state=None, *, per_state=False):
     ``.grad``. To see the textbook decay, put the loss on the last step only
     (``loss_fn`` may ignore the other outputs).
     """
-    outputs, per_step, _ = _unrolled(model, xs, state)
+    outputs, per_step, _ = _unrolled(model, xs, state, targets)
     loss = loss_fn(outputs, targets)
     flat = [(t, i, src) for t, comps in enumerate(per_step)
             for i, sources in enumerate(comps) for src in sources]
@@ -502,7 +548,7 @@ def jacobian_norms(model, xs, state=None, *, ord="fro", state_index=0):
     array (T,); the last entry is the norm of the identity. Costs one reverse
     pass per state unit, so use small hidden sizes.
     """
-    _, per_step, final = _unrolled(model, xs, state)
+    _, per_step, final = _unrolled(model, xs, state, what="jacobian_norms")
     last = state_tensors(final)[state_index]
     sources = [comps[state_index] for comps in per_step]
     shape = last.shape

@@ -28,7 +28,12 @@ def build_parser():
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module_name)
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # an optional extra is missing: only this subcommand fails
+            p.set_defaults(_import_error=f"{name}: cannot load {module_name} ({exc}); "
+                                        'install the extras with pip install -e ".[viz]"')
+            continue
         module.configure(p)
     return parser
 
@@ -39,6 +44,9 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    if getattr(args, "_import_error", None):
+        print(args._import_error, file=sys.stderr)
+        return 2
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

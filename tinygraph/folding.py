@@ -189,10 +189,11 @@ class _Seq:
     every step feed every later slice.
     """
 
-    __slots__ = ("items",)
+    __slots__ = ("items", "flat")
 
     def __init__(self, items):
         self.items = items
+        self.flat = None
 
 
 class _Lazy:
@@ -213,9 +214,11 @@ class _Lazy:
 
 def _flat(part):
     if isinstance(part, _Seq):
-        pures = [_pure_of(p) for p in part.items]
-        pure = tuple(sorted(set().union(*pures))) if all(p is not None for p in pures) else None
-        return _Lazy([(item, frozenset()) for item in part.items], pure)
+        if part.flat is None:
+            pures = [_pure_of(p) for p in part.items]
+            pure = tuple(sorted(set().union(*pures))) if all(p is not None for p in pures) else None
+            part.flat = _Lazy([(item, frozenset()) for item in part.items], pure)
+        return part.flat
     return part
 
 
@@ -368,8 +371,8 @@ def _edges_into_gap(g, n, gaps, kept, reach, flatten, kinds):
     """State flowing from a shown step into hidden ones ends at the gap's elision node."""
     gap = gaps.gap_of[n.timestep]
     for i in n.inputs:
-        if gaps.hidden(i.timestep) or kinds[i.id] == "param":
-            continue
+        if i.timestep is None or gaps.hidden(i.timestep):
+            continue  # only state that leaves a shown step for a hidden one
         sources = [i.id] if i.id in kept else [s for s in flatten(reach[i.id])
                                               if not isinstance(s, tuple)]
         for s in sources:
@@ -449,7 +452,7 @@ def label_initial_states(view):
         if k[0] == "input":
             leaves.setdefault(k, []).append(v)
     for u, v, e in view.edges(data=True):
-        if not e.get("delay") or v not in keys:
+        if not e.get("delay") or v not in keys or view.nodes[u]["kind"] == "elided":
             continue
         for slot in e.get("positions", ()):
             for leaf in leaves.get(("input", keys[v], slot), ()):
@@ -471,6 +474,8 @@ def fold(view) -> "nx.DiGraph":
             continue
         if k not in c:
             attrs = dict(a)
+            attrs["members"] = tuple(a.get("members", ()))
+            attrs["reps"] = tuple(a.get("reps", ()))
             attrs["timesteps"] = () if a["timestep"] is None else (a["timestep"],)
             attrs["timestep"] = None
             c.add_node(k, **attrs)

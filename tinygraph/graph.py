@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-import weakref
 
 __all__ = [
     "Node", "Graph", "scope", "timestep", "no_grad", "enable_grad",
@@ -31,6 +30,9 @@ class _RecordingState(threading.local):
         # same cell again at step t gives the same ordinals (needed for folding).
         self.counters: dict = {None: {}}
         self.anomaly = False
+        # set by the raw backward walk: getitem's rule may then return a SparseGrad
+        # (index, values) instead of a dense array of the input's shape
+        self.sparse_grads = False
 
 
 STATE = _RecordingState()
@@ -43,7 +45,7 @@ class Node:
     __slots__ = (
         "id", "op", "inputs", "attrs", "shape", "dtype", "name", "scope",
         "timestep", "ordinal", "prim", "saved", "out_ref", "requires_grad",
-        "retains_grad", "literals", "__weakref__",
+        "retains_grad", "literals", "value", "__weakref__",
     )
 
     def __init__(self, op, inputs, attrs, shape, dtype, prim=None, saved=None,
@@ -58,6 +60,9 @@ class Node:
         self.prim = prim
         self.saved = saved
         self.out_ref = None
+        # the output array, held by the node itself so its VJP can read ``out`` even
+        # after the output Tensor died; released with ``saved`` by backward
+        self.value = None
         self.requires_grad = requires_grad
         self.retains_grad = False
         # non-tensor arguments as ((position, value), ...): they outlive ``saved``
@@ -325,6 +330,3 @@ def enable_grad():
     """Context manager / decorator: turn recording back on inside no_grad."""
     return _GradMode(True)
 
-
-def weak(t):
-    return weakref.ref(t)

@@ -44,16 +44,17 @@ def nll_loss(log_probs, targets, reduction="mean", mask=None):
     xp = backend.array_module(lp)
     t = xp.asarray(t)  # NumPy targets with CuPy logits: move them to the logits' device
     K = lp.shape[-1]
-    if t.size and (int(t.min()) < 0 or int(t.max()) >= K):
+    if t.size and bool(((t < 0) | (t >= K)).any()):  # one host sync, not two
         raise ValueError(f"nll_loss: target classes must lie in [0, {K}), got min {int(t.min())}, max {int(t.max())}")
-    # a comparison rather than put_along_axis, which older CuPy lacks
-    onehot = (xp.arange(K) == t[..., None]).astype(lp.dtype)
+    # a gather, not a dense one-hot: O(N) memory and work instead of O(N*K)
+    picked = ops.take_along_axis(log_probs, t[..., None], axis=-1)
+    picked = ops.neg(ops.reshape(picked, tuple(t.shape)))
     if mask is not None:
         m = xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(lp.dtype)
-        onehot = onehot * m[..., None]
-    picked = ops.neg(ops.sum(ops.mul(log_probs, onehot), axis=-1))
-    if reduction == "mean" and mask is not None:
-        return ops.div(ops.sum(picked), max(float(m.sum()), 1.0))
+        picked = ops.mul(picked, m)
+        if reduction == "mean":
+            # the count stays on the device: no host sync
+            return ops.div(ops.sum(picked), xp.maximum(m.sum(), 1))
     return _reduce(picked, reduction, "nll_loss")
 
 

@@ -234,7 +234,8 @@ class Embedding(Module):
 
     def forward(self, ids):
         arr = _index_array(ids)
-        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= self.num_embeddings):
+        # one device sync for the check; min and max only for the error message
+        if arr.size and bool(((arr < 0) | (arr >= self.num_embeddings)).any()):
             raise IndexError(
                 f"Embedding: ids must lie in [0, {self.num_embeddings}), got min {int(arr.min())}, "
                 f"max {int(arr.max())}"
@@ -249,8 +250,10 @@ class Embedding(Module):
 class Dropout(Module):
     """Zero each element with probability ``p`` in training, scaling the rest by 1/(1-p).
 
-    The mask is a constant drawn from ``tg.generator()``; in eval mode (or with
-    p = 0) the input passes through unchanged and nothing is recorded.
+    The mask is a constant drawn on the input's device: from ``tg.generator()``
+    for NumPy arrays (reproducible with ``tg.manual_seed``), from ``cupy.random``
+    on a GPU (no host draw and copy every call). In eval mode (or with p = 0)
+    the input passes through unchanged and nothing is recorded.
     """
 
     def __init__(self, p=0.5):
@@ -263,9 +266,10 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             return x
         from .creation import generator
-        keep = generator().random(x.shape) >= self.p
-        mask = (keep / (1.0 - self.p)).astype(x.dtype)
-        return x * backend.to_device(mask, x.device)
+        xp = backend.array_module(x.data)
+        uniform = generator().random(x.shape) if xp is np else xp.random.random(x.shape, dtype=x.dtype)
+        mask = ((uniform >= self.p) / (1.0 - self.p)).astype(x.dtype)
+        return x * mask
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -115,6 +115,7 @@ def apply(prim, *args, **attrs):
             saved, inputs, literals = _mixed_arguments(args, datas)
         node = Node(prim.name, inputs, attrs, out.shape, out.dtype, prim=prim,
                     saved=saved, literals=literals)
+        node.value = out
         result = Tensor._from_op(out, node)
         node.out_ref = weakref.ref(result)
     else:
@@ -260,13 +261,19 @@ ABS = register("abs", lambda x: backend.array_module(x).abs(x), lambda g, out, n
 TANH = register("tanh", lambda x: backend.array_module(x).tanh(x), lambda g, out, needs, x: (g * (1 - out * out),))
 
 
-def _sigmoid_fwd(x):
+def stable_sigmoid(x):
+    """The logistic function on a raw array, accurate in both tails.
+
+    exp(-|x|) never overflows, and for x < 0 the result is e/(1+e) rather than
+    1 - something close to 1 (0.5*(tanh(x/2)+1) cancels: float32 gives 0 at -20).
+    """
     xp = backend.array_module(x)
-    # 0.5*(1+tanh(x/2)) is exactly the logistic function and never overflows
-    return 0.5 * (xp.tanh(0.5 * x) + 1)
+    e = xp.exp(-xp.abs(x))
+    r = 1 / (1 + e)
+    return xp.where(x >= 0, r, e * r)
 
 
-SIGMOID = register("sigmoid", _sigmoid_fwd, lambda g, out, needs, x: (g * out * (1 - out),))
+SIGMOID = register("sigmoid", stable_sigmoid, lambda g, out, needs, x: (g * out * (1 - out),))
 RELU = register(
     "relu", lambda x: backend.array_module(x).maximum(x, 0),
     lambda g, out, needs, x: (g * (raw(x) > 0),),
@@ -421,25 +428,51 @@ def _is_basic_index(index):
 
 
 def _scatter_add(z, index, g):
-    """z[index] += g, adding repeated indices (np.add.at / cupyx.scatter_add)."""
-    xp = backend.array_module(z)
+    """z[index] += g, adding repeated indices (xp.add.at; cupyx.scatter_add on old CuPy)."""
     if _is_basic_index(index):
         z[index] += g
-    elif xp is np:
-        np.add.at(z, index, g)
-    else:
+        return z
+    add_at = getattr(backend.array_module(z).add, "at", None)
+    if add_at is not None:
+        add_at(z, index, g)
+    else:  # CuPy before add.at existed; cupyx.scatter_add is deprecated since
         import cupyx
-        scatter_add = getattr(cupyx, "scatter_add", None)  # newer CuPy spells it cupy.add.at
-        if scatter_add is not None:
-            scatter_add(z, index, g)
-        else:
-            xp.add.at(z, index, g)
+        cupyx.scatter_add(z, index, g)
     return z
 
 
+class SparseGrad:
+    """A gradient that is zero except ``values`` at ``index`` of an array of ``shape``.
+
+    getitem's rule returns one in the raw backward walk (``STATE.sparse_grads``),
+    so reading ``x[t]`` at each of T steps costs O(slice) per step, not O(x):
+    the walk adds all of them into one dense buffer per receiver.
+    """
+
+    __slots__ = ("index", "values", "shape")
+
+    def __init__(self, index, values, shape):
+        self.index, self.values, self.shape = index, values, tuple(shape)
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    def add_to(self, array):
+        """array[index] += values (in place, repeated indices added); returns array."""
+        return _scatter_add(array, self.index, self.values)
+
+    def dense(self, dtype=None):
+        """A fresh dense array."""
+        xp = backend.array_module(self.values)
+        return self.add_to(xp.zeros(self.shape, dtype=dtype or self.values.dtype))
+
+    def __repr__(self):
+        return f"<SparseGrad shape={self.shape} values{tuple(self.values.shape)}>"
+
+
 def _getitem_grad_fwd(g, index, shape):
-    z = backend.array_module(g).zeros(shape, dtype=g.dtype)
-    return _scatter_add(z, index, g)
+    return SparseGrad(index, g, shape).dense()
 
 
 GETITEM = register(
@@ -467,6 +500,27 @@ def _take_vjp(g, out, needs, x, indices, axis=0):
 
 
 TAKE = register("take", _take_fwd, _take_vjp)
+
+
+def _along_axis_index(indices, shape, axis):
+    """The advanced index with x[index] == take_along_axis(x, indices, axis)."""
+    xp = backend.array_module(indices)
+    ndim = len(shape)
+    return tuple(indices if d == axis else
+                 xp.arange(shape[d]).reshape((-1,) + (1,) * (ndim - d - 1))
+                 for d in range(ndim))
+
+
+def _take_along_axis_fwd(x, indices, axis):
+    return backend.array_module(x).take_along_axis(x, indices, axis=axis)
+
+
+def _take_along_axis_vjp(g, out, needs, x, indices, axis):
+    index = _along_axis_index(raw(indices), x.shape, axis % len(x.shape))
+    return (getitem_grad(g, index, x.shape), None)
+
+
+TAKE_ALONG_AXIS = register("take_along_axis", _take_along_axis_fwd, _take_along_axis_vjp)
 
 
 def _concat_fwd(*xs, axis=0):
@@ -704,7 +758,13 @@ def getitem(x, index):
 
 
 def getitem_grad(g, index, shape):
-    """Zeros of ``shape`` with ``g`` added at ``index`` (the adjoint of getitem)."""
+    """Zeros of ``shape`` with ``g`` added at ``index`` (the adjoint of getitem).
+
+    In the raw backward walk this is a ``SparseGrad`` (the same values, never
+    materialised per call); recorded (``create_graph=True``) it is a dense node.
+    """
+    if STATE.sparse_grads and not isinstance(g, Tensor):
+        return SparseGrad(index, g, shape)
     return apply(GETITEM_GRAD, g, index=index, shape=tuple(shape))
 
 
@@ -714,14 +774,33 @@ def take(x, indices, axis=0):
     return apply(TAKE, x, _index_on_device_of(x, indices), axis=axis)
 
 
+def take_along_axis(x, indices, axis):
+    """Pick ``indices`` (integer array, same ndim as ``x``) along ``axis``, like
+    ``numpy.take_along_axis``; the gradient scatters back (repeats add up)."""
+    indices = raw(indices) if not isinstance(indices, list) else np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"take_along_axis: indices must be integers, got dtype {indices.dtype}")
+    return apply(TAKE_ALONG_AXIS, x, _index_on_device_of(x, indices), axis=axis)
+
+
+def _nonempty(tensors, op):
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError(
+            f"{op}: needs at least one tensor, got an empty list (a sequence with no time "
+            "steps, T=0?); check the input length before stacking or concatenating"
+        )
+    return tensors
+
+
 def concat(tensors, axis=0):
     """Join tensors along an existing axis."""
-    return apply(CONCAT, *tensors, axis=axis)
+    return apply(CONCAT, *_nonempty(tensors, "concat"), axis=axis)
 
 
 def stack(tensors, axis=0):
     """Join tensors along a new axis."""
-    return apply(STACK, *tensors, axis=axis)
+    return apply(STACK, *_nonempty(tensors, "stack"), axis=axis)
 
 
 def split(x, sections_or_indices, axis=0):

@@ -11,6 +11,7 @@ one of the textbook's remedies for exploding gradients; clipping is another.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from . import backend
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
-           "clip_grad_norm", "clip_grad_value"]
+           "clip_grad_norm", "clip_grad_value", "grad_norm"]
 
 
 def _param_list(params):
@@ -147,13 +148,16 @@ def _xp(a):
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum.
 
+    ``SGD(params, lr, momentum=0, *, nesterov=False, weight_decay=0, dampening=0)``.
+
     g <- grad + wd * p;  buf <- g (first step) else momentum * buf + (1 - dampening) * g;
     g <- g + momentum * buf (Nesterov) or buf;  p <- p - lr * g.
     """
 
     hyperparameters = ("lr", "momentum", "dampening", "nesterov", "weight_decay")
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, params, lr, momentum=0.0, *, nesterov=False, weight_decay=0.0, dampening=0.0):
+        # keyword-only after momentum: SGD(ps, 0.1, 0.9, True) must not silently set dampening
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0 (got {lr}, {momentum}, {weight_decay})")
         if nesterov and (momentum <= 0 or dampening != 0):
@@ -300,6 +304,31 @@ def _with_grads(params):
     return [p for p in params if getattr(p, "grad", None) is not None]
 
 
+def grad_norm(params, norm_type=2.0) -> float:
+    """Total norm of the ``.grad`` of ``params`` (those without one are skipped), in float64.
+
+    Reduces on the gradients' device and syncs once (one ``float``), not once
+    per parameter.
+    """
+    grads = [p.grad.data for p in _with_grads(params) if p.grad.data.size]
+    if not grads:
+        return 0.0
+    xp = _xp(grads[0])
+    norm_type = float(norm_type)
+    if math.isinf(norm_type):
+        return float(functools.reduce(xp.maximum, [xp.abs(g).max() for g in grads]))
+    total = sum((xp.abs(g.astype(np.float64)) ** norm_type).sum() for g in grads)
+    return float(total) ** (1.0 / norm_type)
+
+
+def _rescale_grads(params, max_norm, total):
+    """Scale all gradients by max_norm / (total + 1e-6) when that is below 1 (PyTorch's rule)."""
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for p in _with_grads(params):
+            p.grad.data = p.grad.data * p.grad.data.dtype.type(coef)
+
+
 def clip_grad_norm(params, max_norm, norm_type=2.0):
     """Rescale all gradients together so their total norm is at most ``max_norm``.
 
@@ -309,19 +338,9 @@ def clip_grad_norm(params, max_norm, norm_type=2.0):
     """
     if max_norm <= 0:
         raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
-    grads = _with_grads(params)
-    if not grads:
-        return 0.0
-    norm_type = float(norm_type)
-    if math.isinf(norm_type):
-        total = max(float(_xp(p.grad.data).abs(p.grad.data).max()) for p in grads)
-    else:
-        total = sum(float((_xp(p.grad.data).abs(p.grad.data) ** norm_type).sum()) for p in grads)
-        total = total ** (1.0 / norm_type)
-    coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
-        for p in grads:
-            p.grad.data = p.grad.data * p.grad.data.dtype.type(coef)
+    params = list(params)
+    total = grad_norm(params, norm_type)
+    _rescale_grads(params, max_norm, total)
     return total
 
 

@@ -10,13 +10,13 @@ NumPy arrays (scalars come back as 0-d arrays).
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections import OrderedDict
 
 import numpy as np
 
 from . import backend
+from .fileio import atomic_write
 from .tensor import Tensor
 
 __all__ = ["save", "load"]
@@ -53,20 +53,7 @@ def save(state_dict, path):
         if not isinstance(name, str) or not name:
             raise TypeError(f"save: keys must be non-empty strings, got {name!r}")
         arrays[name] = _as_array(name, value)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: _write_npz(f, arrays), "wb")
 
 
 def load(path):

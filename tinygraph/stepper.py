@@ -96,15 +96,24 @@ class SentGradient:
 
 
 class GradientSum:
-    """A leaf's gradient as the sum of its contributions (∇W summed over time)."""
+    """A leaf's gradient as the sum of its contributions (∇W summed over time).
 
-    def __init__(self, node, label, contributions, total):
+    When the leaf is used through a rearranging op computed once (``Wᵀ``
+    outside the time loop), the sum over time happens at that op; ``wrapper``
+    is then its rule (``"({g})ᵀ"``) and each term is already rearranged into
+    the leaf's shape.
+    """
+
+    def __init__(self, node, label, contributions, total, wrapper="{g}"):
         self.node, self.label = node, label
         self.contributions = list(contributions)
         self.total = total
+        self.wrapper = wrapper
 
     def formula(self) -> str:
         terms = " + ".join(c.term() for c in self.contributions) or "0"
+        if self.wrapper != "{g}":
+            terms = fill(self.wrapper, {"g": terms})
         return f"∇{self.label} = {terms}"
 
     def explain(self) -> str:
@@ -560,8 +569,25 @@ class Stepper:
         for node, _ in self._results.values():
             shares = self._contributions.get(node.id, ())
             if shares:
-                sums.append(GradientSum(node, self.labels[node.id], shares, self._totals[node.id]))
+                shares, wrapper = self._through_rearrangements(node, shares)
+                sums.append(GradientSum(node, self.labels[node.id], shares,
+                                        self._totals[node.id], wrapper))
         return sums
+
+    def _through_rearrangements(self, leaf, shares):
+        """Look through a transpose/reshape used once, to the shares summed before it."""
+        wrapper = "{g}"
+        while len(shares) == 1 and shares[0].consumer.op in _REARRANGING_OPS:
+            op_node = shares[0].consumer
+            inner = self._contributions.get(op_node.id, ())
+            if len(inner) < 2:
+                break
+            rule = formula_for(op_node.op).rule(0)
+            symbols = {"xshape": tuple(leaf.shape)}
+            wrapper = fill(rule, {**symbols, "g": wrapper})
+            shares = [Contribution(c.consumer, c.position, c.source, c.via,
+                                   _rearranged(op_node, c.value)) for c in inner]
+        return shares, wrapper
 
     # -- truncation and clipping -----------------------------------------------------
     def record_clip(self, max_norm, *, params=None, norm_type=2.0):
@@ -684,6 +710,18 @@ def _needed_nodes(order, targets):
             hit = any(needed.get(i.id) for i in node.inputs)
         needed[node.id] = hit
     return needed
+
+
+# ops that only move elements: their VJP maps each share on its own (linear, no mixing)
+_REARRANGING_OPS = ("transpose", "reshape", "astype", "to_device")
+
+
+def _rearranged(node, grad):
+    """``grad`` of ``node``'s output sent to its input by the node's own rule."""
+    args = [a.data if isinstance(a, Tensor) else a for a in node.saved]
+    out = node.tensor.data if node.tensor is not None else None
+    value = node.prim.vjp(grad, out, (True,) + (False,) * (len(args) - 1), *args, **node.attrs)[0]
+    return _reduce_to(value, node.saved[0].shape)[0]
 
 
 def _reduce_to(grad, shape):

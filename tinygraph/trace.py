@@ -11,11 +11,15 @@ Like any tracer, it records one path through the Python code: control flow
 that depends on values is frozen, and constants that ``fn`` creates inside
 (masks, initial zeros) are baked into the schedule. Parameters are read live
 at every replay, so an optimizer can update them between calls.
+
+Floating-point inputs are differentiated; integer inputs (token ids) are
+plain inputs, read at every replay, with gradient ``None``. An input that
+``fn`` never reads also gets ``None`` from ``backward``.
 """
 from __future__ import annotations
 
-from .graph import Graph, enable_grad
-from .ops import sum_to
+from .graph import STATE, Graph, enable_grad
+from .ops import SparseGrad, sum_to
 from .tensor import Tensor
 
 __all__ = ["trace", "CompiledFunction"]
@@ -29,13 +33,16 @@ class CompiledFunction:
     def __init__(self, graph, input_nodes, param_tensors, output_nodes, constants):
         index = {n.id: k for k, n in enumerate(graph.nodes)}
         self.num_slots = len(graph.nodes)
-        self.input_slots = [index[n.id] for n in input_nodes]
+        # an input fn never read is in no slot (None): it is checked and ignored
+        self.input_slots = [index.get(n.id) for n in input_nodes]
+        self.input_shapes = [tuple(n.shape) for n in input_nodes]
         self.params = list(param_tensors)
         self.param_slots = [index[p._node.id] if p._node is not None and p._node.id in index else None
                             for p in self.params]
         self.output_slots = [index[n.id] for n in output_nodes]
         self.constants = [(index[nid], value) for nid, value in constants.items() if nid in index]
-        differentiable = set(self.input_slots) | {s for s in self.param_slots if s is not None}
+        differentiable = {s for s, n in zip(self.input_slots, input_nodes) if s is not None and n.requires_grad}
+        differentiable |= {s for s in self.param_slots if s is not None}
         self.schedule = []
         self.shapes = [tuple(n.shape) for n in graph.nodes]
         for n in graph.nodes:
@@ -67,11 +74,12 @@ class CompiledFunction:
         for slot, p in zip(self.param_slots, self.params):
             if slot is not None:
                 values[slot] = p.data
-        for slot, x in zip(self.input_slots, inputs):
+        for slot, shape, x in zip(self.input_slots, self.input_shapes, inputs):
             x = x.data if isinstance(x, Tensor) else x
-            if tuple(x.shape) != self.shapes[slot]:
-                raise ValueError(f"compiled function: input has shape {tuple(x.shape)}, traced with {self.shapes[slot]}; trace again for new shapes")
-            values[slot] = x
+            if tuple(x.shape) != shape:
+                raise ValueError(f"compiled function: input has shape {tuple(x.shape)}, traced with {shape}; trace again for new shapes")
+            if slot is not None:
+                values[slot] = x
         for prim, spec, attrs, out, _ in self.schedule:
             args = [values[v] if kind == _SLOT else v for kind, v in spec]
             values[out] = prim.forward(*args, **attrs)
@@ -82,27 +90,40 @@ class CompiledFunction:
     __call__ = forward
 
     def backward(self, *grad_outputs):
-        """VJP of the last forward: returns (input grads, param grads) as arrays."""
+        """VJP of the last forward: returns (input grads, param grads) as arrays
+        (``None`` for integer inputs and for inputs or parameters fn never read)."""
+        from .autodiff import _accumulate
+
         values = self.values
         if values is None:
             raise RuntimeError("compiled function: call forward() before backward()")
-        grads = [None] * self.num_slots
+        grads, owned = {}, set()  # slot -> gradient, as in the eager walk
         for slot, g in zip(self.output_slots, grad_outputs):
-            grads[slot] = g.data if isinstance(g, Tensor) else g
-        for prim, spec, attrs, out, needs in reversed(self.schedule):
-            g = grads[out]
-            if g is None or not any(needs):
-                continue
-            args = [values[v] if kind == _SLOT else v for kind, v in spec]
-            in_grads = prim.vjp(g, values[out], needs, *args, **attrs)
-            for (kind, slot), need, ig in zip(spec, needs, in_grads):
-                if not need or ig is None:
+            _accumulate(grads, owned, slot, g.data if isinstance(g, Tensor) else g)
+        old_sparse, STATE.sparse_grads = STATE.sparse_grads, True
+        try:
+            for prim, spec, attrs, out, needs in reversed(self.schedule):
+                g = grads.get(out)
+                if g is None or not any(needs):
                     continue
-                if tuple(ig.shape) != self.shapes[slot]:
-                    ig = sum_to(ig, self.shapes[slot])
-                grads[slot] = ig if grads[slot] is None else grads[slot] + ig
-        return ([grads[s] for s in self.input_slots],
-                [grads[s] if s is not None else None for s in self.param_slots])
+                if type(g) is SparseGrad:
+                    g = grads[out] = g.dense()
+                args = [values[v] if kind == _SLOT else v for kind, v in spec]
+                in_grads = prim.vjp(g, values[out], needs, *args, **attrs)
+                for (kind, slot), need, ig in zip(spec, needs, in_grads):
+                    if not need or ig is None:
+                        continue
+                    if tuple(ig.shape) != self.shapes[slot]:
+                        ig = sum_to(ig, self.shapes[slot])
+                    _accumulate(grads, owned, slot, ig)
+        finally:
+            STATE.sparse_grads = old_sparse
+
+        def result(slot):
+            g = grads.get(slot) if slot is not None else None
+            return g.dense() if type(g) is SparseGrad else g
+
+        return [result(s) for s in self.input_slots], [result(s) for s in self.param_slots]
 
 
 def trace(fn, *example_inputs, params=()):
@@ -111,7 +132,12 @@ def trace(fn, *example_inputs, params=()):
     ``params`` are the Tensors (e.g. ``model.parameters()``) that ``fn`` reads
     and that you want gradients for; they are read live at each replay.
     """
-    leaves = [Tensor(x.data if isinstance(x, Tensor) else x, requires_grad=True) for x in example_inputs]
+    leaves = []
+    for x in example_inputs:
+        data = x.data if isinstance(x, Tensor) else x
+        leaf = Tensor(data, requires_grad=data.dtype.kind in "fc")  # integer ids are not differentiated
+        leaf._leaf_node()  # every input gets a node, even one fn never reads
+        leaves.append(leaf)
     with enable_grad():
         outputs = fn(*leaves)
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)

@@ -225,8 +225,9 @@ def _unpack(batch):
 
 def evaluate(model, data, loss_fn, *, carry_state=False, epoch=0):
     """Mean of ``loss_fn`` over the batches of ``data``, full sequences, no gradients."""
-    from .bptt import truncate
+    from .bptt import _as_model_input, _parameters_of, truncate
 
+    params = _parameters_of(model, None)
     total, count, state = 0.0, 0, None
     was_training = getattr(model, "training", None)
     if was_training is not None:
@@ -235,7 +236,7 @@ def evaluate(model, data, loss_fn, *, carry_state=False, epoch=0):
         with no_grad():
             for batch in _epoch_data(data, epoch):
                 xs, targets = _unpack(batch)
-                xs = xs if isinstance(xs, Tensor) else Tensor(xs)
+                xs = xs if isinstance(xs, Tensor) else Tensor(_as_model_input(xs, params))
                 outputs, new_state = model(xs, state if carry_state else None)
                 state = truncate(new_state)
                 total += float(loss_fn(outputs, targets).item())

@@ -105,16 +105,16 @@ def qualify_clashing_labels(view):
         differing = [part for k, part in enumerate(mine)
                      if any(len(o) <= k or o[k] != part for o in split)]
         if differing:
-            a["label"] = f"{a['label']} [{'.'.join(differing)}]"
+            a["qualifier"] = ".".join(differing)
 
 
 def _draw(view, rec, *, title, detail, notes, rankdir, clusters, time_suffix, show_shapes,
-          show_values, show_grads, highlight, processed, grads, legend, rows=None):
+          show_values, show_grads, highlight, processed, grads, legend, rows=None, columns=False):
     return to_digraph(
         view, lookup=rec.lookup, title=title, rankdir=rankdir, clusters=clusters,
         detail=detail, outputs=rec.outputs, show_shapes=show_shapes, show_values=show_values,
         show_grads=show_grads, highlight=highlight, processed=processed, grads=grads,
-        time_suffix=time_suffix, notes=notes, legend=legend, rows=rows)
+        time_suffix=time_suffix, notes=notes, legend=legend, rows=rows, columns=columns)
 
 
 def _fit(view, max_nodes, notes, steps_first=True):
@@ -170,7 +170,7 @@ def _steps_to_show(graph, detail, steps, max_nodes):
 
 
 def _time_rows(view):
-    """Copies of one circuit node across steps, in time order (elision markers in their gap)."""
+    """Copies of one circuit node across steps, in time order."""
     keys = folding._fold_keys(view)
     rows: dict = {}
     for v, a in view.nodes(data=True):

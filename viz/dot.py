@@ -118,10 +118,20 @@ def _edge_attrs(view, u, v, e, show_labels=True):
     return attrs
 
 
+def _ranks_forward(a, b) -> bool:
+    """Whether an edge may steer ranks when every step is one rank (column)."""
+    ta, tb = a.get("timestep"), b.get("timestep")
+    if ta is not None and tb is not None:
+        return ta < tb
+    if tb is None:
+        return True  # into the loss / outputs after the last step
+    return a["kind"] in ("param", "data") or a["kind"] == "elided"
+
+
 def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
                detail="ops", outputs=(), show_shapes=True, show_values=False, show_grads=False,
                highlight=None, processed=None, grads=None, time_suffix=True, notes=(),
-               legend=False, edge_labels=True, rows=None):
+               legend=False, edge_labels=True, rows=None, columns=False):
     """The DOT diagram of ``view``; ``lookup`` maps recorded node ids to Nodes."""
     ctx = _Context(lookup, detail, set(outputs), show_shapes, show_values, show_grads,
                    highlight, processed, grads, time_suffix)
@@ -133,34 +143,48 @@ def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
     dot.attr("node", fontname="Helvetica", fontsize="11")
     dot.attr("edge", fontname="Helvetica", fontsize="10")
     if notes:
-        dot.attr(label="\n".join(notes), labelloc="t", labeljust="l")
+        dot.attr(label="\\n".join(notes), labelloc="t", labeljust="l")
     names = {v: f"n{k}" for k, v in enumerate(view.nodes)}
     multi_step = (lambda a: bool(a.get("timesteps")))
-    by_step: dict = {}
+    # cluster sort key -> (cluster name, label, members); steps and gaps in time order
+    by_cluster: dict = {}
     for v, a in view.nodes(data=True):
         t = a.get("timestep")
-        if clusters and t is not None:
-            by_step.setdefault(t, []).append(v)
+        if clusters and (t is not None or a["kind"] == "elided"):
+            if a["kind"] == "elided":
+                # Graphviz will not keep a separate gap box between the step boxes, so
+                # the marker opens the box of the first step after the gap
+                after = a["elided"][1] + 1
+                by_cluster.setdefault((after, 1), (f"cluster_t{after}", f"t = {after}", []))[2].append(v)
+            else:
+                by_cluster.setdefault((t, 1), (f"cluster_t{t}", f"t = {t}", []))[2].append(v)
         else:
             dot.node(names[v], **_node_attrs(v, a, ctx, multi_step))
-    for t in sorted(by_step):
-        with dot.subgraph(name=f"cluster_t{t}") as sub:
-            sub.attr(label=f"t = {t}", style="rounded", color="#adb5bd", fontcolor="#495057")
-            for v in by_step[t]:
+    for key in sorted(by_cluster):
+        name, label, members = by_cluster[key]
+        with dot.subgraph(name=name) as sub:
+            sub.attr(label=label, style="rounded" if label else "dashed", color="#adb5bd",
+                     fontcolor="#495057")
+            if columns:
+                sub.attr(rank="same")  # one column per step: time is the rank axis
+            for v in members:
                 sub.node(names[v], **_node_attrs(v, view.nodes[v], ctx, multi_step))
     for u, v, e in view.edges(data=True):
         attrs = _edge_attrs(view, u, v, e, edge_labels)
-        if rows and e.get("delay"):
+        if rows and (e.get("delay") or "elided" in (view.nodes[u]["kind"], view.nodes[v]["kind"])):
             attrs["constraint"] = "false"  # the rows below fix where each step sits
+        if columns and not _ranks_forward(view.nodes[u], view.nodes[v]):
+            attrs["constraint"] = "false"  # would fight the one-column-per-step ranks
         dot.edge(names[u], names[v], **attrs)
     for row in rows or ():
-        # one rank per circuit node; invisible flat edges keep its copies in time order
+        # one rank per circuit node; invisible edges keep its copies in time order
+        row = [names[v] for v in row]
         with dot.subgraph() as same:
             same.attr(rank="same")
             for v in row:
-                same.node(names[v])
+                same.node(v)
         for u, v in zip(row, row[1:]):
-            dot.edge(names[u], names[v], style="invis")
+            dot.edge(u, v, style="invis")
     if legend:
         _add_legend(dot)
     return dot

@@ -1,6 +1,6 @@
 """Node labels and the colour legend shared by every diagram.
 
-Labels are plain text (lines joined by ``\\n``), never HTML-like, so the
+Labels are plain text (lines joined by DOT's ``\\n`` escape), never HTML-like, so the
 system Graphviz and graphviz-pure render them the same.
 """
 from __future__ import annotations
@@ -86,6 +86,8 @@ def node_label(attrs, *, detail, time_suffix=True, show_shapes=True, value=None,
     if (time_suffix and t is not None and (name or kind == "data")
             and not title[-1:].isdigit()):
         title = f"{title}({t})"
+    if attrs.get("qualifier"):
+        title = f"{title} [{attrs['qualifier']}]"
     lines = [title]
     if kind == "op" and detail == "ops" and name and op != name:
         lines.append(op)
@@ -100,4 +102,4 @@ def node_label(attrs, *, detail, time_suffix=True, show_shapes=True, value=None,
         if grad is not None and grad_step is not None:
             text = text.replace("grad:", f"grad (t={grad_step}):", 1)
         lines.append(text)
-    return "\n".join(lines)
+    return "\\n".join(lines)  # DOT's own line break escape: one node statement per line

@@ -32,7 +32,8 @@ def draw_step(event, view="unfolded", **options):
 
 
 def _notebook_svg(diagram):
-    return _strip_prolog(_svg_renderer()(diagram))
+    from .render import render_svg
+    return _strip_prolog(render_svg(diagram))
 
 
 _stepper.set_diagram_renderer(draw_step, svg=_notebook_svg)
@@ -57,22 +58,20 @@ def _draw_at(walk, index, view, **options):
     return draw_unfolded(walk.loss, detail="variables" if view == "unfolded" else "ops", **keywords)
 
 
-def _diagram_svg(walk, index, view, renderer):
-    return _mark_nodes(_strip_prolog(renderer(_draw_at(walk, index, view))))
+def _diagram_svg(walk, index, view, grads_on_nodes):
+    from .render import render_svg
+
+    diagram = _draw_at(walk, index, view, show_grads=grads_on_nodes)
+    return _mark_nodes(_strip_prolog(render_svg(diagram)))
 
 
-def _svg_renderer():
-    try:
-        from .render import render_svg
-        return render_svg
-    except ImportError:  # older viz without render.py: graphviz's own pipe
-        return lambda diagram: diagram.pipe(format="svg").decode("utf-8")
+_COMMENT = re.compile(r"<!--.*?-->\n?", re.S)
 
 
 def _strip_prolog(svg):
-    """Inline SVG must not carry the XML declaration or DOCTYPE."""
+    """Inline SVG must not carry the XML declaration or DOCTYPE (nor Graphviz's comments)."""
     start = svg.find("<svg")
-    return svg[start:] if start >= 0 else svg
+    return _COMMENT.sub("", svg[start:] if start >= 0 else svg)
 
 
 _NODE_GROUP = re.compile(r'<g id="(node\d+)" class="node">(.*?)</g>', re.S)
@@ -114,26 +113,28 @@ def _step_record(walk, event):
     }
 
 
-def stepper_html(stepper, path=None, view="unfolded", *, title=None, max_steps=400):
+def stepper_html(stepper, path=None, view="unfolded", *, title=None, grads_on_nodes=False,
+                 max_steps=400):
     """Write the walk of ``stepper`` as one self-contained HTML file; returns the HTML text.
 
     Renders one diagram per step (plus the starting picture), so keep the
-    model small (``max_steps`` guards against accidental huge walks).
+    model small (``max_steps`` guards against accidental huge walks). The
+    numbers sit beside the diagram; ``grads_on_nodes=True`` also writes a
+    gradient summary into every node, at the price of a layout that shifts
+    from step to step as the labels grow.
     """
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
-    walk = stepper
-    if len(walk) > max_steps:
-        raise ValueError(f"stepper_html: {len(walk)} steps is more than max_steps={max_steps}; "
+    if len(stepper) > max_steps:
+        raise ValueError(f"stepper_html: {len(stepper)} steps is more than max_steps={max_steps}; "
                          "use fewer time steps or a smaller model, or raise max_steps")
-    renderer = _svg_renderer()
-    frames = [_diagram_svg(walk, k - 1, view, renderer) for k in range(len(walk) + 1)]
-    start = {"kind": "start", "label": "", "header": f"before the first step: {len(walk)} steps",
+    frames = [_diagram_svg(stepper, k - 1, view, grads_on_nodes) for k in range(len(stepper) + 1)]
+    start = {"kind": "start", "label": "", "header": f"before the first step: {len(stepper)} steps",
              "formula": "press next (→) to take the first step", "values": "",
              "timestep": None, "reached": []}
-    steps = [start] + [_step_record(walk, e) for e in walk.events]
+    steps = [start] + [_step_record(stepper, e) for e in stepper.events]
     page = _page(title or "tinygraph: stepping through backprop", frames, steps,
-                 walk.timesteps(), str(walk.summary(numbers=True)))
+                 stepper.timesteps(), str(stepper.summary(numbers=True)))
     if path is not None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(page)
@@ -171,7 +172,7 @@ body { font-family: system-ui, sans-serif; margin: 1em; color: #212529; }
 pre { white-space: pre; overflow-x: auto; background: #f8f9fa; padding: .6em; margin: .3em 0; }
 #formula { font-size: 1.1em; }
 #diagram { margin-top: .8em; border: 1px solid #dee2e6; overflow: auto; }
-#diagram svg { width: 100%; height: auto; min-width: 60em; }
+#diagram svg { max-width: 100%; height: auto; }
 g.node.current > ellipse, g.node.current > polygon { stroke-width: 4; }
 #summary[hidden] { display: none; }
 """

@@ -1,0 +1,73 @@
+"""`tinygraph draw`: draw a small model's unfolded graph and/or folded circuit.
+
+    tinygraph draw --model lstm --steps 4 --view both --detail variables -o lstm.svg
+
+With ``--view both`` two files are written: ``<name>-unfolded<suffix>`` and
+``<name>-circuit<suffix>``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["configure", "run", "output_paths"]
+
+
+def configure(parser):
+    from .models_zoo import MODEL_NAMES
+    parser.add_argument("--model", choices=MODEL_NAMES, default="rnn",
+                        help="which example model to run (default: rnn)")
+    parser.add_argument("--steps", type=int, default=4, help="sequence length T (default: 4)")
+    parser.add_argument("--view", choices=("unfolded", "circuit", "both"), default="both",
+                        help="unfolded in time, folded circuit, or both (default: both)")
+    parser.add_argument("--detail", choices=("variables", "ops"), default="variables",
+                        help="textbook variables or every primitive op (default: variables)")
+    parser.add_argument("--backward", action="store_true",
+                        help="also draw the backward graph recorded with create_graph=True")
+    parser.add_argument("--show-steps", type=int, default=None, metavar="N",
+                        help="unfolded view: draw at most N steps (first and last few)")
+    parser.add_argument("--collapse", default=None, metavar="SCOPE",
+                        help="fold a scope (e.g. 'LSTM.layer0') or a depth (e.g. 2) into boxes")
+    parser.add_argument("--legend", action="store_true", help="add a colour legend")
+    parser.add_argument("-o", "--output", default="graph.svg",
+                        help="output file; the suffix picks the format: .svg .png .pdf .dot .gv")
+
+
+def output_paths(output, view):
+    """{view name: path} for the requested view(s)."""
+    if view != "both":
+        return {view: output}
+    stem, suffix = os.path.splitext(output)
+    return {"unfolded": f"{stem}-unfolded{suffix}", "circuit": f"{stem}-circuit{suffix}"}
+
+
+def _collapse_arg(text):
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def run(args) -> int:
+    from . import diagrams, render
+    from .models_zoo import build
+
+    try:
+        example = build(args.model, steps=args.steps)
+    except (ValueError, RuntimeError) as exc:
+        print(f"tinygraph draw: {exc}", file=sys.stderr)
+        return 2
+    common = dict(detail=args.detail, backward=args.backward,
+                  collapse=_collapse_arg(args.collapse), legend=args.legend)
+    for view, path in output_paths(args.output, args.view).items():
+        if view == "unfolded":
+            diagram = diagrams.draw_unfolded(example.loss, steps=args.show_steps,
+                                             title=f"{args.model} unfolded", **common)
+        else:
+            diagram = diagrams.draw_circuit(example.loss, title=f"{args.model} circuit", **common)
+        try:
+            render.save(diagram, path)
+        except render.RenderError as exc:
+            print(f"tinygraph draw: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {path} ({view}, {args.detail}, {example.source}, T={args.steps})")
+    return 0
