@@ -1,6 +1,7 @@
 """`tinygraph demo --quick` produces every file it promises, and they are real files."""
 import argparse
 import json
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -21,10 +22,14 @@ PROMISED = {
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    """One quick demo run, with no system Graphviz on PATH: only this Python's own scripts
+    (where pip puts graphviz-pure), as on a fresh machine with the viz extra."""
     out = tmp_path_factory.mktemp("demo")
     parser = argparse.ArgumentParser()
     demo.configure(parser)
-    code = demo.run(parser.parse_args(["--quick", "-o", str(out), "--seed", "1"]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", os.path.dirname(sys.executable))
+        code = demo.run(parser.parse_args(["--quick", "-o", str(out), "--seed", "1"]))
     return code, out
 
 

@@ -170,3 +170,13 @@ def test_seed_gradient_count_must_match_outputs():
 def test_len_of_a_scalar_tensor():
     with pytest.raises(TypeError, match=r"len\(\) of a 0-d tensor"):
         len(tg.tensor(1.0))
+
+
+@pytest.mark.parametrize("op", [tg.stack, tg.concat])
+def test_stack_and_concat_of_nothing_say_so(op):
+    # a recurrence over T=0 steps ends in stack([]): say that, not NumPy's message
+    name = op.__name__
+    with pytest.raises(ValueError, match=rf"^{name}: needs at least one tensor.*T=0"):
+        op([])
+    with pytest.raises(ValueError, match=rf"^{name}: needs at least one tensor"):
+        op(iter(()))

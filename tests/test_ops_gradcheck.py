@@ -162,6 +162,34 @@ def test_sigmoid_is_stable_for_large_inputs():
     np.testing.assert_allclose(y.numpy(), [0.0, 0.5, 1.0])
 
 
+def _math_sigmoid(v):
+    """The logistic function in Python floats, exact to float64 rounding in both tails."""
+    import math
+    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-6), ("float64", 1e-14)])
+def test_sigmoid_keeps_relative_precision_in_the_negative_tail(dtype, rtol):
+    # 0.5 * (tanh(x/2) + 1) cancels: float32 gave sigmoid(-17) 44% off and sigmoid(-20) = 0
+    values = [-100.0, -80.0, -30.0, -20.0, -17.0, -5.0, -0.5, 0.0, 0.5, 5.0, 17.0, 30.0]
+    x = tg.tensor(np.array(values), dtype=dtype)
+    expected = np.array([_math_sigmoid(v) for v in values])
+    expected = expected.astype(dtype).astype(np.float64)  # the reference rounded to the dtype
+    got = tg.sigmoid(x).numpy()
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got.astype(np.float64), expected, rtol=rtol, atol=0)
+    raw = tg.ops.stable_sigmoid(x.data)  # the raw-array helper the fused cells use
+    np.testing.assert_array_equal(raw, got)
+
+
+def test_sigmoid_gradient_in_the_negative_tail():
+    # d sigmoid/dx = s (1 - s) ~ exp(x) for x << 0: relative precision carries over
+    x = t64([-30.0, -20.0])
+    tg.sigmoid(x).sum().backward()
+    expected = [_math_sigmoid(v) * (1 - _math_sigmoid(v)) for v in (-30.0, -20.0)]
+    np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-13)
+
+
 def test_clip(rng):
     a = rng.uniform(-2, 2, (3, 4))
     a = a[np.abs(np.abs(a) - 1.0) > 0.05].reshape(-1)  # no value at a kink
@@ -321,6 +349,37 @@ def test_take(axis, indices, rng):
     check(lambda x: tg.take(x, indices, axis=axis), t64(a))
 
 
+@pytest.mark.parametrize("shape,index_shape,axis", [
+    ((5, 4), (5, 1), -1),        # one pick per row: what nll_loss does
+    ((5, 4), (5, 3), 1),         # several picks per row, repeats likely
+    ((3, 4), (2, 4), 0),
+    ((2, 3, 4), (2, 3, 2), 2),
+    ((2, 3, 4), (2, 5, 4), 1),
+    ((2, 3, 4), (1, 3, 4), 0),   # a size-1 axis of the indices broadcasts
+])
+def test_take_along_axis(shape, index_shape, axis, rng):
+    a = rng.standard_normal(shape)
+    indices = rng.integers(0, shape[axis], index_shape)
+    got = tg.ops.take_along_axis(t64(a), indices, axis=axis)
+    np.testing.assert_array_equal(got.numpy(), np.take_along_axis(a, indices, axis=axis))
+    check(lambda x: tg.ops.take_along_axis(x, indices, axis=axis), t64(a))
+
+
+def test_take_along_axis_repeated_picks_add_and_second_derivative(rng):
+    x = t64([[1.0, 2.0, 3.0]])
+    indices = np.array([[2, 0, 2, 2]])
+    (tg.ops.take_along_axis(x, indices, axis=1) * t64([[1.0, 10.0, 100.0, 1000.0]], False)).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[10.0, 0.0, 1101.0]])
+    a, v = rng.standard_normal(4) + 0.3, rng.standard_normal(4)
+    f = lambda z: (tg.ops.take_along_axis(z, np.array([0, 3, 3]), axis=0) ** 3).sum()  # noqa: E731
+    np.testing.assert_allclose(_hvp(f, t64(a), v), _fd_hvp(f, a, v), rtol=1e-5, atol=1e-7)
+
+
+def test_take_along_axis_rejects_float_indices():
+    with pytest.raises(TypeError, match="take_along_axis: indices must be integers"):
+        tg.ops.take_along_axis(t64([[1.0, 2.0]]), np.array([[0.0]]), axis=1)
+
+
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_concat_and_stack(axis, rng):
     shapes = [[2, 3, 2] for _ in range(3)]
@@ -404,6 +463,18 @@ def test_cross_entropy_mask_averages_over_kept_positions(rng):
     x = t64(logits)
     tg.cross_entropy(x, targets, mask=mask).backward()
     assert np.all(x.grad.numpy()[mask == 0] == 0)
+
+
+def test_cross_entropy_records_no_dense_one_hot(rng):
+    # the target picks are a gather: nothing of shape (N, K) besides the logits and
+    # their log-softmax, so memory stays O(N) however many classes there are
+    N, K = 6, 50
+    logits = t64(rng.standard_normal((N, K)))
+    targets = rng.integers(0, K, N)
+    mask = (rng.random(N) > 0.3).astype(np.float64)
+    for loss in (tg.cross_entropy(logits, targets), tg.cross_entropy(logits, targets, mask=mask)):
+        big = [n.op for n in tg.Graph.from_outputs(loss).nodes if tuple(n.shape) == (N, K)]
+        assert sorted(big) == ["leaf", "log_softmax"], big
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

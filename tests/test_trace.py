@@ -66,3 +66,68 @@ def test_replay_rejects_new_shapes(lstm):
     compiled = trace(step, np.zeros((2, D)), np.zeros((2, H)), np.zeros((2, H)))
     with pytest.raises(ValueError, match="trace again"):
         compiled(np.zeros((3, D)), np.zeros((3, H)), np.zeros((3, H)))
+
+
+def test_an_input_fn_does_not_read_gets_no_gradient(lstm):
+    params, step, (D, H) = lstm
+    rng = np.random.default_rng(3)
+    data = [rng.standard_normal((2, n)) for n in (D, H, H)]
+    ignored = rng.standard_normal((2, 7))
+    compiled = trace(lambda x, h, c, unused: step(x, h, c), *data, ignored, params=params)
+    fresh = [rng.standard_normal((2, n)) for n in (D, H, H)]
+    value = compiled(*fresh, rng.standard_normal((2, 7)))
+    input_grads, param_grads = compiled.backward(np.ones(()))
+    ref_value, ref_inputs, ref_params = _eager(step, params, fresh)
+    assert float(value) == pytest.approx(ref_value, abs=1e-12)
+    assert input_grads[3] is None
+    for a, b in zip(input_grads[:3] + param_grads, ref_inputs + ref_params):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    with pytest.raises(ValueError, match="trace again"):
+        compiled(*fresh, np.zeros((3, 7)))
+
+
+def test_integer_token_ids_are_plain_inputs_read_at_every_replay():
+    rng = np.random.default_rng(4)
+    table = tg.tensor(rng.standard_normal((10, 3)), dtype="float64", requires_grad=True)
+
+    def fn(ids, scale):
+        rows = tg.take(table, ids, axis=0)  # an embedding lookup
+        return (tg.tanh(rows * scale) ** 2).sum()
+
+    compiled = trace(fn, np.array([1, 2, 2]), np.ones(3), params=[table])
+    ids, scale = np.array([7, 0, 7]), rng.standard_normal(3)
+    value = compiled(ids, scale)
+    (ids_grad, scale_grad), (table_grad,) = compiled.backward(np.ones(()))
+    # eager reference on the new ids
+    s = tg.tensor(scale, requires_grad=True)
+    table.grad = None
+    loss = fn(tg.tensor(ids), s)
+    loss.backward()
+    assert float(value) == pytest.approx(loss.item(), abs=1e-12)
+    assert ids_grad is None
+    np.testing.assert_allclose(scale_grad, s.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(table_grad, table.grad.numpy(), atol=1e-12)
+    assert np.count_nonzero(np.abs(table_grad).sum(axis=1)) == 2  # rows 0 and 7 only
+
+
+def test_replay_of_per_step_indexing_matches_eager():
+    # the replayed backward accumulates x[t] slices like the eager walk (sparse)
+    rng = np.random.default_rng(5)
+    w = tg.tensor(rng.standard_normal((3, 3)) * 0.5, dtype="float64", requires_grad=True)
+
+    def fn(x):
+        h = tg.zeros(2, 3, dtype="float64")
+        for t in range(x.shape[0]):
+            h = tg.tanh(x[t] @ w + h)
+        return (h * h).sum()
+
+    xs = rng.standard_normal((6, 2, 3))
+    compiled = trace(fn, xs, params=[w])
+    fresh = rng.standard_normal((6, 2, 3))
+    compiled(fresh)
+    (x_grad,), (w_grad,) = compiled.backward(np.ones(()))
+    x = tg.tensor(fresh, requires_grad=True)
+    w.grad = None
+    fn(x).backward()
+    np.testing.assert_allclose(x_grad, x.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(w_grad, w.grad.numpy(), atol=1e-12)

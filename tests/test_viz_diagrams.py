@@ -100,7 +100,7 @@ def test_ten_thousand_steps_are_elided_in_seconds():
     diagram = diagrams.draw_unfolded(example.loss)
     ops = diagrams.draw_unfolded(example.loss, detail="ops", steps=4)
     elapsed = time.perf_counter() - start
-    assert elapsed < 15, f"took {elapsed:.1f} s"
+    assert elapsed < 30, f"took {elapsed:.1f} s"  # ~4 s on an idle core
     for d in (diagram, ops):
         nodes = _nodes(d.source)
         assert len(nodes) <= diagrams.DEFAULT_MAX_NODES

@@ -123,3 +123,15 @@ def test_draw_command_every_model(tmp_path, model):
                      "--detail", "ops", "--backward", "-o", str(out)]) == 0
     assert out.read_text().startswith("digraph")
     assert os.listdir(tmp_path) == [f"{model}.gv"]
+
+
+@pytest.mark.skipif(not shutil.which("graphviz-pure"), reason="graphviz-pure not installed")
+def test_without_system_dot_graphviz_pure_renders(views, tmp_path, monkeypatch):
+    real_which = shutil.which
+    monkeypatch.setattr(render.shutil, "which", lambda name: None if name == "dot" else real_which(name))
+    path = render.save(views["unfolded-variables"], tmp_path / "out.svg")
+    assert "graphviz-pure" in open(path).read()
+    from graphviz.backend import dot_command
+    monkeypatch.setattr(dot_command, "DOT_BINARY", dot_command.DOT_BINARY)  # restored after the test
+    assert render.use_graphviz_pure()  # the python graphviz package now uses it too
+    assert "graphviz-pure" in str(dot_command.DOT_BINARY)

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import backend
 from .graph import STATE, _GradMode, _override_context, topological_order
+from .ops import SparseGrad, raw, sum_to
 from .tensor import Tensor
 
 __all__ = ["backward", "grad", "detect_anomaly", "AnomalyError", "check_finite"]
@@ -79,8 +80,6 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
     released as soon as its rule has run (the node keeps its own output, so a
     consumer releasing its inputs never takes a producer's ``out`` away).
     """
-    from .ops import SparseGrad, raw, sum_to
-
     root_nodes = [r._node for r in roots]
     order = topological_order(root_nodes)
     # prune to nodes that lie on a path to something that needs a gradient
@@ -196,8 +195,6 @@ def _accumulate(grads, owned, key, g):
     every later contribution is added into it in place: O(slice) for a sparse
     one, so T reads ``x[t]`` cost O(T * slice + x), not O(T * x).
     """
-    from .ops import SparseGrad
-
     prev = grads.get(key)
     if prev is None:
         grads[key] = g

@@ -620,8 +620,9 @@ def collapse_scopes(view, collapse):
             continue
         if gk not in out:
             attrs = dict(a)
-            attrs.update(kind="group", label=gk[1].split(".")[-1] or gk[1], name=None,
-                         op="group:" + gk[1], scope=gk[1], members=tuple(a["members"]))
+            attrs.pop("qualifier", None)
+            attrs.update(kind="group", label=gk[1], name=None, op="group:" + gk[1],
+                         scope=gk[1], members=tuple(a["members"]), reps=tuple(a.get("reps", ())))
             out.add_node(gk, **attrs)
             counts[gk] = 0
         else:

@@ -80,11 +80,10 @@ def apply(prim, *args, **attrs):
     arguments with no helper calls in the common case.
     """
     datas = []
-    has_tensor = needs_grad = False
+    needs_grad = False
     all_tensors = True
     for a in args:
         if isinstance(a, Tensor):
-            has_tensor = True
             datas.append(a.data)
             if a.requires_grad:
                 needs_grad = True
@@ -95,7 +94,7 @@ def apply(prim, *args, **attrs):
                 datas.append(a.item())
             else:
                 datas.append(a)
-    if not has_tensor:
+    if not all_tensors and not any(isinstance(a, Tensor) for a in args):
         return _apply_raw(prim, args, attrs)
 
     if backend._cupy is not None:
@@ -107,7 +106,8 @@ def apply(prim, *args, **attrs):
     if type(out) is not np.ndarray and not _is_array(out):
         out = backend.array_module(*datas).asarray(out)
 
-    if needs_grad and STATE.grad_enabled:
+    st = STATE
+    if needs_grad and st.grad_enabled:
         if all_tensors:  # the common case, kept short
             saved, literals = args, None
             inputs = tuple([a._node or a._leaf_node() for a in args])
@@ -120,7 +120,7 @@ def apply(prim, *args, **attrs):
         node.out_ref = weakref.ref(result)
     else:
         result = Tensor._from_op(out, None)
-    if STATE.anomaly:
+    if st.anomaly:
         from .autodiff import check_finite
         check_finite(out, prim.name, result._node, phase="forward")
     return result
@@ -768,19 +768,30 @@ def getitem_grad(g, index, shape):
     return apply(GETITEM_GRAD, g, index=index, shape=tuple(shape))
 
 
+def _indices_argument(x, indices):
+    """Integer indices as an op argument on ``x``'s device. A Tensor stays a Tensor,
+    so the graph has it as an input (a traced function reads new ids at replay)."""
+    if isinstance(indices, Tensor):
+        if backend.device_of(indices.data) == backend.device_of(raw(x)):
+            return indices
+        indices = indices.data
+    elif isinstance(indices, list):
+        indices = np.asarray(indices)
+    return _index_on_device_of(x, indices)
+
+
 def take(x, indices, axis=0):
     """Select ``indices`` along ``axis`` (repeated indices add their gradients)."""
-    indices = raw(indices) if not isinstance(indices, list) else np.asarray(indices)
-    return apply(TAKE, x, _index_on_device_of(x, indices), axis=axis)
+    return apply(TAKE, x, _indices_argument(x, indices), axis=axis)
 
 
 def take_along_axis(x, indices, axis):
     """Pick ``indices`` (integer array, same ndim as ``x``) along ``axis``, like
     ``numpy.take_along_axis``; the gradient scatters back (repeats add up)."""
-    indices = raw(indices) if not isinstance(indices, list) else np.asarray(indices)
+    indices = _indices_argument(x, indices)
     if indices.dtype.kind not in "iu":
         raise TypeError(f"take_along_axis: indices must be integers, got dtype {indices.dtype}")
-    return apply(TAKE_ALONG_AXIS, x, _index_on_device_of(x, indices), axis=axis)
+    return apply(TAKE_ALONG_AXIS, x, indices, axis=axis)
 
 
 def _nonempty(tensors, op):

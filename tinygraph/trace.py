@@ -13,8 +13,10 @@ that depends on values is frozen, and constants that ``fn`` creates inside
 at every replay, so an optimizer can update them between calls.
 
 Floating-point inputs are differentiated; integer inputs (token ids) are
-plain inputs, read at every replay, with gradient ``None``. An input that
-``fn`` never reads also gets ``None`` from ``backward``.
+plain inputs with gradient ``None``, read at every replay when ``fn`` passes
+them to an op as Tensors (``tg.take(table, ids)``; ``x[ids]`` bakes the ids
+into the schedule as an index). An input that ``fn`` never reads gets
+``None`` from ``backward``.
 """
 from __future__ import annotations
 

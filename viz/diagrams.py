@@ -17,6 +17,7 @@ from __future__ import annotations
 from tinygraph import folding
 from tinygraph.graph import Graph
 
+from . import render
 from .dot import to_digraph
 
 __all__ = ["draw_graph", "draw_unfolded", "draw_circuit", "unfolded_networkx", "folded_networkx",
@@ -93,12 +94,15 @@ def qualify_clashing_labels(view):
     ``h [backward]`` (a 2-layer stack: ``h [layer0]``, ``h [layer1]``).
     """
     scopes_by_label: dict = {}
+    def named(a):  # unnamed ops are labelled by their op: clashes there say nothing
+        return a["kind"] in ("op", "data") and a.get("scope") and (a.get("name") or a.get("initial_of"))
+
     for _, a in view.nodes(data=True):
-        if a["kind"] in ("op", "data") and a.get("scope"):
+        if named(a):
             scopes_by_label.setdefault(a["label"], set()).add(a["scope"])
     for v, a in view.nodes(data=True):
         scopes = scopes_by_label.get(a["label"], ())
-        if a["kind"] not in ("op", "data") or len(scopes) < 2 or not a.get("scope"):
+        if not named(a) or len(scopes) < 2:
             continue
         split = [sc.split(".") for sc in sorted(scopes)]
         mine = a["scope"].split(".")
@@ -109,12 +113,13 @@ def qualify_clashing_labels(view):
 
 
 def _draw(view, rec, *, title, detail, notes, rankdir, clusters, time_suffix, show_shapes,
-          show_values, show_grads, highlight, processed, grads, legend, rows=None, columns=False):
+          show_values, show_grads, highlight, processed, grads, legend, rows=None):
+    render.use_graphviz_pure()  # so .render() and notebook display work without a system dot
     return to_digraph(
         view, lookup=rec.lookup, title=title, rankdir=rankdir, clusters=clusters,
         detail=detail, outputs=rec.outputs, show_shapes=show_shapes, show_values=show_values,
         show_grads=show_grads, highlight=highlight, processed=processed, grads=grads,
-        time_suffix=time_suffix, notes=notes, legend=legend, rows=rows, columns=columns)
+        time_suffix=time_suffix, notes=notes, legend=legend, rows=rows)
 
 
 def _fit(view, max_nodes, notes, steps_first=True):

@@ -118,20 +118,10 @@ def _edge_attrs(view, u, v, e, show_labels=True):
     return attrs
 
 
-def _ranks_forward(a, b) -> bool:
-    """Whether an edge may steer ranks when every step is one rank (column)."""
-    ta, tb = a.get("timestep"), b.get("timestep")
-    if ta is not None and tb is not None:
-        return ta < tb
-    if tb is None:
-        return True  # into the loss / outputs after the last step
-    return a["kind"] in ("param", "data") or a["kind"] == "elided"
-
-
 def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
                detail="ops", outputs=(), show_shapes=True, show_values=False, show_grads=False,
                highlight=None, processed=None, grads=None, time_suffix=True, notes=(),
-               legend=False, edge_labels=True, rows=None, columns=False):
+               legend=False, edge_labels=True, rows=None):
     """The DOT diagram of ``view``; ``lookup`` maps recorded node ids to Nodes."""
     ctx = _Context(lookup, detail, set(outputs), show_shapes, show_values, show_grads,
                    highlight, processed, grads, time_suffix)
@@ -148,6 +138,7 @@ def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
     multi_step = (lambda a: bool(a.get("timesteps")))
     # cluster sort key -> (cluster name, label, members); steps and gaps in time order
     by_cluster: dict = {}
+    steps = {a.get("timestep") for _, a in view.nodes(data=True)}
     for v, a in view.nodes(data=True):
         t = a.get("timestep")
         if clusters and (t is not None or a["kind"] == "elided"):
@@ -155,7 +146,9 @@ def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
                 # Graphviz will not keep a separate gap box between the step boxes, so
                 # the marker opens the box of the first step after the gap
                 after = a["elided"][1] + 1
-                by_cluster.setdefault((after, 1), (f"cluster_t{after}", f"t = {after}", []))[2].append(v)
+                box = (f"cluster_t{after}", f"t = {after}") if after in steps else \
+                    (f"cluster_gap{v[1]}", "")
+                by_cluster.setdefault((after, 1), box + ([],))[2].append(v)
             else:
                 by_cluster.setdefault((t, 1), (f"cluster_t{t}", f"t = {t}", []))[2].append(v)
         else:
@@ -165,16 +158,12 @@ def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
         with dot.subgraph(name=name) as sub:
             sub.attr(label=label, style="rounded" if label else "dashed", color="#adb5bd",
                      fontcolor="#495057")
-            if columns:
-                sub.attr(rank="same")  # one column per step: time is the rank axis
             for v in members:
                 sub.node(names[v], **_node_attrs(v, view.nodes[v], ctx, multi_step))
     for u, v, e in view.edges(data=True):
         attrs = _edge_attrs(view, u, v, e, edge_labels)
         if rows and (e.get("delay") or "elided" in (view.nodes[u]["kind"], view.nodes[v]["kind"])):
             attrs["constraint"] = "false"  # the rows below fix where each step sits
-        if columns and not _ranks_forward(view.nodes[u], view.nodes[v]):
-            attrs["constraint"] = "false"  # would fight the one-column-per-step ranks
         dot.edge(names[u], names[v], **attrs)
     for row in rows or ():
         # one rank per circuit node; invisible edges keep its copies in time order
@@ -191,12 +180,23 @@ def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
 
 
 def _add_legend(dot):
+    """A boxed key: one sample node per kind, stacked (invisible edges keep them in a column)."""
     with dot.subgraph(name="cluster_legend") as sub:
         sub.attr(label="legend", style="dashed", color="#adb5bd")
+        previous = None
         for k, (kind, text) in enumerate(L.LEGEND):
             attrs = dict(L.STYLE[kind])
-            attrs["label"] = "" if kind == "delay" else text
-            sub.node(f"legend{k}", **attrs)
+            name = f"legend{k}"
             if kind == "delay":
-                sub.node(f"legend{k}_text", label=text, shape="plaintext")
-                sub.edge(f"legend{k}", f"legend{k}_text", style="invis")
+                sub.node(name, **attrs)
+                with sub.subgraph() as row:
+                    row.attr(rank="same")
+                    row.node(name)
+                    row.node(f"{name}_text", label=text, shape="plaintext")
+                sub.edge(name, f"{name}_text", style="invis")
+            else:
+                attrs["label"] = text
+                sub.node(name, **attrs)
+            if previous is not None:
+                sub.edge(previous, name, style="invis")
+            previous = name

@@ -99,6 +99,9 @@ def _atomic_write(path, data: bytes):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved picture is for sharing
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
