@@ -182,6 +182,23 @@ def test_sigmoid_keeps_relative_precision_in_the_negative_tail(dtype, rtol):
     np.testing.assert_array_equal(raw, got)
 
 
+def test_fused_lstm_cell_gates_use_the_precise_sigmoid():
+    from tinygraph.models.fused import lstm_cell
+
+    # nearly closed input and forget gates (pre-activations -18, -17): in float32 the
+    # tanh form gave f = 5.96e-8 instead of 4.14e-8 and i twice its value: c' 55% off
+    H = 2
+    b = np.concatenate([np.full(H, -18.0), np.full(H, -17.0), np.full(H, 1.0), np.zeros(H)])
+    zeros = lambda *shape: tg.zeros(*shape, dtype="float32")  # noqa: E731
+    c = tg.ones(1, H, dtype="float32")
+    h_new, c_new = lstm_cell(zeros(1, 3), zeros(1, H), c, zeros(4 * H, 3), zeros(4 * H, H),
+                             tg.tensor(b, dtype="float32"))
+    i, f, g = _math_sigmoid(-18.0), _math_sigmoid(-17.0), np.tanh(1.0)
+    expected_c = f * 1.0 + i * g
+    np.testing.assert_allclose(c_new.numpy(), np.full((1, H), expected_c), rtol=1e-5)
+    np.testing.assert_allclose(h_new.numpy(), np.full((1, H), 0.5 * np.tanh(expected_c)), rtol=1e-5)
+
+
 def test_sigmoid_gradient_in_the_negative_tail():
     # d sigmoid/dx = s (1 - s) ~ exp(x) for x << 0: relative precision carries over
     x = t64([-30.0, -20.0])

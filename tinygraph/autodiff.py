@@ -84,14 +84,15 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
     order = topological_order(root_nodes)
     # prune to nodes that lie on a path to something that needs a gradient
     wanted = set(targets) if targets is not None else None
-    needed = set()
-    for node in order:
-        if wanted is not None:
-            hit = node.id in wanted
-        else:
-            hit = node.prim is None and node.requires_grad
-        if hit or not needed.isdisjoint(node.inputs):
-            needed.add(node)
+    if wanted is None:
+        # an op is recorded only when an input requires grad, so every recorded node
+        # reaches a leaf that requires one: only constant leaves drop out
+        needed = {node for node in order if node.requires_grad}
+    else:
+        needed = set()
+        for node in order:
+            if node.id in wanted or not needed.isdisjoint(node.inputs):
+                needed.add(node)
 
     grads, owned = {}, set()
     for r, g in zip(root_nodes, root_grads):
@@ -138,13 +139,21 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                 with _override_context(f"backward({node.scope})" if node.scope else "backward", node.timestep):
                     in_grads = prim.vjp(g, out_t, needs, *saved, **node.attrs)
             else:
+                # one plain loop: comprehensions cost a function call each before Python 3.12
+                args, needs = [], []
                 if node.literals is None:  # every saved argument is a Tensor (see ops.apply)
-                    args = [a.data for a in saved]
-                    needs = tuple([a.requires_grad and a._node in needed for a in saved])
+                    for a in saved:
+                        args.append(a.data)
+                        needs.append(a.requires_grad and a._node in needed)
                 else:
-                    args = [a.data if isinstance(a, Tensor) else a for a in saved]
-                    needs = tuple([isinstance(a, Tensor) and a.requires_grad and a._node in needed
-                                   for a in saved])
+                    for a in saved:
+                        if isinstance(a, Tensor):
+                            args.append(a.data)
+                            needs.append(a.requires_grad and a._node in needed)
+                        else:
+                            args.append(a)
+                            needs.append(False)
+                needs = tuple(needs)
                 out = node.value
                 if out is None:  # a node made before outputs were kept on nodes
                     out_t = node.tensor
@@ -167,8 +176,10 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                 prev = grads.get(receiver)
                 if prev is None:
                     grads[receiver] = ig
-                else:
+                elif type(prev) is SparseGrad or type(ig) is SparseGrad or receiver in owned:
                     _accumulate(grads, owned, receiver, ig)
+                else:  # two dense gradients: the common case, inline
+                    grads[receiver] = prev + ig
     finally:
         STATE.sparse_grads = old_sparse
     return results

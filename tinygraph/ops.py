@@ -63,14 +63,24 @@ def _describe(args):
 
 
 def _check_devices(prim, args, datas):
-    if backend._cupy is None:
-        return None
-    kinds = {backend.device_of(d) for d in datas if _is_array(d)}
-    if len(kinds) > 1:
-        raise RuntimeError(
-            f"{prim.name}: inputs live on different devices ({_describe(args)}); "
-            "move them to one device first with .to('cuda') or .to('cpu')"
-        )
+    cupy = backend._cupy
+    if cupy is None:
+        return
+    seen = None  # -1 for the host, else the CUDA device id: no strings on the hot path
+    for d in datas:
+        if isinstance(d, cupy.ndarray):
+            where = d.device.id
+        elif isinstance(d, np.ndarray):
+            where = -1
+        else:
+            continue
+        if seen is None:
+            seen = where
+        elif where != seen:
+            raise RuntimeError(
+                f"{prim.name}: inputs live on different devices ({_describe(args)}); "
+                "move them to one device first with .to('cuda') or .to('cpu')"
+            )
 
 
 def apply(prim, *args, **attrs):
@@ -80,10 +90,11 @@ def apply(prim, *args, **attrs):
     arguments with no helper calls in the common case.
     """
     datas = []
-    needs_grad = False
+    has_tensor = needs_grad = False
     all_tensors = True
     for a in args:
         if isinstance(a, Tensor):
+            has_tensor = True
             datas.append(a.data)
             if a.requires_grad:
                 needs_grad = True
@@ -94,7 +105,7 @@ def apply(prim, *args, **attrs):
                 datas.append(a.item())
             else:
                 datas.append(a)
-    if not all_tensors and not any(isinstance(a, Tensor) for a in args):
+    if not has_tensor:
         return _apply_raw(prim, args, attrs)
 
     if backend._cupy is not None:
@@ -761,7 +772,8 @@ def getitem_grad(g, index, shape):
     """Zeros of ``shape`` with ``g`` added at ``index`` (the adjoint of getitem).
 
     In the raw backward walk this is a ``SparseGrad`` (the same values, never
-    materialised per call); recorded (``create_graph=True``) it is a dense node.
+    materialised per call), so a rule returns it as it is and never computes
+    with it; recorded (``create_graph=True``) it is a dense node.
     """
     if STATE.sparse_grads and not isinstance(g, Tensor):
         return SparseGrad(index, g, shape)

@@ -20,6 +20,8 @@ into the schedule as an index). An input that ``fn`` never reads gets
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .graph import STATE, Graph, enable_grad
 from .ops import SparseGrad, sum_to
 from .tensor import Tensor
@@ -137,6 +139,8 @@ def trace(fn, *example_inputs, params=()):
     leaves = []
     for x in example_inputs:
         data = x.data if isinstance(x, Tensor) else x
+        if not hasattr(data, "dtype"):
+            data = np.asarray(data)
         leaf = Tensor(data, requires_grad=data.dtype.kind in "fc")  # integer ids are not differentiated
         leaf._leaf_node()  # every input gets a node, even one fn never reads
         leaves.append(leaf)
