@@ -8,9 +8,10 @@ when pyplot has not been set up yet, so nothing needs a display.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from tinygraph.fileio import atomic_write
 
 __all__ = ["plot_gradient_flow", "plot_gradient_heatmap", "plot_loss_curve", "save_figure"]
 
@@ -38,16 +39,7 @@ def _figure(ax, figsize):
 def save_figure(fig, path, dpi=100):
     """Write ``fig`` to ``path`` as PNG without ever leaving a half-written file."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     return path
 
 

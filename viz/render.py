@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
+
+from tinygraph.fileio import atomic_write_bytes
 
 __all__ = ["save", "render", "render_svg", "find_renderer", "use_graphviz_pure",
            "RenderError", "FORMATS", "INSTALL_HINT"]
@@ -95,18 +96,7 @@ def render_svg(diagram, renderer=None, timeout=DEFAULT_TIMEOUT_S) -> str:
 def _atomic_write(path, data: bytes):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved picture is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data, fsync=False)
 
 
 def save(diagram, path, renderer=None, timeout=DEFAULT_TIMEOUT_S):

@@ -20,6 +20,7 @@ import json
 import re
 
 from tinygraph import stepper as _stepper
+from tinygraph.fileio import atomic_write_text
 
 __all__ = ["draw_step", "stepper_html", "VIEWS"]
 
@@ -136,8 +137,7 @@ def stepper_html(stepper, path=None, view="unfolded", *, title=None, grads_on_no
     page = _page(title or "tinygraph: stepping through backprop", frames, steps,
                  stepper.timesteps(), str(stepper.summary(numbers=True)))
     if path is not None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(page)
+        atomic_write_text(path, page, fsync=False)
     return page
 
 
