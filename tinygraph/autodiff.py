@@ -106,6 +106,7 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
     sparse = not create_graph and on_node is None
     old_sparse = STATE.sparse_grads
     STATE.sparse_grads = sparse
+    recording = None  # the create_graph recording context of the node being processed
     try:
         for node in reversed(order):
             g = grads.pop(node, None)
@@ -136,8 +137,12 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                     out_t = Tensor._from_op(node.value, node)
                 needs = tuple(isinstance(a, Tensor) and a.requires_grad and a._node in needed
                               for a in saved)
-                with _override_context(f"backward({node.scope})" if node.scope else "backward", node.timestep):
-                    in_grads = prim.vjp(g, out_t, needs, *saved, **node.attrs)
+                # the rule's nodes AND the sum_to/accumulation adds below are recorded
+                # as backward(<scope>) at the forward node's time step, so they fold too
+                recording = _override_context(f"backward({node.scope})" if node.scope else "backward",
+                                              node.timestep)
+                recording.__enter__()
+                in_grads = prim.vjp(g, out_t, needs, *saved, **node.attrs)
             else:
                 # one plain loop: comprehensions cost a function call each before Python 3.12
                 args, needs = [], []
@@ -180,7 +185,12 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                     _accumulate(grads, owned, receiver, ig)
                 else:  # two dense gradients: the common case, inline
                     grads[receiver] = prev + ig
+            if create_graph:
+                recording.__exit__(None, None, None)
+                recording = None
     finally:
+        if recording is not None:  # a rule raised: leave the recording context anyway
+            recording.__exit__(None, None, None)
         STATE.sparse_grads = old_sparse
     return results
 
