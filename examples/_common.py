@@ -1,4 +1,4 @@
-"""Shared plumbing for the examples: options, progress bar, results line, state handling.
+"""Shared plumbing for the examples: options, progress bar, epoch loop, plots, results line.
 
 Kept out of the library on purpose: it is the glue a user would write in
 their own script, and every example reads the same way because of it.
@@ -7,30 +7,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 import tinygraph as tg
 from tinygraph import data
+from tinygraph.fileio import atomic_write_text
 from tinygraph.progress import ProgressBar
 
 
-def make_parser(description, *, data_name=None, default_out=None):
+def make_parser(description, *, script, data_name=None):
     """An ArgumentParser with the options every example shares.
 
-    ``data_name`` is the file or folder under the shared data directory that
-    the example reads by default (``--data`` overrides it).
+    ``script`` is the example's ``__file__`` (its name picks the default output
+    folder); ``data_name`` is the file or folder under the shared data
+    directory that the example reads by default (``--data`` overrides it).
     """
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and few steps: a smoke test that runs in seconds")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data split, init, batches)")
-    parser.add_argument("-o", "--out", default=default_out or f"example-output/{Path(sys.argv[0]).stem}",
+    parser.add_argument("-o", "--out", default=f"example-output/{Path(script).stem}",
                         help="folder for pictures and results.json")
     if data_name is not None:
         parser.add_argument("--data", default=str(data.shared_data_dir() / data_name),
@@ -73,27 +72,13 @@ class Progress(ProgressBar):
         self.close()
 
 
-def detach_state(state):
-    """Cut the graph behind a recurrent state (a Tensor or nested tuple of them)."""
-    if state is None:
-        return None
-    if isinstance(state, (tuple, list)):
-        return type(state)(detach_state(s) for s in state)
-    return state.detach()
-
-
 def scalar(t) -> float:
     return float(t.item()) if hasattr(t, "item") else float(t)
 
 
 def save_json(path, obj):
-    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=_jsonable)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; results are for reading
-    os.replace(tmp, path)
+    """Write JSON atomically, so a crash never leaves half a file."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable))
 
 
 def _jsonable(x):
@@ -122,16 +107,6 @@ def finish(out_dir, summary, pictures=()):
     return summary
 
 
-def try_plot(fn, *args, **kwargs):
-    """Run a plotting call, returning its path, or print why it was skipped (matplotlib/viz missing)."""
-    try:
-        fn(*args, **kwargs)
-        return args[-1] if args else kwargs.get("path")
-    except (ImportError, AttributeError, RuntimeError, OSError) as err:
-        print(f"note: picture skipped ({type(err).__name__}: {err})")
-        return None
-
-
 def plot_lines(series, path, *, title="", xlabel="", ylabel="", logy=False, hlines=None):
     """Plot named (x, y) series on one figure and save it (matplotlib, Agg backend).
 
@@ -140,6 +115,8 @@ def plot_lines(series, path, *, title="", xlabel="", ylabel="", logy=False, hlin
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from tinygraph.viz.plots import save_figure
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3)
@@ -152,33 +129,22 @@ def plot_lines(series, path, *, title="", xlabel="", ylabel="", logy=False, hlin
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)  # atomic: a half-written PNG never replaces a good one
     plt.close(fig)
     return Path(path)
 
 
 def gradient_flow_picture(models, make_batch, loss_fn, path, *, title):
-    """‖∂L/∂h(t)‖ over t for several models on one log-scale plot.
+    """‖∂L/∂h(t)‖ over t for several models on one log-scale plot (tinygraph.bptt.gradient_flow).
 
-    Uses tinygraph.bptt.gradient_flow (the library's diagnostic); returns the
-    path and the curves, or (None, {}) with a note when it is unavailable.
+    Returns the path and the curves, a NumPy array (T,) per model label.
     """
-    try:
-        from tinygraph.bptt import gradient_flow
-    except ImportError as err:
-        print(f"note: gradient-flow plot skipped ({err})")
-        return None, {}
+    from tinygraph.bptt import gradient_flow
+    from tinygraph.viz import plot_gradient_flow
     xs, ys = make_batch()
-    curves = {}
-    for label, model in models.items():
-        norms = gradient_flow(model, xs, ys, loss_fn)
-        curves[label] = np.asarray(norms, dtype=float)
-    try:
-        from tinygraph.viz import plot_gradient_flow
-        plot_gradient_flow(curves, path, title=title)
-    except ImportError:
-        plot_lines({k: (np.arange(len(v)), v) for k, v in curves.items()}, path, title=title,
-                   xlabel="time step t", ylabel="‖∂L/∂h(t)‖", logy=True)
+    curves = {label: np.asarray(gradient_flow(model, xs, ys, loss_fn), dtype=float)
+              for label, model in models.items()}
+    plot_gradient_flow(curves, path, title=title)
     return Path(path), curves
 
 

@@ -43,7 +43,7 @@ def last_step_mse(outputs, targets):
 
 
 def build_parser():
-    p = _common.make_parser(__doc__.splitlines()[0])
+    p = _common.make_parser(__doc__.splitlines()[0], script=__file__)
     p.add_argument("--T", type=int, default=50, help="sequence length")
     p.add_argument("--steps", type=int, default=600, help="training steps per model")
     p.add_argument("--batch", type=int, default=50)
@@ -111,8 +111,7 @@ def main(argv=None):
     gf_path, curves = _common.gradient_flow_picture(
         flow_models, lambda: tuple(tg.tensor(a) for a in data.adding_problem(args.batch, args.T, seed=args.seed + 2)),
         last_step_mse, out / "adding_gradient_flow.png", title="‖∂L/∂h(t)‖ with the loss on the last step")
-    if gf_path:
-        pictures.append(gf_path)
+    pictures.append(gf_path)
     elapsed = time.perf_counter() - start
 
     best = min(results, key=results.get)

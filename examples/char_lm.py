@@ -31,7 +31,7 @@ PUBLISHED_LSTM_BITS = 1.70 / math.log(2)
 
 
 def build_parser():
-    p = _common.make_parser(__doc__.splitlines()[0], data_name="tinyshakespeare.txt")
+    p = _common.make_parser(__doc__.splitlines()[0], script=__file__, data_name="tinyshakespeare.txt")
     p.add_argument("--cell", choices=("rnn", "lstm", "gru"), default="lstm")
     p.add_argument("--embedding", type=int, default=32)
     p.add_argument("--hidden", type=int, default=128)

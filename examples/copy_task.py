@@ -48,7 +48,7 @@ def recall_accuracy(logits, targets):
 
 
 def build_parser():
-    p = _common.make_parser(__doc__.splitlines()[0])
+    p = _common.make_parser(__doc__.splitlines()[0], script=__file__)
     p.add_argument("--T", type=int, default=20, help="number of blank steps to remember across")
     p.add_argument("--steps", type=int, default=1200, help="training steps per model")
     p.add_argument("--batch", type=int, default=50)
@@ -118,8 +118,7 @@ def main(argv=None):
     gf_path, curves = _common.gradient_flow_picture(
         flow_models, lambda: data.copy_task(args.batch, args.T, seed=args.seed + 2), recall_loss,
         out / "copy_gradient_flow.png", title="‖∂L/∂h(t)‖ with the loss on the recall steps")
-    if gf_path:
-        pictures.append(gf_path)
+    pictures.append(gf_path)
     final = {c: h["eval_loss"][-1] for c, h in histories.items()}
     best = min(final, key=final.get)
     summary = _common.finish(out, {

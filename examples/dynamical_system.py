@@ -71,7 +71,7 @@ def draw_both(tensor, out, stem):
 
 
 def build_parser():
-    p = _common.make_parser(__doc__.splitlines()[0])
+    p = _common.make_parser(__doc__.splitlines()[0], script=__file__)
     p.add_argument("--steps", type=int, default=30, help="time steps of the driven system")
     p.add_argument("--state", type=int, default=3, help="size of the driven system's state")
     p.add_argument("--iters", type=int, default=400, help="gradient steps to recover θ")

@@ -49,7 +49,7 @@ def free_running_accuracy(model, x, y):
 
 
 def build_parser():
-    p = _common.make_parser(__doc__.splitlines()[0])
+    p = _common.make_parser(__doc__.splitlines()[0], script=__file__)
     p.add_argument("--T", type=int, default=12, help="sequence length")
     p.add_argument("--K", type=int, default=7, help="number of symbols")
     p.add_argument("--hidden", type=int, default=32)

@@ -27,7 +27,7 @@ PAD, UNK = "<pad>", "<unk>"
 
 
 def build_parser():
-    p = _common.make_parser(__doc__.splitlines()[0], data_name="ud-english-ewt")
+    p = _common.make_parser(__doc__.splitlines()[0], script=__file__, data_name="ud-english-ewt")
     p.add_argument("--train", default=None, help="training CoNLL-U file (default: DATA/en_ewt-ud-train.conllu)")
     p.add_argument("--dev", default=None, help="evaluation CoNLL-U file (default: DATA/en_ewt-ud-dev.conllu)")
     p.add_argument("--directions", default="bi,uni", help="which models to train: bi, uni or both")

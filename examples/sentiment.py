@@ -46,7 +46,7 @@ def _subset(texts, labels, n, seed):
 
 
 def build_parser():
-    p = _common.make_parser(__doc__.splitlines()[0], data_name="sentence-polarity")
+    p = _common.make_parser(__doc__.splitlines()[0], script=__file__, data_name="sentence-polarity")
     p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, lstm, gru")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch", type=int, default=32)

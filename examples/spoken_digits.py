@@ -53,7 +53,7 @@ def featurise(item, kind, n_mels):
 
 
 def build_parser():
-    p = _common.make_parser(__doc__.splitlines()[0], data_name="free-spoken-digit/train")
+    p = _common.make_parser(__doc__.splitlines()[0], script=__file__, data_name="free-spoken-digit/train")
     p.add_argument("--task", choices=("classify", "frames"), default="classify")
     p.add_argument("--features", choices=("logmel", "mfcc"), default="logmel")
     p.add_argument("--n-mels", type=int, default=32)

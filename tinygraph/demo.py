@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from .fileio import atomic_write_text
 from .progress import ProgressBar
 from .training import History
 
@@ -36,13 +36,14 @@ QUICK = dict(chars=12_000, embedding=8, hidden=24, batch=8, window=16, lr=1e-2, 
 
 
 def configure(parser):
-    parser.add_argument("-o", "--out", default="tinygraph-demo", help="output folder for pictures and summary")
+    parser.add_argument("-o", "--out", default="tinygraph-demo",
+                        help="output folder for pictures and summary (default: ./tinygraph-demo)")
     parser.add_argument("--quick", action="store_true", help="same pipeline on a small slice, in seconds")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--epochs", type=float, default=None,
                         help="passes over the training text (default: as many as fit in --minutes)")
     parser.add_argument("--minutes", type=float, default=None,
-                        help="training time budget (default 1.5, quick 0.25)")
+                        help="training time budget (default 1.5; --quick trains one pass over its slice)")
     parser.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm", help="recurrent cell")
 
 
@@ -74,15 +75,6 @@ def limit_blas_threads(n=1):
     return False
 
 
-def _write_text_atomic(path, text):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; this one is for reading
-    os.replace(tmp, path)
-
-
 def _printable(text):
     return text.replace("\n", "⏎ ").replace("\t", "→")
 
@@ -92,10 +84,8 @@ def _sample_text(model, vocab, prompt, n, temperature, seed):
     tg.manual_seed(seed)
     prompt_ids = vocab.encode(list(prompt))
     with tg.no_grad():
-        ids = model.sample(prompt_ids, n, temperature=temperature)
-    ids = np.asarray(ids.data if hasattr(ids, "data") else ids).ravel()
-    text = vocab.decode(ids)
-    return text if text.startswith(prompt) else prompt + text
+        generated = model.sample(prompt_ids, n, temperature=temperature)  # the new ids only
+    return prompt + vocab.decode(generated)
 
 
 # ---------------------------------------------------------------------------
@@ -231,10 +221,10 @@ def _loss_curve(history, out):
 
 
 def _attempt(label, fn, *a, **kw):
-    """Run one picture step; a missing optional piece is reported, not fatal."""
+    """Run one picture step; a missing extra (matplotlib, a Graphviz renderer) is reported, not fatal."""
     try:
         return fn(*a, **kw)
-    except (ImportError, AttributeError, NotImplementedError) as err:
+    except (ImportError, RuntimeError) as err:  # viz raises RenderError (a RuntimeError) without Graphviz
         print(f"  skipped {label}: {type(err).__name__}: {err}")
         return None
 
@@ -300,10 +290,11 @@ def run(args):
         "config": cfg, "seed": args.seed, "unigram_bits_per_char": unigram,
         "val_bits_per_char_before": bits_before, "val_bits_per_char": val_bits,
         "train_seconds": seconds, "updates": len(history.step_loss),
-        "epochs": history.epochs, "step_bits_per_char": history.step_loss, "sample_before": before, "sample_after": after,
+        "epochs": history.epochs, "step_bits_per_char": history.step_loss,
+        "sample_before": before, "sample_after": after,
         "files": [str(p) for p in written],
     }
-    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     for p in written + [out / "summary.json"]:
         print(f"  {p}")
     return 0
