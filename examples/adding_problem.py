@@ -6,7 +6,8 @@ values (Arjovsky, Shah & Bengio 2016). Predicting the mean scores MSE 1/6,
 the baseline. The gradient-flow plot shows why: the RNN's ‖∂L/∂h(t)‖ dies
 away from the last step, the gated cells' does not.
 
-    python examples/adding_problem.py --T 50 --steps 600
+    python examples/adding_problem.py --T 50 --steps 1500
+    python examples/adding_problem.py --T 100 --cells gru
 """
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ def last_step_mse(outputs, targets):
 def build_parser():
     p = _common.make_parser(__doc__.splitlines()[0], script=__file__)
     p.add_argument("--T", type=int, default=50, help="sequence length")
-    p.add_argument("--steps", type=int, default=600, help="training steps per model")
+    p.add_argument("--steps", type=int, default=1500, help="training steps per model")
     p.add_argument("--batch", type=int, default=50)
-    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="RMSprop learning rate")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, lstm, gru")

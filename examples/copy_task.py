@@ -5,7 +5,7 @@ Targets: T+10 blanks, then the 10 symbols. The loss is the mean cross-entropy
 over all T+20 steps; a memoryless model that outputs blanks and then guesses
 scores 10 ln 8 / (T+20) (Arjovsky, Shah & Bengio 2016).
 
-    python examples/copy_task.py --T 20 --steps 1500
+    python examples/copy_task.py --T 20 --steps 4000
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def recall_accuracy(logits, targets):
 def build_parser():
     p = _common.make_parser(__doc__.splitlines()[0], script=__file__)
     p.add_argument("--T", type=int, default=20, help="number of blank steps to remember across")
-    p.add_argument("--steps", type=int, default=1200, help="training steps per model")
+    p.add_argument("--steps", type=int, default=4000, help="training steps per model")
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="RMSprop learning rate")

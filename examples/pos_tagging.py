@@ -8,7 +8,7 @@ one-directional one. Baseline: each word's most frequent training tag,
 unknown words NOUN (86.1 % on EWT dev). Published (data README): BiLSTM
 about 87.3 %, one-directional LSTM about 84.7 % after 3 epochs.
 
-    python examples/pos_tagging.py --epochs 3
+    python examples/pos_tagging.py --epochs 8 --lr 2e-3
     python examples/pos_tagging.py --train my-train.conllu --dev my-dev.conllu
 """
 from __future__ import annotations
@@ -31,11 +31,11 @@ def build_parser():
     p.add_argument("--train", default=None, help="training CoNLL-U file (default: DATA/en_ewt-ud-train.conllu)")
     p.add_argument("--dev", default=None, help="evaluation CoNLL-U file (default: DATA/en_ewt-ud-dev.conllu)")
     p.add_argument("--directions", default="bi,uni", help="which models to train: bi, uni or both")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--embedding", type=int, default=64)
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("--min-freq", type=int, default=2, help="rarer training words become <unk>")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training sentences")
     return p
