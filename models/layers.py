@@ -37,7 +37,7 @@ from tinygraph import backend
 from tinygraph.nn import Dropout, Module
 
 from .cells import GRUCell, LSTMCell, RNNCell, as_tensor, zeros_state
-from .masks import check_lengths, lengths_to_mask
+from .masks import check_lengths, lengths_to_mask, mask_to_lengths
 
 __all__ = ["RNN", "LSTM", "GRU", "IRNN", "make_layer"]
 
@@ -89,8 +89,17 @@ class _RecurrentLayer(Module):
         return ", ".join(opts)
 
     # -- running -----------------------------------------------------------
-    def forward(self, x, state=None, lengths=None):
-        """Run the stack over ``x``; returns ``(output, state)`` (see the module docstring)."""
+    def forward(self, x, state=None, lengths=None, mask=None):
+        """Run the stack over ``x``; returns ``(output, state)`` (see the module docstring).
+
+        Variable lengths: ``lengths`` (B,) or ``mask`` (T, B) of valid steps
+        (a prefix per sequence; batch-major (B, T) when ``batch_first``).
+        """
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError(f"{type(self).__name__}: pass lengths= or mask=, not both")
+            mask = backend.as_host(mask.data if isinstance(mask, tg.Tensor) else mask)
+            lengths = mask_to_lengths(mask.T if self.batch_first else mask)
         x = as_tensor(x, self.cell(0).U)
         if x.ndim != 3:
             layout = "(B, T, D)" if self.batch_first else "(T, B, D)"

@@ -630,3 +630,21 @@ def test_rnn_accepts_pytorch_positional_order():
         RNN(3, 4, 1, "relu", True, bias=False)
     with pytest.raises(ValueError, match="nonlinearity"):
         RNN(3, 4, 1, "sigmoid")
+
+
+def test_layers_take_a_mask_as_well_as_lengths():
+    """mask= (T, B) of valid steps gives exactly what lengths= gives."""
+    from tinygraph.models import GRU, LSTM
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 3, 2))
+    lengths = np.array([5, 2, 3])
+    mask = np.arange(5)[:, None] < lengths[None, :]
+    for layer_cls in (GRU, LSTM):
+        tg.manual_seed(0)
+        layer = layer_cls(2, 4, bidirectional=True).double()
+        by_lengths, _ = layer(x, lengths=lengths)
+        by_mask, _ = layer(x, mask=mask)
+        np.testing.assert_array_equal(by_lengths.numpy(), by_mask.numpy())
+        assert np.all(by_mask.numpy()[3:, 1] == 0)  # sequence 1 ends after 2 steps
+    with pytest.raises(ValueError, match="not both"):
+        layer(x, lengths=lengths, mask=mask)
