@@ -204,3 +204,59 @@ def test_scatter_add_prefers_the_modules_add_at(monkeypatch):
     ops._scatter_add(z, (np.array([0, 2, 0]),), np.array([1.0, 2.0, 3.0]))
     assert len(calls) == 1
     np.testing.assert_array_equal(z, [4.0, 0.0, 2.0])
+
+
+# -- whole models on the GPU: the same numbers as on the CPU ------------------
+
+def _build_model(name):
+    from tinygraph import models
+    tg.manual_seed(0)
+    if name == "ElmanRNN":
+        return models.ElmanRNN(3, 4, 5).double()
+    if name == "RNN-bidirectional":
+        return models.RNN(3, 4, num_layers=2, bidirectional=True).double()
+    return getattr(models, name)(3, 4, num_layers=2).double()
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("name", ["ElmanRNN", "LSTM", "GRU", "RNN-bidirectional"])
+def test_models_train_the_same_on_cpu_and_cuda(name):
+    from tinygraph import backend, optim
+    x = np.random.default_rng(0).standard_normal((6, 2, 3))
+    runs = []
+    for device in ("cpu", "cuda"):
+        model = _build_model(name).to(device)
+        out, _ = model(tg.tensor(x).to(device))
+        assert out.device.startswith(device)
+        loss = (out * out).sum()
+        loss.backward()
+        grads = [p.grad.numpy() for p in model.parameters()]
+        optim.Adam(model.parameters(), lr=0.1).step()
+        runs.append((out.numpy(), grads, [backend.as_host(p.data) for p in model.parameters()]))
+    (out_cpu, g_cpu, p_cpu), (out_gpu, g_gpu, p_gpu) = runs
+    np.testing.assert_allclose(out_gpu, out_cpu, atol=1e-10)
+    for a, b in zip(g_gpu + p_gpu, g_cpu + p_cpu):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_truncated_bptt_language_model_on_cuda_matches_cpu():
+    from tinygraph import bptt, optim
+    from tinygraph.models import LanguageModel
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(0, 7, size=(13, 3))
+    losses = []
+    for device in ("cpu", "cuda"):
+        tg.manual_seed(0)
+        model = LanguageModel(7, 5, 6, cell="lstm").double().to(device)
+        opt = optim.SGD(model.parameters(), lr=0.5)
+        result = bptt.backprop_through_time(
+            model, tokens[:-1], tokens[1:],
+            lambda logits, y: tg.cross_entropy(logits, y, reduction="sum"),
+            k1=4, optimizer=opt, clip_norm=1.0)
+        losses.append((result.loss, [p.numpy() for p in model.parameters()]))
+    assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-9)
+    for a, b in zip(losses[1][1], losses[0][1]):
+        np.testing.assert_allclose(a, b, atol=1e-9)
