@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +48,18 @@ def setup(args):
     return np.random.default_rng(args.seed), out
 
 
-def need_data(path, what):
-    """Return the path, or exit with a clear message when the data set is missing."""
+def need_data(path, what, option="--data"):
+    """Return the path, or exit with status 2 and a one-line message when the data set is missing."""
     try:
-        return data.require_path(path, what)
+        return data.require_path(path, what, option)
     except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
+        fail(str(err))
+
+
+def fail(message):
+    """Exit with status 2 (a usage error, as argparse uses) after one line on stderr."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class Progress(ProgressBar):

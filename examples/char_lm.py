@@ -4,8 +4,9 @@ The text is laid out as B parallel streams; each update runs a window of k
 characters per stream, carries the hidden state into the next window and cuts
 the graph at the window edge (TBPTT with k1 = k2 = k). Default data:
 tinyshakespeare (first 90 % train, the next 100,000 characters validate, as
-in the data README); any UTF-8 text file works with ``--data``; without the
-shared data it falls back on Python's own pydoc text.
+in the data README); any UTF-8 text file works with ``--data`` (a path that
+does not exist is an error); without the shared data at the default path it
+falls back on Python's own pydoc text.
 
 Baselines on tinyshakespeare (data README): unigram 4.82 bits/char,
 Witten-Bell 3-gram 2.91, 5-gram 2.34; a PyTorch LSTM (embedding 32,
@@ -48,11 +49,20 @@ def build_parser():
     return p
 
 
-def load_text(args):
+def load_text(args, default_path):
+    """The text of ``--data``; Python's pydoc text when the *default* file is absent.
+
+    A path the user names must exist: a typo should not silently train on
+    other text.
+    """
     path = Path(args.data)
-    if path.exists():
+    if path.is_file():
         text = path.read_text(encoding="utf-8", errors="replace")
         return text, str(path), len(text) == SHAKESPEARE_CHARS
+    if args.data != default_path:
+        if path.is_dir():
+            _common.fail(f"--data {path} is a folder; pass a text file")
+        _common.need_data(path, "text file")
     print(f"note: {path} not found; using Python's pydoc_data/topics.py text instead")
     text, info = data.pydoc_corpus()
     return text, f"pydoc_data/topics.py (sha256 {info['sha256'][:12]}...)", False
@@ -104,12 +114,13 @@ def sample(model, vocab, prompt, args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.quick:
         args.embedding, args.hidden, args.window, args.batch = 8, 32, 16, 8
         args.steps, args.lr, args.val_chars, args.sample_chars = 40, 1e-2, 2_000, 60
+    text, source, is_shakespeare = load_text(args, parser.get_default("data"))  # a bad --data stops here
     rng, out = _common.setup(args)
-    text, source, is_shakespeare = load_text(args)
     if args.quick:
         text = text[:24_000]
     vocab = data.Vocab.build([text], unk="<unk>")

@@ -54,8 +54,12 @@ def token_accuracy(model, batches):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     folder = Path(args.data)
-    train_path = args.train or _common.need_data(folder / "en_ewt-ud-train.conllu", "UD English EWT train file")
-    dev_path = args.dev or _common.need_data(folder / "en_ewt-ud-dev.conllu", "UD English EWT dev file")
+    if not (args.train and args.dev):
+        _common.need_data(folder, "UD English EWT folder")
+    train_path = (_common.need_data(args.train, "training CoNLL-U file", "--train") if args.train else
+                  _common.need_data(folder / "en_ewt-ud-train.conllu", "UD English EWT train file"))
+    dev_path = (_common.need_data(args.dev, "evaluation CoNLL-U file", "--dev") if args.dev else
+                _common.need_data(folder / "en_ewt-ud-dev.conllu", "UD English EWT dev file"))
     if args.quick:
         args.epochs, args.embedding, args.hidden, args.batch, args.lr = 3, 16, 16, 16, 1e-2
         args.limit = args.limit or 400

@@ -251,3 +251,18 @@ def test_copy_task_layout_and_baseline():
     assert np.array_equal(y[-10:], x[:10]) and (x[:10] >= 1).all() and (x[:10] <= 8).all()
     assert (x[10 + 11] == 9).all() and (y[:-10] == 0).all()
     assert data.copy_task_baseline(100) == pytest.approx(10 * math.log(8) / 120)
+
+
+def test_require_path_message_reads_as_one_sentence(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        data.require_path(tmp_path / "nonexistent", "sentence-polarity folder")
+    msg = str(err.value)
+    assert msg == (f"sentence-polarity folder not found at {tmp_path / 'nonexistent'}; "
+                   "pass its path with --data (or set TINYGRAPH_DATA to the folder holding it)")
+    with pytest.raises(FileNotFoundError) as err:  # a known data set: where to download it, then the same advice
+        data.require_path(tmp_path / "sentence-polarity", "sentence-polarity folder")
+    assert "; download it from http" in str(err.value)
+    assert str(err.value).endswith("; pass its path with --data (or set TINYGRAPH_DATA to the folder holding it)")
+    with pytest.raises(FileNotFoundError) as err:
+        data.require_path(tmp_path / "x.conllu", "CoNLL-U file", option="--train")
+    assert "pass its path with --train" in str(err.value)

@@ -93,6 +93,42 @@ def test_char_lm_reads_any_text_file(tmp_path, capsys):
     assert "unigram baseline" in capsys.readouterr().out.splitlines()[-1]
 
 
+def test_char_lm_explicit_missing_data_is_an_error(tmp_path, capsys):
+    """A --data path the user names must exist; only the default path falls back on the pydoc text."""
+    module = load_example("char_lm")
+    missing = tmp_path / "no-such-file.txt"
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--quick", "--data", str(missing), "-o", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().count("\n") == 0 and str(missing) in captured.err, captured.err
+    assert "pydoc" not in captured.out
+    assert not (tmp_path / "out").exists()  # stopped before making the output folder
+
+
+def test_char_lm_default_data_falls_back_on_pydoc_text(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TINYGRAPH_DATA", str(tmp_path / "no-shared-data"))  # the default path is missing
+    module = load_example("char_lm")
+    summary = module.main(["--quick", "--steps", "4", "-o", str(tmp_path / "out")])
+    assert summary["source"].startswith("pydoc_data/topics.py")
+    assert "using Python's pydoc_data/topics.py text" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("sentiment", ["--data"]), ("spoken_digits", ["--data"]), ("pos_tagging", ["--data"]),
+    ("pos_tagging", ["--train"]), ("char_lm", ["--data"]),
+])
+def test_missing_data_exits_2_with_one_line(name, argv, tmp_path, capsys):
+    missing = tmp_path / "nonexistent"
+    module = load_example(name)
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--quick", *argv, str(missing), "-o", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert f"not found at {missing}; pass its path with {argv[0]}" in err, err
+
+
 def test_tutorial_code_runs(tmp_path, monkeypatch, capsys):
     """Every ```python block of docs/tutorial.md runs, in order, in one namespace."""
     import re
@@ -106,3 +142,22 @@ def test_tutorial_code_runs(tmp_path, monkeypatch, capsys):
     assert "BPTT equations match" in capsys.readouterr().out
     for picture in ("gradient_flow_scales.png", "gradient_flow_cells.png", "rnn_circuit.svg"):
         assert (tmp_path / "img" / picture).stat().st_size > 0
+
+
+@pytest.mark.parametrize("doc, expect", [
+    ("bptt.md", ("flow.png", "heat.png", "loss.png", "run.npz")),
+    ("models.md", ("model.npz", "ckpt.npz")),
+])
+def test_doc_code_runs(doc, expect, tmp_path, monkeypatch, capsys):
+    """Every ```python block of docs/bptt.md and docs/models.md runs, in order, in one namespace:
+    no fragment uses a name that the page has not defined."""
+    import re
+    text = (EXAMPLES.parent / "docs" / doc).read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 8
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/{doc} block {i}", "exec"), namespace)
+    for name in expect:
+        assert (tmp_path / name).stat().st_size > 0, name

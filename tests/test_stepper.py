@@ -98,7 +98,22 @@ def test_run_to_stops_where_asked():
     skipped = stepper.events[:event.index]
     assert not any(e.name == "h" and e.timestep == 1 for e in skipped)
     assert stepper.run_to(op="matmul", scope="cell").op == "matmul"
-    assert stepper.run_to(name="nothing-has-this-name") is None and stepper.done
+
+
+def test_run_to_without_a_match_raises_and_keeps_the_cursor():
+    stepper = Stepper(build("elman").loss)
+    stepper.run_to(name="h", timestep=1)
+    where = stepper.position
+    with pytest.raises(ValueError, match=r"no node matches name='nope'") as info:
+        stepper.run_to(name="nope")
+    assert stepper.position == where and not stepper.done
+    message = str(info.value)
+    assert "h" in message.split("names:")[1] and "time steps: 0, 1, 2" in message
+    # something that exists, but only behind the cursor: said so, cursor kept
+    with pytest.raises(ValueError, match="earlier matches"):
+        stepper.run_to(name="h", timestep=2)
+    assert stepper.position == where
+    assert stepper.run_to(name="h", timestep=0).timestep == 0
 
 
 def test_breakpoints_stop_run():
@@ -189,6 +204,15 @@ def test_explain_plugs_in_numbers():
     assert whole.count("step ") >= len(stepper) and "∇W = " in whole
 
 
+def test_explain_writes_slices_in_index_notation():
+    stepper = Stepper(build("lstm", steps=2).loss)
+    text = stepper.explain()
+    assert "slice(" not in text
+    sliced = next(e for e in stepper.events if e.op == "getitem" and e.scope.endswith("forward"))
+    numbers = sliced.sent[0].numbers
+    assert "placed at [:, " in numbers and numbers.split("placed at")[1] in sliced.sent[0].rule
+
+
 def test_truncation_cut_event_shows_the_dropped_gradient():
     rng = np.random.default_rng(0)
     example = build("elman", steps=2)
@@ -238,6 +262,86 @@ def test_inputs_restrict_the_walk():
     only_v.run()
     assert [n.name for n in only_v.grads] == ["V"]
     assert len(only_v) < len(full)
+
+
+def test_inputs_may_be_one_tensor():
+    example = build("elman")
+    x = tg.tensor(np.ones((3, 2)), requires_grad=True)
+    loss = (x * x).sum()
+    alone, listed = Stepper(loss, inputs=x), Stepper(loss, inputs=[x])
+    assert len(alone) == len(listed) == 2  # not x's rows, one by one
+    alone.run()
+    assert np.array_equal(alone.grad(x), 2 * np.ones((3, 2)))
+    one_param = Stepper(example.loss, inputs=example.model.V)
+    one_param.run()
+    assert [n.name for n in one_param.grads] == ["V"]
+
+
+def test_inputs_outside_the_graph_are_refused():
+    loss = build("elman").loss
+    stranger = tg.tensor(np.ones(3), requires_grad=True) * 2
+    with pytest.raises(ValueError, match="none of the tensors in inputs="):
+        Stepper(loss, inputs=[stranger])
+    with pytest.raises(ValueError, match="none of the tensors in inputs="):
+        Stepper(loss, inputs=stranger)
+
+
+def test_bidirectional_summary_says_which_direction():
+    stepper = Stepper(build("birnn", steps=2).loss)
+    stepper.run()
+    labels = [s.label for s in stepper.leaf_sums()]
+    assert len(labels) == len(set(labels))
+    for name in ("U", "W", "b"):
+        assert f"{name} [forward]" in labels and f"{name} [backward]" in labels
+        assert name not in labels
+    summary = stepper.summary()
+    assert "∇W [forward] = " in summary and "∇W [backward] = " in summary
+    # the two W are different tensors, with their own sums
+    sums = {s.label: s for s in stepper.leaf_sums()}
+    assert sums["W [forward]"].node is not sums["W [backward]"].node
+
+
+@pytest.mark.parametrize("name, states", [("elman", {"h0"}), ("rnn", {"h0"}),
+                                          ("lstm", {"h0", "c0"}), ("gru", {"h0"})])
+def test_initial_state_is_named_like_the_diagrams(name, states):
+    stepper = Stepper(build(name).loss)
+    text = stepper.walkthrough()
+    assert "const[" not in text
+    initial = {stepper.labels[n.id] for n in stepper.order
+               if n.is_leaf and not n.requires_grad and not n.name}
+    assert states <= initial
+    for state in states:
+        assert f"{state}ᵀ" in text or f"⊙ {state}" in text
+
+
+def test_initial_state_name_matches_the_unfolded_diagram():
+    pytest.importorskip("networkx")
+    from tinygraph.viz.diagrams import unfolded_networkx
+
+    example = build("lstm", steps=2)
+    stepper = Stepper(example.loss)
+    view = unfolded_networkx(example.loss, detail="ops")
+    drawn = {v: a["label"] for v, a in view.nodes(data=True) if a.get("initial_of") is not None}
+    assert drawn and all(stepper.labels[v] == label for v, label in drawn.items())
+
+
+def test_lstm_shares_read_like_the_textbook():
+    stepper = Stepper(build("lstm", steps=3).loss)
+    text = stepper.walkthrough()
+    assert " Wᵀ at t=" not in text  # no "from h(1) Wᵀ at t=2 via h(1)ᵀ"
+    h1 = next(e for e in stepper.events if e.name == "h" and e.timestep == 1)
+    gates = {c.source for c in h1.contributions} - {c.source for c in h1.contributions
+                                                      if c.source.startswith("stack")}
+    assert len(gates) == 1
+    gates = gates.pop()  # the gates at t=2, all four: ∂L/∂h(1) gets δz(2) W
+    assert gates.endswith("(2)") and set(gates[:-3].split(",")) == {"i", "f", "g", "o"}
+    w_sum = next(s for s in stepper.leaf_sums() if s.label == "W")
+    assert [c.source for c in w_sum.contributions] == [gates.replace("(2)", f"({t})")
+                                                       for t in (2, 1, 0)]
+    assert f"from {gates} via h(1)ᵀ" in w_sum.formula()
+    assert "via h0ᵀ" in w_sum.formula()
+    # the values are the engine's: the shares still add up to the total
+    assert np.allclose(sum(c.value for c in h1.contributions), h1.upstream)
 
 
 def test_stepper_needs_a_recorded_graph():

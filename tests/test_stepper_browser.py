@@ -48,7 +48,8 @@ def _visible_current(page):
 def test_file_is_self_contained(player):
     page, _, text, outside = player
     assert "<script src" not in text and "<link" not in text and "<img" not in text
-    assert text.count("<svg") == text.count("</svg>") > 1
+    # the diagram is drawn once (one layout for every step), not once per step
+    assert text.count("<svg") == text.count("</svg>") == 1
     page.wait_for_load_state("load")
     assert outside == []
 
@@ -75,6 +76,31 @@ def test_next_moves_the_highlight_and_the_formula(player):
     page.click("#prev")
     assert page.inner_text("#step-index") == f"1 / {last}"
     assert _visible_current(page) == first_node
+    assert page.locator("#diagram g.node.processed").count() == 1  # only the loss so far
+
+
+def _size(box):
+    return box["width"], box["height"]
+
+
+def test_classes_follow_the_stepper_on_one_stable_layout(player):
+    page, stepper, _, _ = player
+    page.click("#reset")
+    assert page.locator("#diagram g.node.current, #diagram g.node.processed").count() == 0
+    size = _size(page.locator("#diagram svg").bounding_box())
+    done = []
+    for k in range(1, 6):
+        page.click("#next")
+        done.append(page.locator("#diagram g.node.processed").count())
+        # the highlighted node is drawn in the highlight colour by the stylesheet
+        stroke = page.locator("#diagram g.node.current :is(ellipse, polygon)").first.evaluate(
+            "e => getComputedStyle(e).stroke")
+        assert stroke == "rgb(224, 49, 49)"  # #e03131
+        # no layout jumps: the same picture at every step (the text above it may move it)
+        assert _size(page.locator("#diagram svg").bounding_box()) == size
+    assert done == sorted(done) and done[-1] > done[0]
+    page.click("#prev")
+    assert page.locator("#diagram g.node.processed").count() == done[-2]
 
 
 def test_play_reaches_the_end_and_the_timeline_fills(player):

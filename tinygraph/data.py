@@ -65,8 +65,12 @@ _DOWNLOADS = {
 }
 
 
-def require_path(path, what="data") -> Path:
-    """Return ``path`` as a Path, or raise FileNotFoundError saying where to get it."""
+def require_path(path, what="data", option="--data") -> Path:
+    """Return ``path`` as a Path, or raise FileNotFoundError saying where to get it.
+
+    ``option`` is the command-line option the message tells the user to pass
+    the path with (the examples' ``--data``).
+    """
     path = Path(path)
     if path.exists():
         return path
@@ -74,7 +78,7 @@ def require_path(path, what="data") -> Path:
     msg = f"{what} not found at {path}"
     if hint:
         msg += f"; download it from {hint}"
-    msg += " and pass its path (or set TINYGRAPH_DATA to the folder holding it)"
+    msg += f"; pass its path with {option} (or set TINYGRAPH_DATA to the folder holding it)"
     raise FileNotFoundError(msg)
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["OpFormula", "FORMULAS", "formula_for", "fill", "transpose_label", "partial",
-           "node_labels", "format_value"]
+           "node_labels", "initial_state_labels", "format_value"]
 
 
 @dataclass(frozen=True)
@@ -164,11 +164,16 @@ def node_labels(nodes) -> dict:
 
     Named nodes read ``h(2)`` (time step in parentheses; parameters carry no
     time). Unnamed op nodes read as their expression (``h(1) Wᵀ``) while it
-    stays short, else ``op#ordinal(t)``.
+    stays short, else ``op#ordinal(t)``. The zeros that stand in for a state
+    at the first step read ``h0`` / ``c0`` (see ``initial_state_labels``).
     """
+    nodes = list(nodes)
+    initial = initial_state_labels(nodes)
     labels = {}
     for node in nodes:
-        if node.name:
+        if node.id in initial:
+            labels[node.id] = initial[node.id]
+        elif node.name:
             # parameters are shared by every step, so they carry no time; a name
             # that already ends in a digit (h0) reads badly with one too
             timeless = node.requires_grad and node.is_leaf or node.name[-1].isdigit()
@@ -177,6 +182,35 @@ def node_labels(nodes) -> dict:
             labels[node.id] = _leaf_label(node)
         else:
             labels[node.id] = _expression_label(node, labels)
+    return labels
+
+
+def initial_state_labels(nodes) -> dict:
+    """const leaf id -> ``h0`` / ``c0`` for the zeros that stand in for a state at the first step.
+
+    The same rule as the diagrams (``tinygraph.folding.label_initial_states``),
+    on the recorded nodes: an unnamed constant leaf that feeds an op in the
+    same input slot where, at another time step, the same op (same scope and
+    ordinal) is fed by a named state from a different step, is that state's
+    initial value: it gets the state's name with a 0 (``h`` -> ``h0``).
+    """
+    nodes = list(nodes)
+    delayed, candidates = {}, {}
+    for node in nodes:
+        if node.is_leaf or not isinstance(node.timestep, int):
+            continue
+        for slot, source in enumerate(node.inputs):
+            key = (node.scope, node.ordinal, node.op, slot)
+            if (source.name and not source.is_leaf and isinstance(source.timestep, int)
+                    and source.timestep != node.timestep):
+                delayed.setdefault(key, source.name)
+            elif source.is_leaf and not source.name and not source.requires_grad:
+                candidates.setdefault(source.id, set()).add(key)
+    labels = {}
+    for leaf_id, keys in candidates.items():
+        names = {delayed[k] for k in keys if k in delayed}
+        if len(names) == 1:  # used for two different states: leave it alone
+            labels[leaf_id] = names.pop() + "0"
     return labels
 
 

@@ -24,7 +24,7 @@ from collections import deque
 
 from . import backend
 from .autodiff import run_backward
-from .formulas import argument_symbols, fill, format_value, formula_for, partial, wrap
+from .formulas import _format_attr, argument_symbols, fill, format_value, formula_for, partial, wrap
 from .formulas import node_labels as _node_labels
 from .graph import no_grad, topological_order
 from .ops import sum_to
@@ -297,7 +297,13 @@ class Stepper:
                 self._consumers[i.id].append(n)
         targets = None
         if inputs is not None:
+            if isinstance(inputs, Tensor) or not hasattr(inputs, "__iter__"):
+                inputs = [inputs]  # one tensor, not an iterable of its rows
             targets = [_node_id(t, "inputs") for t in inputs]
+            in_graph = {n.id for n in self.order}
+            if not any(t in in_graph for t in targets):
+                raise ValueError("Stepper: none of the tensors in inputs= is part of the loss's "
+                                 "graph, so no gradient would reach them")
         # a carried state that no op used has no node and nothing to cut
         self._cut_ids = {t._node.id for t in _flatten_state(cuts) if t._node is not None}
         for node in self.order:
@@ -432,23 +438,34 @@ class Stepper:
             event._walk = self
 
     def _source_label(self, consumer):
-        """Label of the nearest named node downstream of ``consumer`` (where its output goes)."""
+        """Label of the named node(s) where ``consumer``'s output goes.
+
+        Every path downstream is followed to its first named node (at most
+        ``_SOURCE_DEPTH`` ops away): when the output feeds several (the LSTM's
+        gate pre-activation feeds i, f, g and o), all of them are named,
+        ``f,i,g,o(2)``, rather than whichever the search met first. With no
+        named node within reach, the consumer's own label is used.
+        """
         cached = self._source_cache.get(consumer.id)
         if cached is not None:
             return cached
         found = self.labels[consumer.id]
-        queue, seen = deque([(consumer, 0)]), {consumer.id}
-        while queue:
-            node, depth = queue.popleft()
-            if node.name:
-                found = self.labels[node.id]
+        level, seen, named = [consumer], {consumer.id}, []
+        for _ in range(_SOURCE_DEPTH + 1):
+            following = []
+            for node in level:
+                if node.name:  # the first named node on this path
+                    named.append(node)
+                    continue
+                for nxt in self._consumers.get(node.id, ()):
+                    if nxt.id not in seen:
+                        seen.add(nxt.id)
+                        following.append(nxt)
+            if named and not following:
                 break
-            if depth >= _SOURCE_DEPTH:
-                continue
-            for nxt in self._consumers.get(node.id, ()):
-                if nxt.id not in seen:
-                    seen.add(nxt.id)
-                    queue.append((nxt, depth + 1))
+            level = following
+        if named:
+            found = _joined_labels(sorted(named, key=lambda n: n.id), self.labels)
         self._source_cache[consumer.id] = found
         return found
 
@@ -510,17 +527,28 @@ class Stepper:
 
         ``name`` matches the node's name (``"h"``), ``label`` its full label
         (``"h(2)"``), ``scope`` any scope containing those dotted parts
-        (``"cell"`` matches ``"ElmanRNN.cell"``). Returns None,
-        with the walk at its end, when nothing further matches.
+        (``"cell"`` matches ``"ElmanRNN.cell"``). Raises ValueError, leaving
+        the cursor where it was, when no later event matches.
         """
         criteria = {k: v for k, v in dict(name=name, scope=scope, timestep=timestep, op=op,
                                           label=label, kind=kind).items() if v is not None}
         _check_criteria(criteria)
-        while not self.done:
-            event = self.step()
-            if _matches(event, criteria):
-                return event
-        return None
+        for k in range(self.position, len(self.events)):
+            if _matches(self.events[k], criteria):
+                self.position = k + 1
+                return self.current
+        raise ValueError(self._no_match_message(criteria))
+
+    def _no_match_message(self, criteria):
+        wanted = ", ".join(f"{k}={v!r}" for k, v in criteria.items())
+        where = "after the current step" if self.position else "in this walk"
+        if any(_matches(e, criteria) for e in self.events[:self.position]):
+            where += " (there are earlier matches: reset() to go back)"
+        names = sorted({e.name for e in self.events if e.name})
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        steps = self.timesteps()
+        return (f"run_to: no node matches {wanted} {where}; names: {shown or 'none'}; "
+                f"time steps: {', '.join(map(str, steps)) or 'none'}")
 
     # -- gradients ----------------------------------------------------------------
     def processed_at(self, index):
@@ -572,7 +600,31 @@ class Stepper:
                 shares, wrapper = self._through_rearrangements(node, shares)
                 sums.append(GradientSum(node, self.labels[node.id], shares,
                                         self._totals[node.id], wrapper))
+        # the same name in two places (a bidirectional RNN's two W): say which
+        clashing = {}
+        for s in sums:
+            clashing.setdefault(s.label, []).append(s)
+        for group in clashing.values():
+            if len(group) > 1:
+                where = _distinguishing_scopes([self._home_scope(s.node) for s in group])
+                for s, qualifier in zip(group, where):
+                    s.label = f"{s.label} [{qualifier or f'#{s.node.id}'}]"
         return sums
+
+    def _home_scope(self, leaf):
+        """Where a leaf is used: the scope its consumers share (parameters carry none)."""
+        if leaf.scope:
+            return leaf.scope
+        scopes = [c.scope.split(".") for c in self._consumers.get(leaf.id, ()) if c.scope]
+        if not scopes:
+            return ""
+        common = scopes[0]
+        for parts in scopes[1:]:
+            k = 0
+            while k < min(len(common), len(parts)) and common[k] == parts[k]:
+                k += 1
+            common = common[:k]
+        return ".".join(common)
 
     def _through_rearrangements(self, leaf, shares):
         """Look through a transpose/reshape used once, to the shares summed before it."""
@@ -760,7 +812,7 @@ def _numeric_symbols(node, upstream):
         values.append(text)
     symbols["xs"] = ", ".join(values)
     for key, value in node.attrs.items():
-        symbols[key] = str(value) if not hasattr(value, "shape") else f"array{tuple(value.shape)}"
+        symbols[key] = _format_attr(value)  # the same notation as the symbolic rule: [:, 6:9]
     return symbols
 
 
@@ -769,7 +821,27 @@ def _norm(array):
 
 
 # a named node further than this downstream says little about where a share came from
-_SOURCE_DEPTH = 3
+_SOURCE_DEPTH = 4
+
+
+def _distinguishing_scopes(scopes):
+    """The parts of dotted scopes that tell them apart: RNN.layer0.forward -> forward."""
+    split = [s.split(".") if s else [] for s in scopes]
+    k = 0
+    while split and all(len(p) > k for p in split) and len({p[k] for p in split}) == 1:
+        k += 1
+    return [".".join(p[k:]) for p in split]
+
+
+def _joined_labels(nodes, labels):
+    """``o(2)``; ``i,f,g,o(2)`` for several names at one time step; else ``a(2), b(3)``."""
+    if len(nodes) == 1:
+        return labels[nodes[0].id]
+    steps = {n.timestep for n in nodes}
+    names = list(dict.fromkeys(n.name for n in nodes))
+    if len(steps) == 1 and all(labels[n.id] == f"{n.name}({n.timestep})" for n in nodes):
+        return f"{','.join(names)}({steps.pop()})"
+    return ", ".join(dict.fromkeys(labels[n.id] for n in nodes))
 
 _CRITERIA = ("name", "scope", "timestep", "op", "label", "kind")
 

@@ -160,20 +160,28 @@ def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
                      fontcolor="#495057")
             for v in members:
                 sub.node(names[v], **_node_attrs(v, view.nodes[v], ctx, multi_step))
+    row_of = {v: k for k, row in enumerate(rows or ()) for v in row}
     for u, v, e in view.edges(data=True):
         attrs = _edge_attrs(view, u, v, e, edge_labels)
         if rows and (e.get("delay") or "elided" in (view.nodes[u]["kind"], view.nodes[v]["kind"])):
             attrs["constraint"] = "false"  # the rows below fix where each step sits
+        if u in row_of and row_of.get(u) == row_of.get(v) and "label" in attrs:
+            # an edge inside one row is flat (same rank); the system dot gives a flat edge's
+            # label a rank of its own and crashes ("trouble in init_rank") with clusters
+            attrs["xlabel"] = attrs.pop("label")
         dot.edge(names[u], names[v], **attrs)
     for row in rows or ():
-        # one rank per circuit node; invisible edges keep its copies in time order
-        row = [names[v] for v in row]
+        # one rank per circuit node; invisible edges keep its copies in time order.
+        # No invisible edge beside a drawn one between the same two copies (c(t-1) -> c(t),
+        # a collapsed cell feeding itself): parallel flat edges crash the system dot
+        # ("trouble in init_rank", "merge_chain: Assertion") on larger graphs.
         with dot.subgraph() as same:
             same.attr(rank="same")
             for v in row:
-                same.node(v)
+                same.node(names[v])
         for u, v in zip(row, row[1:]):
-            dot.edge(u, v, style="invis")
+            if not (view.has_edge(u, v) or view.has_edge(v, u)):
+                dot.edge(names[u], names[v], style="invis")
     if legend:
         _add_legend(dot)
     return dot

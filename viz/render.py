@@ -3,7 +3,9 @@
 Building DOT text needs nothing native. Rendering runs a Graphviz program on
 the DOT source with a timeout (so a huge diagram cannot hang the caller):
 first the system ``dot``, then ``graphviz-pure`` (the pip-installable port of
-Graphviz, same command line). When neither exists, :func:`save` still writes
+Graphviz, same command line), which is also tried when ``dot`` fails on a
+diagram (its layout code has crash bugs on some large clustered graphs).
+Errors quote only the first lines of the renderer's stderr. When neither exists, :func:`save` still writes
 the ``.gv`` file and raises :class:`RenderError` saying what to install.
 Files are written atomically (temporary file, then rename).
 """
@@ -61,31 +63,55 @@ def _source(diagram) -> str:
     return diagram if isinstance(diagram, str) else diagram.source
 
 
-def render(diagram, fmt="svg", renderer=None, timeout=DEFAULT_TIMEOUT_S) -> bytes:
-    """Run Graphviz on ``diagram`` (a Digraph or DOT text) and return the output bytes.
+def _first_lines(text: str, lines=2, chars=300) -> str:
+    """The start of a renderer's stderr: dot can print hundreds of lines for one error."""
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    short = "; ".join(kept[:lines])[:chars]
+    more = len(kept) - min(lines, len(kept))
+    return short + (f" (+{more} more lines)" if more > 0 else "")
 
-    ``renderer``: "dot", "graphviz-pure", or None (the first available).
-    """
-    source = _source(diagram)
-    if fmt == "dot":
-        return source.encode("utf-8")
-    program = find_renderer(renderer)
-    if program is None:
-        wanted = renderer or " or ".join(RENDERERS)
-        raise RenderError(f"cannot render {fmt}: no Graphviz program ({wanted}) found on PATH; "
-                          + INSTALL_HINT)
+
+def _run(program, source, fmt, timeout):
+    """(stdout, None) or (None, one-line reason) for one Graphviz program."""
+    name = os.path.basename(program)
     try:
         done = subprocess.run([program, f"-T{fmt}"], input=source.encode("utf-8"),
                               capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RenderError(
-            f"{os.path.basename(program)} took more than {timeout} s to lay out this diagram "
+            f"{name} took more than {timeout} s to lay out this diagram "
             "(too many nodes): draw fewer steps (steps=), collapse scopes (collapse=) or lower "
             "max_nodes") from None
     if done.returncode != 0:
-        raise RenderError(f"{os.path.basename(program)} failed (exit {done.returncode}): "
-                          + done.stderr.decode("utf-8", "replace").strip()[:2000])
-    return done.stdout
+        stderr = _first_lines(done.stderr.decode("utf-8", "replace")) or "no message"
+        return None, f"{name} failed (exit {done.returncode}): {stderr}"
+    return done.stdout, None
+
+
+def render(diagram, fmt="svg", renderer=None, timeout=DEFAULT_TIMEOUT_S) -> bytes:
+    """Run Graphviz on ``diagram`` (a Digraph or DOT text) and return the output bytes.
+
+    ``renderer``: "dot", "graphviz-pure", or None (the first available; when the
+    system ``dot`` fails on a diagram, graphviz-pure is tried before giving up).
+    """
+    source = _source(diagram)
+    if fmt == "dot":
+        return source.encode("utf-8")
+    programs = [find_renderer(name) for name in ((renderer,) if renderer else RENDERERS)]
+    programs = [p for p in programs if p]
+    if not programs:
+        wanted = renderer or " or ".join(RENDERERS)
+        raise RenderError(f"cannot render {fmt}: no Graphviz program ({wanted}) found on PATH; "
+                          + INSTALL_HINT)
+    failures = []
+    for program in programs:
+        output, failure = _run(program, source, fmt, timeout)
+        if failure is None:
+            return output
+        failures.append(failure)
+    hint = "" if renderer or len(programs) > 1 else \
+        "; `pip install graphviz-pure` gives a second renderer to fall back on"
+    raise RenderError("; then ".join(failures) + hint)
 
 
 def render_svg(diagram, renderer=None, timeout=DEFAULT_TIMEOUT_S) -> str:

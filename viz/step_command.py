@@ -42,9 +42,10 @@ def run(args) -> int:
 
     from . import models_zoo
 
-    if args.steps < 1:
-        print("tinygraph step: --steps must be at least 1", file=sys.stderr)
-        return 2
+    for option, value in (("--steps", args.steps), ("--hidden", args.hidden)):
+        if value < 1:
+            print(f"tinygraph step: {option} must be at least 1, got {value}", file=sys.stderr)
+            return 2
     example = models_zoo.build(args.model, steps=args.steps, seed=args.seed,
                                hidden_size=args.hidden)
     stepper = Stepper(example.loss)
@@ -52,9 +53,11 @@ def run(args) -> int:
              f"{len(stepper)} steps, from the loss back to the parameters")
     if args.html:
         from .stepper_html import stepper_html
-        stepper_html(stepper, args.html, view=args.view,
+        print(intro, flush=True)
+        stepper_html(stepper, args.html, view=args.view, progress=True,
                      title=f"tinygraph step: {args.model}, T={args.steps}")
-        print(f"{intro}\nwrote {args.html}")
+        size = os.path.getsize(args.html)
+        print(f"wrote {args.html} ({size / 1024:.0f} KiB)")
         return 0
     show = (lambda e: e.explain()) if args.explain else str
     if not args.interactive:

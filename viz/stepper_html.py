@@ -6,12 +6,13 @@ summaries on the nodes. Importing this module installs it as the renderer
 behind ``Event.diagram()`` (the engine's stepper never imports viz).
 
 ``stepper_html(stepper, path)`` writes ONE file with no external resources:
-every step's diagram as inline SVG, prev/next/play/reset buttons (and the
-arrow keys), the current step's formula and numbers, and a time-step strip
-showing how far back the gradient has reached. Stable hooks for tests and
-styling: ``#prev #next #play #reset #step-index #formula #values #node-label
-#timeline`` and, inside the visible diagram, the class ``current`` on the
-highlighted node (``processed`` on the nodes already done).
+the diagram as inline SVG, drawn once (one layout for every step; each step
+records the SVG ids of its current and processed nodes), prev/next/play/reset
+buttons (and the arrow keys), the current step's formula and numbers, and a
+time-step strip showing how far back the gradient has reached. Stable hooks
+for tests and styling: ``#prev #next #play #reset #step-index #formula
+#values #node-label #timeline`` and, inside the visible diagram, the class
+``current`` on the highlighted node (``processed`` on the nodes already done).
 """
 from __future__ import annotations
 
@@ -114,31 +115,112 @@ def _step_record(walk, event):
     }
 
 
+# a DOT node statement: ``n16 [label=... color="#e03131" ...]`` (edges have ``->``)
+_DOT_NODE = re.compile(r'^\s*"?([\w]+)"?\s+\[(.*)\]\s*$', re.M)
+
+
+def _marked_dot_nodes(source):
+    """(current, processed): DOT names drawn highlighted / coloured as done in ``source``."""
+    from .labels import HIGHLIGHT, PROCESSED
+
+    stroke = HIGHLIGHT.get("color", "").lower()
+    fill = PROCESSED.get("fillcolor", "").lower()
+    current, processed = [], []
+    for name, attrs in _DOT_NODE.findall(source):
+        attrs = attrs.lower()
+        if stroke and f'color="{stroke}"' in attrs.replace("fillcolor=", "fill="):
+            current.append(name)
+        if fill and f'fillcolor="{fill}"' in attrs:
+            processed.append(name)
+    return current, processed
+
+
+_SVG_NODE = re.compile(r'<g id="(node\d+)" class="node">\s*<title>(.*?)</title>', re.S)
+
+
+def _svg_ids(svg):
+    """DOT node name -> id of its ``<g class="node">`` in the SVG."""
+    return {html.unescape(title): gid for gid, title in _SVG_NODE.findall(svg)}
+
+
+def _progress(enabled, total, desc):
+    if not enabled:
+        return None
+    from tinygraph.progress import ProgressBar
+    return ProgressBar(total, desc=desc)
+
+
 def stepper_html(stepper, path=None, view="unfolded", *, title=None, grads_on_nodes=False,
-                 max_steps=400):
+                 max_steps=2000, progress=False):
     """Write the walk of ``stepper`` as one self-contained HTML file; returns the HTML text.
 
-    Renders one diagram per step (plus the starting picture), so keep the
-    model small (``max_steps`` guards against accidental huge walks). The
-    numbers sit beside the diagram; ``grads_on_nodes=True`` also writes a
-    gradient summary into every node, at the price of a layout that shifts
-    from step to step as the labels grow.
+    The diagram is rendered ONCE (the same layout at every step); each step
+    records which of its nodes are current and which are done, and the page
+    toggles the CSS classes ``current`` / ``processed`` as you step. The file
+    grows with the number of steps only by their text. ``progress=True`` shows
+    a progress bar on stderr while the steps are worked out.
+
+    ``grads_on_nodes=True`` also writes a gradient summary into every node;
+    that needs one diagram per step (a bigger, slower file whose layout shifts
+    as the labels grow), so it is refused above ``max_steps // 4`` steps.
     """
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
-    if len(stepper) > max_steps:
-        raise ValueError(f"stepper_html: {len(stepper)} steps is more than max_steps={max_steps}; "
-                         "use fewer time steps or a smaller model, or raise max_steps")
-    frames = [_diagram_svg(stepper, k - 1, view, grads_on_nodes) for k in range(len(stepper) + 1)]
+    limit = max_steps // 4 if grads_on_nodes else max_steps
+    if len(stepper) > limit:
+        raise ValueError(f"stepper_html: {len(stepper)} steps is more than "
+                         f"{'max_steps // 4 with grads_on_nodes' if grads_on_nodes else 'max_steps'}"
+                         f"={limit}; use fewer time steps or a smaller model, or raise max_steps")
+    total = len(stepper) + 1
+    bar = _progress(progress, total, "rendering the player")
+    if grads_on_nodes:
+        frames, marks = [], None
+        for k in range(total):
+            frames.append(_diagram_svg(stepper, k - 1, view, True))
+            if bar is not None:
+                bar.update()
+    else:
+        frames, marks = _one_frame_and_marks(stepper, view, bar)
+    if bar is not None:
+        bar.close()
     start = {"kind": "start", "label": "", "header": f"before the first step: {len(stepper)} steps",
              "formula": "press next (→) to take the first step", "values": "",
              "timestep": None, "reached": []}
     steps = [start] + [_step_record(stepper, e) for e in stepper.events]
+    if marks is not None:
+        for record, (current, processed) in zip(steps, marks):
+            record["current"], record["processed"] = current, processed
     page = _page(title or "tinygraph: stepping through backprop", frames, steps,
                  stepper.timesteps(), str(stepper.summary(numbers=True)))
     if path is not None:
         atomic_write_text(path, page, fsync=False)
     return page
+
+
+def _one_frame_and_marks(stepper, view, bar):
+    """The plain diagram, rendered once, and per step the SVG ids of the current/done nodes.
+
+    Which drawn node stands for which recorded node is the diagram's business
+    (in the variables view one drawn node is a whole op chain), so it is read
+    back from the diagram's own DOT source at each step: only the cheap DOT
+    text is made per step, never another layout.
+    """
+    from .render import render_svg
+
+    svg = _strip_prolog(render_svg(_draw_at(stepper, -1, view, show_grads=False)))
+    ids = _svg_ids(svg)
+    marks = []
+    for k in range(len(stepper) + 1):
+        if k == 0:
+            marks.append(([], []))
+        else:
+            source = _draw_at(stepper, k - 1, view, show_grads=False).source
+            current, processed = _marked_dot_nodes(source)
+            marks.append(([ids[n] for n in current if n in ids],
+                          [ids[n] for n in processed if n in ids]))
+        if bar is not None:
+            bar.update()
+    return [svg], marks
 
 
 def _json_for_script(data):
@@ -147,13 +229,16 @@ def _json_for_script(data):
 
 
 def _page(title, frames, steps, timesteps, summary):
-    frame_html = "\n".join(
-        f'<div class="frame" data-step="{k}"{"" if k == 0 else " hidden"}>{svg}</div>'
-        for k, svg in enumerate(frames))
+    if len(frames) == 1:  # one diagram; the script moves the classes from step to step
+        frame_html = f'<div class="frame" data-step="all">{frames[0]}</div>'
+    else:
+        frame_html = "\n".join(
+            f'<div class="frame" data-step="{k}"{"" if k == 0 else " hidden"}>{svg}</div>'
+            for k, svg in enumerate(frames))
     strip = "".join(f'<span class="tstep" data-t="{t}">t={t}</span>' for t in timesteps)
     return _TEMPLATE.format(
         title=html.escape(title), frames=frame_html, strip=strip or "<span>no time steps</span>",
-        last=len(frames) - 1, summary=html.escape(summary), css=_CSS, js=_JS,
+        last=len(steps) - 1, summary=html.escape(summary), css=_CSS, js=_JS,
         data=_json_for_script(steps))
 
 
@@ -173,7 +258,8 @@ pre { white-space: pre; overflow-x: auto; background: #f8f9fa; padding: .6em; ma
 #formula { font-size: 1.1em; }
 #diagram { margin-top: .8em; border: 1px solid #dee2e6; overflow: auto; }
 #diagram svg { max-width: 100%; height: auto; }
-g.node.current > ellipse, g.node.current > polygon { stroke-width: 4; }
+g.node.processed :is(ellipse, polygon, path):not([fill="none"]) { fill: #b2f2bb; }
+g.node.current :is(ellipse, polygon, path) { stroke: #e03131; stroke-width: 4; }
 #summary[hidden] { display: none; }
 """
 
@@ -186,8 +272,21 @@ _JS = """
   var el = function (id) { return document.getElementById(id); };
   function show(k) {
     index = Math.max(0, Math.min(last, k));
-    for (var i = 0; i < frames.length; i++) frames[i].hidden = (i !== index);
     var s = steps[index];
+    if (frames.length === 1) {
+      var marked = document.querySelectorAll('#diagram g.node.current, #diagram g.node.processed');
+      for (var m = 0; m < marked.length; m++) marked[m].classList.remove('current', 'processed');
+      var mark = function (ids, cls) {
+        for (var q = 0; q < ids.length; q++) {
+          var g = document.getElementById(ids[q]);
+          if (g) g.classList.add(cls);
+        }
+      };
+      mark(s.processed || [], 'processed');
+      mark(s.current || [], 'current');
+    } else {
+      for (var i = 0; i < frames.length; i++) frames[i].hidden = (i !== index);
+    }
     el('step-index').textContent = index + ' / ' + last;
     el('node-label').textContent = s.header;
     el('formula').textContent = s.formula;
