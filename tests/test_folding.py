@@ -10,6 +10,7 @@ import pytest
 
 import tinygraph as tg
 from tinygraph import folding
+from tinygraph.viz import diagrams as viz_diagrams
 from tinygraph.viz import models_zoo
 
 T = 4
@@ -87,13 +88,6 @@ def test_variables_circuit_is_the_textbook_loop(elman):
     assert circuit.edges[delays[0], target]["params"] == ("W",)
 
 
-def _signature(g):
-    """Node and edge sets by stable content (keys are the fold keys)."""
-    nodes = {k: (a["kind"], a["label"], tuple(sorted(a.get("timesteps", ())))) for k, a in g.nodes(data=True)}
-    edges = {(u, v): (e["delay"], tuple(e.get("params", ()))) for u, v, e in g.edges(data=True)}
-    return nodes, edges
-
-
 def _json_round_trip(view):
     """Export the unfolded view and read it back, as another tool would."""
     data = nx.node_link_data(view, edges="links")
@@ -119,7 +113,7 @@ def _content_key(g, k):
     if k[0] == "input":
         return ("input", _content_key_op(k[1]), k[2])
     if k[0] == "delay":
-        return ("delay", _content_key(g, k[1]), _content_key(g, k[2]), k[3])
+        return ("delay", _content_key(g, k[1]), k[2])
     return k
 
 
@@ -130,16 +124,123 @@ def _content_key_op(k):
 MODELS = [("rnn", 1), ("elman", 1), ("lstm", 1), ("gru", 1), ("birnn", 1), ("lstm", 2), ("rnn", 2)]
 
 
-@pytest.mark.parametrize("name,layers", MODELS)
-@pytest.mark.parametrize("detail", ["ops", "variables"])
-def test_fold_of_exported_unfolded_graph_reproduces_the_circuit(name, layers, detail):
-    example = models_zoo.build(name, 3, num_layers=layers)
-    graph = _graph(example)
-    circuit = folding.circuit(graph, detail=detail)
-    exported = _json_round_trip(folding.view_of(graph, detail))
-    refolded = folding.fold(exported)
-    assert _signature(refolded) == _signature(circuit)
+# Hand-derived textbook circuits (detail="variables"), from each cell's equations.
+# Every layer model ends in the same head and loss: L(t) = CE(weight h(t) + bias, y(t)),
+# L = sum_t L(t). A cell's input edges: the bias, U x(t), W s(t-1) where s(t-1) is the
+# state through its delay (or the initial state s0 at the first step).
+def _affine(x="x", state="h", init="h0", q=""):
+    """Sources of a pre-activation b + W s(t-1) + U x(t): (source, params on the edge)."""
+    return {(f"b{q}", ("b",)), (f"W{q}", ("W",)), (f"U{q}", ("U",)), (x, ("U",)),
+            (f"delay({state})", ("W",)), (init, ("W",))}
+
+
+def _loss(*outputs):
+    return {("weight", ("weight",)), ("bias", ("bias",)), ("y", ()), ("L", ())} | \
+        {(h, ("weight",)) for h in outputs}
+
+
+def _rnn():
+    # a = b + W h(t-1) + U x; h = tanh(a)
+    return dict(kinds=dict(param=5, data=3, op=4), delays={("h", 1)},
+                edges={"a": _affine(), "h": {("a", ())}, "L": _loss("h")})
+
+
+def _lstm():
+    # f, i, g, o = act(b + W h(t-1) + U x); c = f c(t-1) + i g; h = o tanh(c)
+    gates = {gate: _affine() for gate in "figo"}
+    return dict(kinds=dict(param=5, data=4, op=8), delays={("h", 1), ("c", 1)},
+                edges=dict(gates, c={("f", ()), ("i", ()), ("g", ()), ("delay(c)", ()), ("c0", ())},
+                           h={("o", ()), ("c", ())}, L=_loss("h")))
+
+
+def _gru():
+    # r, z = sigmoid(b + W h(t-1) + U x); n = tanh(U_n x + b_n + r (W_n h(t-1) + b_hn));
+    # h = (1 - z) n + z h(t-1)
+    return dict(kinds=dict(param=6, data=3, op=6), delays={("h", 1)},
+                edges=dict(r=_affine(), z=_affine(),
+                           n=_affine() | {("r", ()), ("b_hn", ("b_hn",))},
+                           h={("z", ()), ("n", ()), ("delay(h)", ()), ("h0", ())}, L=_loss("h")))
+
+
+def _birnn():
+    # h(t) = tanh(b + W h(t-1) + U x(t)); g(t) = tanh(b' + W' g(t+1) + U' x(t)); one x(t)
+    return dict(kinds=dict(param=8, data=4, op=6), delays={("h", 1), ("g", -1)},
+                edges={"a [forward]": _affine(q=" [forward]"),
+                       "a [backward]": _affine(state="g", init="g0", q=" [backward]"),
+                       "h": {("a [forward]", ())}, "g": {("a [backward]", ())},
+                       "L": _loss("h", "g")})
+
+
+def _rnn_stack():
+    # layer 1 reads layer 0's h(t) as its input x(t)
+    q0, q1 = " [layer0]", " [layer1]"
+    return dict(kinds=dict(param=8, data=4, op=7), delays={("h" + q0, 1), ("h" + q1, 1)},
+                edges={"a" + q0: _affine("x" + q0, "h" + q0, "h0" + q0, q0),
+                       "h" + q0: {("a" + q0, ())}, "x" + q1: {("h" + q0, ())},
+                       "a" + q1: _affine("x" + q1, "h" + q1, "h0" + q1, q1),
+                       "h" + q1: {("a" + q1, ())}, "L": _loss("h" + q1)})
+
+
+def _lstm_stack():
+    return dict(kinds=dict(param=8, data=6, op=15),
+                delays={(s + q, 1) for s in "hc" for q in (" [layer0]", " [layer1]")})
+
+
+HAND_DERIVED = {("rnn", 1): _rnn, ("lstm", 1): _lstm, ("gru", 1): _gru, ("birnn", 1): _birnn,
+                ("rnn", 2): _rnn_stack, ("lstm", 2): _lstm_stack}
+
+
+def _title(a):
+    return a["label"] + (f" [{a['qualifier']}]" if a.get("qualifier") else "")
+
+
+def _structure(circuit):
+    """(kind counts, {(state, offset)}, {target: {(source, params)}}) by drawn titles."""
+    kinds, delays, edges = {}, set(), {}
+    for k, a in circuit.nodes(data=True):
+        kinds[a["kind"]] = kinds.get(a["kind"], 0) + 1
+        if a["kind"] == "delay":
+            (src,) = circuit.predecessors(k)
+            delays.add((_title(circuit.nodes[src]), a["delay"]))
+    for u, v, e in circuit.edges(data=True):
+        a, b = circuit.nodes[u], circuit.nodes[v]
+        if b["kind"] == "delay":
+            continue
+        source = f"delay({_title(circuit.nodes[next(iter(circuit.predecessors(u)))])})" \
+            if a["kind"] == "delay" else _title(a)
+        edges.setdefault(_title(b), set()).add((source, tuple(e["params"])))
+    return kinds, delays, edges
+
+
+def _exported_and_folded(loss):
+    """The unfolded view exported as JSON, read back and folded, as another tool would."""
+    return folding.fold(_json_round_trip(viz_diagrams.unfolded_networkx(loss, detail="variables")))
+
+
+@pytest.mark.parametrize("name,layers", sorted(HAND_DERIVED))
+@pytest.mark.parametrize("how", ["folded", "fold(exported unfolded)"])
+def test_circuit_matches_the_hand_derived_textbook_circuit(name, layers, how):
+    expected = HAND_DERIVED[(name, layers)]()
+    loss = models_zoo.build(name, 3, num_layers=layers).loss
+    circuit = viz_diagrams.folded_networkx(loss, detail="variables") if how == "folded" \
+        else _exported_and_folded(loss)
+    kinds, delays, edges = _structure(circuit)
+    assert kinds == dict(expected["kinds"], delay=len(expected["delays"]))
+    assert delays == expected["delays"]
+    for target, sources in expected.get("edges", {}).items():
+        assert edges[target] == sources, target
     assert not nx.is_directed_acyclic_graph(circuit)
+
+
+@pytest.mark.parametrize("name,layers", sorted(HAND_DERIVED))
+def test_ops_circuit_has_one_delay_per_recurrent_state(name, layers):
+    expected = HAND_DERIVED[(name, layers)]()
+    circuit = folding.circuit(_graph(models_zoo.build(name, 3, num_layers=layers)), detail="ops")
+    offsets = sorted(a["delay"] for _, a in circuit.nodes(data=True) if a["kind"] == "delay")
+    assert offsets == sorted(d for _, d in expected["delays"])
+    looped = sorted(circuit.nodes[next(iter(circuit.predecessors(k)))]["name"]
+                    for k, a in circuit.nodes(data=True) if a["kind"] == "delay")
+    assert looped == sorted(state.split(" ")[0].replace("g", "h") for state, _ in expected["delays"])
 
 
 @pytest.mark.parametrize("name,layers", MODELS)

@@ -169,10 +169,33 @@ def test_backward_records_the_vjp_graph_when_not_yet_recorded():
     assert any('fillcolor="#e5dbff"' in a for a in _nodes(source).values())
 
 
-def test_bidirectional_labels_name_the_direction():
-    example = models_zoo.build("birnn", 3)
+def test_bidirectional_draws_x_once_per_step_h_and_g_chains_and_qualified_weights():
+    # h(t) = tanh(b + W h(t-1) + U x(t)) forward, g(t) = tanh(b' + W' g(t+1) + U' x(t))
+    # backward; both read the one input x(t), each direction has its own b, W, U
+    steps = 3
+    example = models_zoo.build("birnn", steps)
+    unfolded = _nodes(diagrams.draw_unfolded(example.loss).source)
+    titles = [_label(a).split("\\n")[0] for a in unfolded.values()]
+    assert sorted(t for t in titles if t.startswith("x")) == [f"x({t})" for t in range(steps)]
+    assert sorted(t for t in titles if re.fullmatch(r"h\(\d\)", t)) == [f"h({t})" for t in range(steps)]
+    assert sorted(t for t in titles if re.fullmatch(r"g\(\d\)", t)) == [f"g({t})" for t in range(steps)]
+    for p in ("b", "W", "U"):
+        assert titles.count(f"{p} [forward]") == 1 and titles.count(f"{p} [backward]") == 1, p
+        assert p not in titles  # no unqualified twin
+    by_title = {t: n for n, t in zip(unfolded, titles)}
+    edges = _edges(diagrams.draw_unfolded(example.loss).source)
+    for t in range(steps):  # x(t) feeds both directions' pre-activations at step t
+        fed = {re.sub(r"\(\d\)", "", _label(unfolded[v]).split("\\n")[0])
+               for u, v, attrs in edges if u == by_title[f"x({t})"] and "invis" not in (attrs or "")}
+        assert fed == {"a [forward]", "a [backward]"}
+    circuit = [_label(a).split("\\n")[0] for a in _nodes(diagrams.draw_circuit(example.loss).source).values()]
+    assert circuit.count("x") == 1 and circuit.count("h") == 1 and circuit.count("g") == 1
+
+
+def test_lstm_keeps_its_gate_g_and_does_not_rename_h():
+    example = models_zoo.build("lstm", 2)
     titles = [_label(a).split("\\n")[0] for a in _nodes(diagrams.draw_circuit(example.loss).source).values()]
-    assert "h [forward]" in titles and "h [backward]" in titles
+    assert titles.count("g") == 1 and titles.count("h") == 1  # gate g, state h
 
 
 def test_same_recording_gives_the_same_dot():
@@ -197,3 +220,57 @@ def test_max_nodes_caps_draw_graph_and_says_so():
     source = diagrams.draw_graph(example.loss, max_nodes=60).source
     assert len(_nodes(source)) <= 60
     assert "elided" in source or "not drawn" in source or "collapsed" in source
+
+
+@pytest.mark.parametrize("collapse", ["nonexistent", "Elman", 7, ["ElmanRNN", "nope"]])
+def test_collapse_that_matches_nothing_names_the_scopes(collapse):
+    example = models_zoo.build("elman", 3)  # scopes: ElmanRNN.cell (depth 2) and loss
+    for draw in (diagrams.draw_unfolded, diagrams.draw_circuit, diagrams.draw_graph):
+        with pytest.raises(ValueError, match=r"'ElmanRNN\.cell'.*depth from 1 to 2"):
+            draw(example.loss, detail="ops", collapse=collapse)
+
+
+def test_collapse_prefixes_and_depths_that_exist_still_work():
+    example = models_zoo.build("elman", 3)
+    for collapse in ("ElmanRNN", "ElmanRNN.cell", 1, 2, ["loss", "ElmanRNN"]):
+        source = diagrams.draw_unfolded(example.loss, detail="ops", collapse=collapse).source
+        assert "shape=box3d" in source
+
+
+@pytest.mark.parametrize("steps,pattern", [([7], r"\[7\].*0\.\.3"), ([0, 9], r"\[9\].*0\.\.3"),
+                                           (0, r"at least 1"), (-2, r"at least 1")])
+def test_steps_outside_the_recording_are_an_error_naming_the_valid_ones(steps, pattern):
+    example = models_zoo.textbook_rnn(4)
+    with pytest.raises(ValueError, match=pattern):
+        diagrams.draw_unfolded(example.loss, steps=steps)
+
+
+def test_to_networkx_unfolded_and_folded_views():
+    import networkx as nx
+    # textbook RNN over T = 3: cell variables x a h o y L(t) per step, 5 parameters, h0, L
+    example = models_zoo.textbook_rnn(3)
+    unfolded = diagrams.to_networkx(example.loss, view="unfolded", detail="variables")
+    folded = diagrams.to_networkx(example.loss, view="folded", detail="variables")
+    assert nx.is_directed_acyclic_graph(unfolded)
+    assert unfolded.number_of_nodes() == 6 * 3 + 5 + 2
+    assert not nx.is_directed_acyclic_graph(folded)
+    assert folded.number_of_nodes() == 6 + 5 + 2 + 1  # the cell once, one delay (h)
+    (delay,) = [k for k, a in folded.nodes(data=True) if a["kind"] == "delay"]
+    assert folded.nodes[delay]["delay"] == 1
+    ops = diagrams.to_networkx(example.loss)  # defaults: unfolded, every primitive
+    assert sum(a["op"] == "tanh" for _, a in ops.nodes(data=True)) == 3
+    with pytest.raises(ValueError, match="'unfolded' or 'folded'"):
+        diagrams.to_networkx(example.loss, view="sideways")
+
+
+def test_backward_textbook_circuit_sums_gradients_without_long_delays():
+    # dL/dW = sum_t dL/dW(t): a sum over the steps (like L = sum_t L(t)), not a chain of
+    # delays -1, -2, ... from every later step; the only recurrence left is h(t-1) -> h(t)
+    example = models_zoo.build("elman", 4)
+    circuit = diagrams.folded_networkx(example.loss, detail="variables", backward=True)
+    delays = [a["delay"] for _, a in circuit.nodes(data=True) if a["kind"] == "delay"]
+    assert delays == [1]
+    grads = {a["label"] for _, a in circuit.nodes(data=True) if a["label"].startswith("dL/d")}
+    assert grads == {f"dL/d{p}" for p in ("U", "V", "W", "b", "c")}
+    labels = {a["label"] for _, a in circuit.nodes(data=True)}
+    assert not any(lab.startswith("const") and lab != "const" for lab in labels)  # no "const0"

@@ -40,7 +40,8 @@ from .graph import Graph, Node
 
 __all__ = [
     "node_kind", "unfolded", "variables", "fold", "circuit", "elide_steps",
-    "collapse_scopes", "choose_steps", "view_of", "label_initial_states", "MULTIPLICATIVE_OPS",
+    "collapse_scopes", "choose_steps", "view_of", "label_initial_states", "merge_shared_inputs",
+    "MULTIPLICATIVE_OPS",
 ]
 
 # ops through which a parameter "maps" one variable to another (edge labels)
@@ -160,7 +161,95 @@ def unfolded(source, steps=None) -> "nx.DiGraph":
                 continue
             _add_or_merge_edge(g, u, v, positions=(pos,), delay=_delay(i.timestep, n.timestep),
                                params=(i.name or "param",) if i.is_leaf and i.requires_grad else ())
-    return g
+    return merge_shared_inputs(g, graph.nodes)
+
+
+# -- one input, read by several directions -------------------------------------
+
+def _memory_identity(node):
+    """Where a leaf's array lives (pointer, shape, strides, dtype), or None when it is gone."""
+    tensor = node.tensor
+    data = getattr(tensor, "data", None) if tensor is not None else None
+    if data is None:
+        return None
+    interface = getattr(data, "__array_interface__", None)
+    if interface is not None:
+        pointer = interface["data"][0]
+    else:
+        pointer = getattr(getattr(data, "data", None), "ptr", None)  # CuPy
+        if pointer is None:
+            return None
+    return (pointer, tuple(data.shape), tuple(getattr(data, "strides", ())), str(data.dtype))
+
+
+def _input_identity(n):
+    """A key shared by recorded nodes that are the same input of one step, else None.
+
+    A bidirectional layer reads x(t) once per direction: two constant leaves
+    viewing the same memory (or, once the arrays are freed, two leaves of the
+    same name, step and shape in sibling direction scopes), or two ``getitem``
+    ops taking the same index of the same tensor (a stacked layer's input).
+    """
+    if n.timestep is None or not n.name:
+        return None
+    if n.is_leaf:
+        if n.requires_grad:
+            return None
+        memory = _memory_identity(n)
+        if memory is not None:
+            return ("memory", n.name, n.timestep) + memory
+        parent, _, last = (n.scope or "").rpartition(".")
+        if last not in ("forward", "backward"):
+            return None
+        return ("sibling", n.name, n.timestep, tuple(n.shape), str(n.dtype), parent)
+    if n.op == "getitem" and not _is_backward(n.scope):
+        return ("getitem", n.name, n.timestep, tuple(i.id for i in n.inputs),
+                repr(n.attrs.get("index")))
+    return None
+
+
+def _common_scope(scopes):
+    parts = [s.split(".") for s in scopes]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def merge_shared_inputs(view, nodes):
+    """Draw an input read by several directions once per step (changes ``view`` in place).
+
+    The first copy stays (its scope becomes the copies' common scope); the
+    others' edges move onto it. Returns ``view``.
+    """
+    first: dict = {}
+    duplicates = []
+    for n in nodes:
+        if n.id not in view:
+            continue
+        key = _input_identity(n)
+        if key is None:
+            continue
+        if key in first:
+            duplicates.append((n.id, first[key]))
+        else:
+            first[key] = n.id
+    for dup, keep in duplicates:
+        a, k = view.nodes[dup], view.nodes[keep]
+        k["scope"] = _common_scope([k["scope"], a["scope"]])
+        k["members"] = tuple(k["members"]) + tuple(a["members"])
+        k["reps"] = tuple(k.get("reps", ())) + tuple(a.get("reps", ()))
+        k["merged"] = k.get("merged", 1) + 1
+        for u, _, e in list(view.in_edges(dup, data=True)):
+            if u != keep:
+                _add_or_merge_edge(view, u, keep, **dict(e))
+        for _, w, e in list(view.out_edges(dup, data=True)):
+            if w != keep:
+                _add_or_merge_edge(view, keep, w, **dict(e))
+        view.remove_node(dup)
+    return view
 
 
 # -- variables (textbook level) ----------------------------------------------
@@ -364,7 +453,7 @@ def variables(source, keep=None, steps=None) -> "nx.DiGraph":
             g.add_edge(s, n.id, positions=(pos,), delay=_delay(src.timestep, n.timestep),
                        params=params)
     _assign_contracted_members(g, nodes, kept)
-    return g
+    return merge_shared_inputs(g, nodes)
 
 
 def _edges_into_gap(g, n, gaps, kept, reach, flatten, kinds):
@@ -452,8 +541,8 @@ def label_initial_states(view):
         if k[0] == "input":
             leaves.setdefault(k, []).append(v)
     for u, v, e in view.edges(data=True):
-        if not e.get("delay") or v not in keys or view.nodes[u]["kind"] == "elided":
-            continue
+        if not e.get("delay") or v not in keys or view.nodes[u]["kind"] in ("elided", "data"):
+            continue  # only a state (an op) has an initial value; a constant is not one
         for slot in e.get("positions", ()):
             for leaf in leaves.get(("input", keys[v], slot), ()):
                 a = view.nodes[leaf]
@@ -491,13 +580,14 @@ def fold(view) -> "nx.DiGraph":
             continue
         d = e.get("delay", 0)
         if d:
-            delay = ("delay", ku, kv, d)
+            # one delay per state and offset, fanning out to every consumer (h -> [] -> gates)
+            delay = ("delay", ku, d)
             if delay not in c:
                 c.add_node(delay, kind="delay", label="", delay=d, name=None, op="delay",
-                           scope=c.nodes[kv]["scope"], timestep=None, timesteps=(),
+                           scope=c.nodes[ku]["scope"], timestep=None, timesteps=(),
                            ordinal=None, shape=c.nodes[ku]["shape"], members=(), reps=(),
-                           backward=c.nodes[kv]["backward"])
-            _merge_edge(c, ku, delay, e, delay=d)
+                           backward=c.nodes[ku]["backward"])
+            _merge_edge(c, ku, delay, dict(e, params=()), delay=d)
             _merge_edge(c, delay, kv, e, delay=0)
         else:
             _merge_edge(c, ku, kv, e, delay=0)
@@ -540,13 +630,26 @@ def choose_steps(timesteps, steps=None, node_budget=None, nodes_per_step=1):
         if node_budget is None:
             return timesteps
         steps = max(2, int(node_budget // max(1, nodes_per_step)))
+    valid = (f"{timesteps[0]}..{timesteps[-1]}" if timesteps else "none: nothing was recorded "
+             "inside tg.timestep()")
+    if isinstance(steps, bool):
+        raise ValueError(f"steps must be an int (how many steps to draw) or a list of step "
+                         f"indices, got {steps!r}")
     if isinstance(steps, int):
+        if steps < 1:
+            raise ValueError(f"steps={steps}: draw at least 1 step (an int from 1 to "
+                             f"{len(timesteps)}, or a list of steps from {valid}, or None)")
         if steps >= len(timesteps):
             return timesteps
         first = (steps + 1) // 2
         last = steps - first
         return timesteps[:first] + (timesteps[-last:] if last else [])
     wanted = set(steps)
+    missing = sorted(wanted - set(timesteps))
+    if missing or not wanted:
+        raise ValueError(f"steps={sorted(wanted)!r}: "
+                         + (f"step(s) {missing} were not recorded; " if missing else "no steps given; ")
+                         + f"the recorded steps are {valid} (or pass an int: how many to draw)")
     return [t for t in timesteps if t in wanted]
 
 
@@ -592,15 +695,39 @@ def _scope_group(scope, collapse):
     return best
 
 
-def collapse_scopes(view, collapse):
+def _check_collapse(view, collapse):
+    scopes = sorted({a["scope"] for _, a in view.nodes(data=True)
+                     if a["kind"] in ("op", "group") and a["scope"]})
+    depth = max((len(sc.split(".")) for sc in scopes), default=0)
+    shown = ", ".join(repr(sc) for sc in scopes[:12]) + (" ..." if len(scopes) > 12 else "")
+    choices = (f"choose a scope ({shown}) or one of its dotted prefixes, or a depth from 1 to "
+               f"{depth}" if scopes else "this graph has no scopes to collapse")
+    if isinstance(collapse, int):
+        if not 1 <= collapse <= depth:
+            raise ValueError(f"collapse={collapse}: no scope is that deep; {choices}")
+        return
+    prefixes = [collapse] if isinstance(collapse, str) else list(collapse)
+    for p in prefixes:
+        if not isinstance(p, str) or not any(sc == p or sc.startswith(p + ".") for sc in scopes):
+            raise ValueError(f"collapse={p!r} matches no scope; {choices}")
+
+
+def collapse_scopes(view, collapse, strict=True):
     """Merge the op nodes of each collapsed scope (per time step) into one box.
 
     ``collapse``: a scope prefix, a list of them, an int depth (every scope is
     cut to that many dotted parts) or True (every innermost scope). Leaves
     keep their own nodes; edges inside a box disappear, delays stay.
+    ``strict``: a prefix or depth that matches no op is a ValueError naming
+    the scopes there are.
     """
-    if not collapse:
+    if collapse is None or collapse is False:
         return view
+    if not isinstance(collapse, (bool, int, str, list, tuple, set, frozenset)):
+        raise ValueError(f"collapse must be a scope name, a list of them, a depth (int) or True, "
+                         f"got {collapse!r}")
+    if strict and not isinstance(collapse, bool):
+        _check_collapse(view, collapse)
     nx = _nx()
     group_of = {}
     for v, a in view.nodes(data=True):

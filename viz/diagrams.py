@@ -20,7 +20,8 @@ from tinygraph.graph import Graph
 from . import render
 from .dot import to_digraph
 
-__all__ = ["draw_graph", "draw_unfolded", "draw_circuit", "unfolded_networkx", "folded_networkx",
+__all__ = ["draw_graph", "draw_unfolded", "draw_circuit", "to_networkx", "unfolded_networkx",
+           "folded_networkx",
            "DEFAULT_MAX_NODES"]
 
 DEFAULT_MAX_NODES = 300
@@ -82,30 +83,78 @@ class _Recording:
         for node_id, label in self.renamed.items():
             if node_id in view:
                 view.nodes[node_id]["label"] = label
+                if detail == "variables":
+                    # dL/dW sums every step's contribution: drawn outside the steps, like the
+                    # total loss L, not at the step its last partial sum was recorded in
+                    # (which drew an edge of delay -1, -2, -3 ... from every later step)
+                    view.nodes[node_id]["timestep"] = None
+                    for _, _, e in view.in_edges(node_id, data=True):
+                        e["delay"] = 0
+        if detail == "variables":
+            label_backward_direction(view)
         folding.label_initial_states(view)
         qualify_clashing_labels(view)
         return view
 
 
+def _forward_scope(scope):
+    """``backward(LSTM.layer0.forward)`` -> ``LSTM.layer0.forward``."""
+    while scope.startswith("backward(") and scope.endswith(")"):
+        scope = scope[len("backward("):-1]
+    return scope
+
+
+def _owner_scope(view, v, a):
+    """The scope a node belongs to; a parameter (no scope) belongs where it is used."""
+    if a["kind"] != "param":
+        return a.get("scope") or ""
+    users = {_forward_scope(view.nodes[w].get("scope") or "") for w in view.successors(v)}
+    users.discard("")
+    return folding._common_scope(sorted(users)) if users else ""
+
+
+def label_backward_direction(view):
+    """The reverse direction's hidden state ``h`` is the textbook's ``g`` (variables detail).
+
+    A bidirectional layer runs ``h(t) = f(h(t-1), x(t))`` forward and
+    ``g(t) = f(g(t+1), x(t))`` backward in time; both record the name ``h``.
+    Skipped when the view already has a ``g`` (the LSTM's gate).
+    """
+    if any(a.get("name") == "g" for _, a in view.nodes(data=True)):
+        return view
+    for _, a in view.nodes(data=True):
+        scope = a.get("scope") or ""
+        if (a.get("name") == "h" and a["kind"] == "op" and not a.get("backward")
+                and scope.rpartition(".")[2] == "backward"):
+            a["label"] = "g"
+    return view
+
+
 def qualify_clashing_labels(view):
     """Add the differing scope part to labels shared by nodes of different scopes.
 
-    A bidirectional layer names both states ``h``; drawn as ``h [forward]`` and
-    ``h [backward]`` (a 2-layer stack: ``h [layer0]``, ``h [layer1]``).
+    A bidirectional layer names both pre-activations ``a``; drawn as ``a [forward]``
+    and ``a [backward]`` (a 2-layer stack: ``h [layer0]``, ``h [layer1]``).
+    Parameters have no scope of their own: they take the common scope of the
+    nodes they feed, so each direction's weights read ``W [forward]``, ``W [backward]``.
     """
     scopes_by_label: dict = {}
-    def named(a):  # unnamed ops are labelled by their op: clashes there say nothing
-        return a["kind"] in ("op", "data") and a.get("scope") and (a.get("name") or a.get("initial_of"))
+    owners = {}
 
-    for _, a in view.nodes(data=True):
-        if named(a):
-            scopes_by_label.setdefault(a["label"], set()).add(a["scope"])
+    def named(a):  # unnamed ops are labelled by their op: clashes there say nothing
+        return a["kind"] in ("op", "data", "param") and (a.get("name") or a.get("initial_of"))
+
     for v, a in view.nodes(data=True):
-        scopes = scopes_by_label.get(a["label"], ())
-        if not named(a) or len(scopes) < 2:
+        if named(a):
+            owners[v] = _owner_scope(view, v, a)
+            if owners[v]:
+                scopes_by_label.setdefault((a["kind"] == "param", a["label"]), set()).add(owners[v])
+    for v, a in view.nodes(data=True):
+        scopes = scopes_by_label.get((a["kind"] == "param", a["label"]), ())
+        if not named(a) or not owners.get(v) or len(scopes) < 2:
             continue
         split = [sc.split(".") for sc in sorted(scopes)]
-        mine = a["scope"].split(".")
+        mine = owners[v].split(".")
         differing = [part for k, part in enumerate(mine)
                      if any(len(o) <= k or o[k] != part for o in split)]
         if differing:
@@ -138,7 +187,7 @@ def _fit(view, max_nodes, notes, steps_first=True):
     depth = max((len(a["scope"].split(".")) for _, a in view.nodes(data=True) if a["scope"]),
                 default=0)
     while view.number_of_nodes() > max_nodes and depth > 0:
-        view = folding.collapse_scopes(view, depth)
+        view = folding.collapse_scopes(view, depth, strict=False)
         notes.append(f"scopes collapsed to depth {depth} to fit {max_nodes} nodes")
         depth -= 1
     if view.number_of_nodes() > max_nodes:
@@ -152,6 +201,8 @@ def _fit(view, max_nodes, notes, steps_first=True):
 def _steps_to_show(graph, detail, steps, max_nodes):
     """The steps to draw (None: all), from the recording alone so hidden steps cost nothing."""
     all_steps = graph.timesteps
+    if steps is not None:
+        folding.choose_steps(all_steps, steps)  # a bad request is an error, even with no steps
     if not all_steps:
         return None
     if steps is None:
@@ -237,6 +288,21 @@ def draw_circuit(*tensors, detail="variables", backward=False, show_shapes=True,
                  clusters=False, time_suffix=False, show_shapes=show_shapes,
                  show_values=show_values, show_grads=show_grads, highlight=highlight,
                  processed=processed, grads=grads, legend=legend)
+
+
+def to_networkx(*tensors, view="unfolded", detail="ops", backward=False):
+    """The recorded graph as a networkx DiGraph, for other tools.
+
+    ``view="unfolded"``: every step (acyclic; node keys are recorded node ids).
+    ``view="folded"`` (or ``"circuit"``): the circuit, cyclic through its delay
+    nodes (``kind="delay"``, ``delay=`` the step offset); backward never runs on it.
+    ``detail``: ``"ops"`` (every primitive) or ``"variables"`` (the textbook view).
+    """
+    if view == "unfolded":
+        return unfolded_networkx(*tensors, detail=detail, backward=backward)
+    if view in ("folded", "circuit"):
+        return folded_networkx(*tensors, detail=detail, backward=backward)
+    raise ValueError(f"to_networkx: view must be 'unfolded' or 'folded', got {view!r}")
 
 
 def unfolded_networkx(*tensors, detail="ops", backward=False):

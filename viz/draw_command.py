@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["configure", "run", "output_paths"]
+__all__ = ["configure", "run", "output_paths", "check_args"]
 
 
 def configure(parser):
@@ -47,10 +47,29 @@ def _collapse_arg(text):
     return int(text) if text.isdigit() else text
 
 
+def check_args(args):
+    """A one-line complaint about the command line, or None (checked before building anything)."""
+    from .render import FORMATS
+
+    suffix = os.path.splitext(args.output)[1].lower()
+    if suffix not in FORMATS:
+        return (f"-o {args.output}: unknown file type {suffix or '(no suffix)'!r}; "
+                f"use one of {', '.join(sorted(FORMATS))}")
+    if args.steps < 1:
+        return f"--steps must be at least 1, got {args.steps}"
+    if args.show_steps is not None and args.show_steps < 1:
+        return f"--show-steps must be at least 1, got {args.show_steps}"
+    return None
+
+
 def run(args) -> int:
     from . import diagrams, render
     from .models_zoo import build
 
+    problem = check_args(args)
+    if problem:
+        print(f"tinygraph draw: {problem}", file=sys.stderr)
+        return 2
     try:
         example = build(args.model, steps=args.steps)
     except (ValueError, RuntimeError) as exc:
@@ -59,11 +78,16 @@ def run(args) -> int:
     common = dict(detail=args.detail, backward=args.backward,
                   collapse=_collapse_arg(args.collapse), legend=args.legend)
     for view, path in output_paths(args.output, args.view).items():
-        if view == "unfolded":
-            diagram = diagrams.draw_unfolded(example.loss, steps=args.show_steps,
-                                             title=f"{args.model} unfolded", **common)
-        else:
-            diagram = diagrams.draw_circuit(example.loss, title=f"{args.model} circuit", **common)
+        try:
+            if view == "unfolded":
+                diagram = diagrams.draw_unfolded(example.loss, steps=args.show_steps,
+                                                 title=f"{args.model} unfolded", **common)
+            else:
+                diagram = diagrams.draw_circuit(example.loss, title=f"{args.model} circuit",
+                                                **common)
+        except ValueError as exc:  # e.g. --collapse naming no scope
+            print(f"tinygraph draw: {exc}", file=sys.stderr)
+            return 2
         try:
             render.save(diagram, path)
         except render.RenderError as exc:
