@@ -274,3 +274,12 @@ def test_backward_textbook_circuit_sums_gradients_without_long_delays():
     assert grads == {f"dL/d{p}" for p in ("U", "V", "W", "b", "c")}
     labels = {a["label"] for _, a in circuit.nodes(data=True)}
     assert not any(lab.startswith("const") and lab != "const" for lab in labels)  # no "const0"
+
+
+def test_bidirectional_x_is_drawn_once_per_step_after_backward_freed_the_arrays():
+    import gc
+    example = models_zoo.build("birnn", 3)
+    example.loss.backward()  # frees the saved arrays: x(t) is matched by name, step, scope
+    gc.collect()
+    view = diagrams.unfolded_networkx(example.loss, detail="variables")
+    assert sorted(a["timestep"] for _, a in view.nodes(data=True) if a["label"] == "x") == [0, 1, 2]
