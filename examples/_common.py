@@ -40,7 +40,7 @@ def make_parser(description, *, script, data_name=None):
 
 def setup(args):
     """Seed everything and make the output folder; returns (rng, out_dir)."""
-    from tinygraph.demo import limit_blas_threads
+    from tinygraph.backend import limit_blas_threads
     limit_blas_threads()  # small per-step matmuls: BLAS threads cost more than they save
     tg.manual_seed(args.seed)
     out = Path(args.out)

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tinygraph import demo
+from tinygraph.apps import demo
 
 PROMISED = {
     "lstm_circuit.svg": "svg",

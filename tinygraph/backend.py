@@ -6,6 +6,8 @@ a CUDA device is requested, so NumPy-only machines never pay for it.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 _cupy = None
@@ -113,3 +115,28 @@ def as_host(array):
 def module_for_device(device):
     kind, _ = parse_device(device)
     return np if kind == "cpu" else get_cupy()
+
+
+def limit_blas_threads(n=1):
+    """Ask a loaded OpenBLAS to use ``n`` threads; returns True when it could.
+
+    Recurrent models multiply small matrices one time step at a time; there a
+    multi-threaded BLAS spends more on waking threads than it saves, and on a
+    busy 2-core machine it made training 3-10x slower. Best effort: Linux
+    OpenBLAS builds only (others are left as they are), and the variable
+    OPENBLAS_NUM_THREADS, when set, wins.
+    """
+    import ctypes
+    if os.environ.get("OPENBLAS_NUM_THREADS") or not os.path.exists("/proc/self/maps"):
+        return False
+    with open("/proc/self/maps") as f:
+        libraries = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    for path in libraries:
+        lib = ctypes.CDLL(path)
+        for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                     "scipy_openblas_set_num_threads", "openblas_set_num_threads64_"):
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(int(n))
+                return True
+    return False

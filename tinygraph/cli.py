@@ -11,7 +11,7 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "demo": ("tinygraph.demo", "train a char-level LSTM on embedded text and write every picture"),
+    "demo": ("tinygraph.apps.demo", "train a char-level LSTM on embedded text and write every picture"),
     "draw": ("tinygraph.viz.draw_command", "draw a model's folded circuit and/or unfolded graph"),
     "step": ("tinygraph.viz.step_command", "step through backprop of a small recurrent model"),
 }

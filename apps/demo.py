@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write_text
-from .progress import ProgressBar
-from .training import History
+from tinygraph.backend import limit_blas_threads
+from tinygraph.fileio import atomic_write_text
+from tinygraph.progress import ProgressBar
+from tinygraph.training import History
 
 # flow_steps: length T of the gradient-flow probe. flow_forget_bias: forget-gate bias of the untrained
 # LSTM drawn next to the untrained tanh RNN (1.0, the usual init, starts the cell state remembering).
@@ -57,31 +57,6 @@ def configure(parser):
 # ---------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------
-def limit_blas_threads(n=1):
-    """Ask a loaded OpenBLAS to use ``n`` threads; returns True when it could.
-
-    Recurrent models multiply small matrices one time step at a time; there a
-    multi-threaded BLAS spends more on waking threads than it saves, and on a
-    busy 2-core machine it made training 3-10x slower. Best effort: Linux
-    OpenBLAS builds only (others are left as they are), and the variable
-    OPENBLAS_NUM_THREADS, when set, wins.
-    """
-    import ctypes
-    if os.environ.get("OPENBLAS_NUM_THREADS") or not os.path.exists("/proc/self/maps"):
-        return False
-    with open("/proc/self/maps") as f:
-        libraries = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
-    for path in libraries:
-        lib = ctypes.CDLL(path)
-        for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
-                     "scipy_openblas_set_num_threads", "openblas_set_num_threads64_"):
-            setter = getattr(lib, name, None)
-            if setter is not None:
-                setter(int(n))
-                return True
-    return False
-
-
 def _printable(text):
     return text.replace("\n", "⏎ ").replace("\t", "→")
 
