@@ -13,21 +13,13 @@ layer measured in the same run. Run with OPENBLAS_NUM_THREADS=1.
     python benchmarks/lstm_paths.py [--steps 50] [--batch 16] [--hidden 64]
 """
 import argparse
-import time
 
 import numpy as np
 
 import tinygraph as tg
 from tinygraph.models import LSTM
 
-
-def best_of(fn, rounds):
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
-    return best
+from _timing import best_of
 
 
 def numpy_lstm(x, U, W, b, H):

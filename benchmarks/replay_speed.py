@@ -5,22 +5,13 @@ ratio, measured in the same run. Run with OPENBLAS_NUM_THREADS=1 for stable numb
     python benchmarks/replay_speed.py [--batch 8] [--hidden 32] [--repeat 300]
 """
 import argparse
-import time
 
 import numpy as np
 
 import tinygraph as tg
 from tinygraph.trace import trace
 
-
-def best_of(fn, repeat, rounds=5):
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.process_time()
-        for _ in range(repeat):
-            fn()
-        best = min(best, (time.process_time() - t0) / repeat)
-    return best
+from _timing import best_of
 
 
 def main():
@@ -56,8 +47,8 @@ def main():
         compiled(*arrays)
         compiled.backward(one)
 
-    t_eager = best_of(eager, args.repeat)
-    t_replay = best_of(replay, args.repeat)
+    t_eager = best_of(eager, repeat=args.repeat)
+    t_replay = best_of(replay, repeat=args.repeat)
     print(f"LSTM step B={B} D={D} H={H}, forward+backward, {len(compiled)} primitives")
     print(f"  eager   {t_eager * 1e6:9.1f} us/step   (baseline)")
     print(f"  replay  {t_replay * 1e6:9.1f} us/step   ratio {t_replay / t_eager:.2f}x of eager")

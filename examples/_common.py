@@ -79,6 +79,25 @@ class Progress(ProgressBar):
         self.close()
 
 
+def accuracy(predict, batches, *, per_step=False):
+    """Share of correct argmax predictions; ``predict(batch)`` returns the logits.
+
+    ``per_step=True`` counts every valid (unpadded) step of ``batch.mask``;
+    otherwise one prediction per sequence.
+    """
+    correct = total = 0
+    with tg.no_grad():
+        for b in batches:
+            pred = np.asarray(predict(b).data).argmax(-1)
+            if per_step:
+                correct += int(((pred == b.targets) & b.mask).sum())
+                total += int(b.mask.sum())
+            else:
+                correct += int((pred == b.targets).sum())
+                total += len(b)
+    return correct / max(total, 1)
+
+
 def scalar(t) -> float:
     return float(t.item()) if hasattr(t, "item") else float(t)
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 import _common
 import tinygraph as tg
 from tinygraph import data, optim
@@ -42,13 +40,7 @@ def build_parser():
 
 
 def token_accuracy(model, batches):
-    correct = total = 0
-    with tg.no_grad():
-        for b in batches:
-            pred = np.asarray(model(b.inputs, lengths=b.lengths)[0].data).argmax(-1)
-            correct += int(((pred == b.targets) & b.mask).sum())
-            total += int(b.mask.sum())
-    return correct / max(total, 1)
+    return _common.accuracy(lambda b: model(b.inputs, lengths=b.lengths)[0], batches, per_step=True)
 
 
 def main(argv=None):

@@ -60,13 +60,7 @@ def build_parser():
 
 
 def accuracy(model, batches):
-    correct = total = 0
-    with tg.no_grad():
-        for b in batches:
-            pred = np.asarray(model(b.inputs, lengths=b.lengths).data).argmax(-1)
-            correct += int((pred == b.targets).sum())
-            total += len(b)
-    return correct / max(total, 1)
+    return _common.accuracy(lambda b: model(b.inputs, lengths=b.lengths), batches)
 
 
 def main(argv=None):

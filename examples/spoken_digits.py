@@ -67,17 +67,7 @@ def build_parser():
 
 
 def evaluate(model, batches, per_frame):
-    correct = total = 0
-    with tg.no_grad():
-        for b in batches:
-            pred = np.asarray(predict(model, b).data).argmax(-1)
-            if per_frame:
-                correct += int(((pred == b.targets) & b.mask).sum())
-                total += int(b.mask.sum())
-            else:
-                correct += int((pred == b.targets).sum())
-                total += len(b)
-    return correct / max(total, 1)
+    return _common.accuracy(lambda b: predict(model, b), batches, per_step=per_frame)
 
 
 def main(argv=None):

@@ -159,11 +159,7 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                             args.append(a)
                             needs.append(False)
                 needs = tuple(needs)
-                out = node.value
-                if out is None:  # a node made before outputs were kept on nodes
-                    out_t = node.tensor
-                    out = out_t.data if out_t is not None else None
-                in_grads = prim.vjp(g, out, needs, *args, **node.attrs)
+                in_grads = prim.vjp(g, node.value, needs, *args, **node.attrs)
             if on_node is not None:
                 on_node(node, g, in_grads)
             if not retain_graph:

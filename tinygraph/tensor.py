@@ -1,10 +1,12 @@
 """Tensor: an array (NumPy or CuPy) plus the graph node that produced it."""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from . import backend
-from .graph import STATE, Node
+from .graph import Node
 
 __all__ = ["Tensor"]
 
@@ -85,7 +87,7 @@ class Tensor:
             op = "leaf" if self.requires_grad else "const"
             node = Node(op, (), {}, self.shape, self.dtype, name=self._name,
                         requires_grad=self.requires_grad, is_leaf=True)
-            node.out_ref = _weakref(self)
+            node.out_ref = weakref.ref(self)
             self._node = node
         return node
 
@@ -201,11 +203,6 @@ class Tensor:
             yield self[i]
 
 
-def _weakref(t):
-    import weakref
-    return weakref.ref(t)
-
-
 def _install_methods():
     from . import ops
 
@@ -256,5 +253,3 @@ def _install_methods():
     T.clip = lambda a, lo=None, hi=None: ops.clip(a, lo, hi)
     T.flatten = lambda a: ops.reshape(a, (-1,))
 
-
-_ = STATE  # re-exported for ops; keeps import order explicit
