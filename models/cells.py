@@ -24,6 +24,7 @@ exploding gradients):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -34,7 +35,25 @@ from tinygraph.nn import LayerNorm, Module, empty_parameter
 
 from .fused import lstm_cell
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell", "zeros_state"]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "zeros_state", "decomposed"]
+
+_DECOMPOSED = [0]  # nesting depth of decomposed() blocks
+
+
+@contextlib.contextmanager
+def decomposed():
+    """Record every gate op, even for cells and layers built with ``fused=True``.
+
+    Train fused, look decomposed: inside this block the same model (same
+    parameters) records the textbook per-step, per-gate graph that the
+    diagrams and the stepper show, instead of its fused kernels. Both compute
+    the same numbers (tests/test_fused_sequence.py).
+    """
+    _DECOMPOSED[0] += 1
+    try:
+        yield
+    finally:
+        _DECOMPOSED[0] -= 1
 
 _RECURRENT_INITS = (None, "uniform", "orthogonal", "identity")
 
@@ -214,12 +233,13 @@ class LSTMCell(_Cell):
         return self.step(x, state, self.weights())
 
     def weights(self):
-        return None if self.fused else super().weights()  # the fused primitive transposes inside
+        # the fused primitive transposes inside
+        return None if self.fused and not _DECOMPOSED[0] else super().weights()
 
     def step(self, x, state, weights):
         """One step without checks; ``weights`` comes from :meth:`weights`."""
         h, c = state
-        if self.fused:
+        if self.fused and not _DECOMPOSED[0]:
             return lstm_cell(x, h, c, self.U, self.W, self.b)
         ux, wh = self._projections(x, h, weights)
         gates = wh + ux

@@ -36,17 +36,18 @@ import tinygraph as tg
 from tinygraph import backend
 from tinygraph.nn import Dropout, Module
 
-from .cells import GRUCell, LSTMCell, RNNCell, as_tensor, zeros_state
+from .cells import _DECOMPOSED, GRUCell, LSTMCell, RNNCell, as_tensor, decomposed, zeros_state
 from .masks import check_lengths, lengths_to_mask, mask_to_lengths
+from .sequence import gru_sequence, lstm_sequence, rnn_sequence
 
-__all__ = ["RNN", "LSTM", "GRU", "IRNN", "make_layer"]
-
+__all__ = ["RNN", "LSTM", "GRU", "IRNN", "make_layer", "decomposed"]
 
 class _RecurrentLayer(Module):
     """Shared driver: stacks of (optionally bidirectional) cells over a sequence."""
 
     cell_class = None
     state_tensors = 1  # h only; the LSTM carries (h, c)
+    cell_takes_fused = False  # the LSTM cell has a fused per-step primitive of its own
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, residual=False, layer_norm=False, recurrent_init=None, dtype=None,
@@ -61,6 +62,11 @@ class _RecurrentLayer(Module):
         self.dropout, self.bidirectional, self.residual = float(dropout), bool(bidirectional), bool(residual)
         self.layer_norm = bool(layer_norm)
         self.num_directions = 2 if bidirectional else 1
+        fused = cell_options.get("fused", False) if self.cell_takes_fused else cell_options.pop("fused", False)
+        self.fused = bool(fused)
+        if self.fused and self.layer_norm:
+            raise ValueError(f"{type(self).__name__}: the fused kernels have no layer norm; "
+                             "use fused=False with layer_norm=True")
         for layer in range(self.num_layers):
             width = self.input_size if layer == 0 else self.hidden_size * self.num_directions
             for direction in range(self.num_directions):
@@ -116,15 +122,22 @@ class _RecurrentLayer(Module):
             keep = backend.to_device(mask, x.device)
             keep_float = backend.to_device(mask.astype(x.dtype), x.device)
 
+        # the fused sequence kernels cover full-length batches; padded ones (and
+        # decomposed() blocks) run step by step
+        use_kernel = self.fused and keep is None and not _DECOMPOSED[0]
         layer_input, finals = x, []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.num_directions):
                 label = f"layer{layer}." + ("backward" if direction else "forward")
+                state = initial[layer * self.num_directions + direction]
                 with tg.scope(label):
-                    out, final = self._sweep(self.cell(layer, direction), layer_input,
-                                             initial[layer * self.num_directions + direction],
-                                             keep, keep_float, reverse=bool(direction))
+                    if use_kernel:
+                        out, final = self._sweep_fused(self.cell(layer, direction), layer_input, state,
+                                                       reverse=bool(direction))
+                    else:
+                        out, final = self._sweep(self.cell(layer, direction), layer_input, state,
+                                                 keep, keep_float, reverse=bool(direction))
                 outputs.append(out)
                 finals.append(final)
             with tg.scope(f"layer{layer}"):
@@ -160,6 +173,12 @@ class _RecurrentLayer(Module):
 
     def _step(self, cell, x_t, state, weights):
         return (cell.step(x_t, state[0], weights),)
+
+    def _sweep_fused(self, cell, x, state, reverse):
+        """One direction of one layer as a single fused node (``models.sequence``)."""
+        hs = rnn_sequence(x, state[0], cell.U, cell.W, cell.b, nonlinearity=cell.nonlinearity, reverse=reverse)
+        hs.name = "h"
+        return hs, (hs[0] if reverse else hs[hs.shape[0] - 1],)
 
     # -- state layout --------------------------------------------------------
     def _state_shape(self, batch):
@@ -283,12 +302,15 @@ def IRNN(input_size, hidden_size, num_layers=1, **options):
 class LSTM(_RecurrentLayer):
     """Stacked LSTM; state is (h, c), each (layers*directions, B, H).
 
-    ``forget_bias`` sets the forget-gate bias; ``fused=True`` uses the fused
-    cell primitive (one node per step, same numbers) for speed.
+    ``forget_bias`` sets the forget-gate bias; ``fused=True`` records each
+    direction of each layer as one fused sequence kernel (``models.sequence``;
+    same numbers, training speed) -- and, for padded batches (``lengths=``),
+    the fused per-step cell.
     """
 
     cell_class = LSTMCell
     state_tensors = 2
+    cell_takes_fused = True
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, *, residual=False, layer_norm=False, recurrent_init=None,
@@ -300,11 +322,25 @@ class LSTM(_RecurrentLayer):
     def _step(self, cell, x_t, state, weights):
         return cell.step(x_t, state, weights)
 
+    def _sweep_fused(self, cell, x, state, reverse):
+        outputs, h_n, c_n = lstm_sequence(x, state[0], state[1], cell.U, cell.W, cell.b, reverse=reverse)
+        return outputs, (h_n, c_n)
+
 
 class GRU(_RecurrentLayer):
-    """Stacked GRU in PyTorch's formulation (see ``GRUCell``)."""
+    """Stacked GRU in PyTorch's formulation (see ``GRUCell``).
+
+    ``fused=True`` records each direction of each layer as one fused sequence
+    kernel (``models.sequence``) for training speed; padded batches run the
+    decomposed cells.
+    """
 
     cell_class = GRUCell
+
+    def _sweep_fused(self, cell, x, state, reverse):
+        hs = gru_sequence(x, state[0], cell.U, cell.W, cell.b, cell.b_hn, reverse=reverse)
+        hs.name = "h"
+        return hs, (hs[0] if reverse else hs[hs.shape[0] - 1],)
 
 
 _LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "irnn": IRNN}

@@ -7,7 +7,9 @@
     y.backward()
 """
 from . import tensor as _tensor_module
-from .backend import cuda_available
+from .backend import cuda_available, keep_freed_memory
+
+keep_freed_memory()  # reuse freed buffers: see its docstring (TINYGRAPH_SYSTEM_MALLOC=1 opts out)
 from .graph import (Graph, Node, current_scope, current_timestep, enable_grad,
                     is_grad_enabled, no_grad, scope, timestep)
 from .tensor import Tensor

@@ -131,6 +131,11 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                     "retain_graph=True to the first backward if you need to backpropagate twice, "
                     "or detach/truncate the state that reuses it"
                 )
+            if create_graph and prim.residuals:
+                raise RuntimeError(
+                    f"backward: op '{node.op}' (scope {node.scope or '<top>'!r}) is a fused first-order "
+                    "kernel; create_graph=True (gradients of gradients) needs the decomposed recording: "
+                    "build the layer with fused=False or record inside models.decomposed()")
             if create_graph:
                 out_t = node.tensor
                 if out_t is None and node.value is not None:  # the output Tensor died: same array, same node
@@ -159,11 +164,14 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                             args.append(a)
                             needs.append(False)
                 needs = tuple(needs)
-                in_grads = prim.vjp(g, node.value, needs, *args, **node.attrs)
+                if node.residuals is None:
+                    in_grads = prim.vjp(g, node.value, needs, *args, **node.attrs)
+                else:
+                    in_grads = prim.vjp(g, node.value, needs, *args, residuals=node.residuals, **node.attrs)
             if on_node is not None:
                 on_node(node, g, in_grads)
             if not retain_graph:
-                node.saved = node.value = None
+                node.saved = node.value = node.residuals = None
             for a, need, ig in zip(saved, needs, in_grads):
                 if not need or ig is None:
                     continue

@@ -140,3 +140,33 @@ def limit_blas_threads(n=1):
                 setter(int(n))
                 return True
     return False
+
+
+def keep_freed_memory():
+    """Let glibc keep freed memory for reuse instead of handing it back to the OS.
+
+    A training step allocates and frees the same few megabyte-sized buffers
+    every time. By default glibc returns such blocks to the kernel (``mmap``
+    above a threshold, heap trimming below it), so every step pays for fresh
+    zeroed pages on first touch: measured here, that made a softmax
+    cross-entropy forward+backward 3.6x slower and an LSTM training step 13%
+    slower. This raises both thresholds (the process keeps up to 1 GiB of
+    freed heap); the effect is what PyTorch's caching allocator gives on the
+    GPU. Called once at import on Linux with glibc; set the environment
+    variable ``TINYGRAPH_SYSTEM_MALLOC=1`` to leave the allocator alone.
+    Returns True when the setting was applied.
+    """
+    import ctypes
+    import platform
+    if os.environ.get("TINYGRAPH_SYSTEM_MALLOC") or platform.system() != "Linux":
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)   # glibc's upper limit on 64-bit
+    ok = libc.mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024) and ok
+    return bool(ok)

@@ -95,6 +95,19 @@ FORMULAS = {
     "lstm_cell": F("LSTM cell({x0}, {x1}, {x2})",
                    ("dz {x3}", "dz {x4}", "dc ⊙ f", "dzᵀ {x0}", "dzᵀ {x1}", "Σ_batch dz"),
                    ("{x3}", "{x4}", "⊙ f", "gates, x", "gates, h", "gates")),
+    # fused sequence kernels (models.sequence): dZ stacks every step's gate
+    # pre-activation gradients, found by one backward sweep through time
+    "rnn_sequence": F("RNN over time({x0}, {x1})",
+                      ("dZ {x2}", "dZ(first step) {x3}", "Σ_t dZ(t)ᵀ x(t)", "Σ_t dZ(t)ᵀ h(t−1)", "Σ_t,batch dZ"),
+                      ("{x2}", "{x3}", "steps, x", "steps, h", "steps")),
+    "lstm_sequence": F("LSTM over time({x0}, {x1}, {x2})",
+                       ("dZ {x3}", "dZ(first step) {x4}", "dc(first step) ⊙ f", "Σ_t dZ(t)ᵀ x(t)",
+                        "Σ_t dZ(t)ᵀ h(t−1)", "Σ_t,batch dZ"),
+                       ("{x3}", "{x4}", "⊙ f", "steps, x", "steps, h", "steps")),
+    "gru_sequence": F("GRU over time({x0}, {x1})",
+                      ("dZ {x2}", "dZ(first step) {x3} + dh ⊙ z", "Σ_t dZ(t)ᵀ x(t)", "Σ_t dZ_h(t)ᵀ h(t−1)",
+                       "Σ_t,batch dZ", "Σ_t,batch dZ_n ⊙ r"),
+                      ("{x2}", "{x3}", "steps, x", "steps, h", "steps", "steps")),
 }
 del F
 

@@ -45,7 +45,7 @@ class Node:
     __slots__ = (
         "id", "op", "inputs", "attrs", "shape", "dtype", "name", "scope",
         "timestep", "ordinal", "prim", "saved", "out_ref", "requires_grad",
-        "retains_grad", "literals", "value", "__weakref__",
+        "retains_grad", "literals", "value", "residuals", "__weakref__",
     )
 
     def __init__(self, op, inputs, attrs, shape, dtype, prim=None, saved=None,
@@ -63,6 +63,8 @@ class Node:
         # the output array, held by the node itself so its VJP can read ``out`` even
         # after the output Tensor died; released with ``saved`` by backward
         self.value = None
+        # what a fused primitive's forward kept for its VJP (see ops.Primitive)
+        self.residuals = None
         self.requires_grad = requires_grad
         self.retains_grad = False
         # non-tensor arguments as ((position, value), ...): they outlive ``saved``

@@ -28,20 +28,29 @@ PRIMITIVES: dict = {}
 
 
 class Primitive:
-    """A named operation: ``forward(*arrays, **attrs)`` and ``vjp(g, out, needs, *args, **attrs)``."""
+    """A named operation: ``forward(*arrays, **attrs)`` and ``vjp(g, out, needs, *args, **attrs)``.
 
-    __slots__ = ("name", "forward", "vjp", "doc")
+    A primitive registered with ``residuals=True`` (a fused kernel such as a
+    whole LSTM sequence) returns ``(out, residuals)`` from its forward: the
+    intermediates its VJP needs that are not in ``out`` (gate activations).
+    The node keeps them beside its output and the engine hands them to the
+    rule as the keyword ``residuals=`` -- JAX's custom_vjp fwd/bwd split. Such
+    rules work on raw arrays only: they are first-order fast paths.
+    """
 
-    def __init__(self, name, forward, vjp, doc=""):
+    __slots__ = ("name", "forward", "vjp", "doc", "residuals")
+
+    def __init__(self, name, forward, vjp, doc="", residuals=False):
         self.name, self.forward, self.vjp, self.doc = name, forward, vjp, doc
+        self.residuals = bool(residuals)
 
     def __repr__(self):
         return f"<Primitive {self.name}>"
 
 
-def register(name, forward, vjp, doc=""):
+def register(name, forward, vjp, doc="", residuals=False):
     """Register a primitive by name (explicitly: no namespace magic)."""
-    prim = Primitive(name, forward, vjp, doc)
+    prim = Primitive(name, forward, vjp, doc, residuals)
     PRIMITIVES[name] = prim
     return prim
 
@@ -114,6 +123,9 @@ def apply(prim, *args, **attrs):
         out = prim.forward(*datas, **attrs)
     except (ValueError, TypeError, IndexError) as exc:
         raise _named_error(exc, f"{prim.name}: {exc} (inputs: {_describe(args)}){_hint(exc)}") from None
+    residuals = None
+    if prim.residuals:
+        out, residuals = out
     if type(out) is not np.ndarray and not _is_array(out):
         out = backend.array_module(*datas).asarray(out)
 
@@ -127,6 +139,7 @@ def apply(prim, *args, **attrs):
         node = Node(prim.name, inputs, attrs, out.shape, out.dtype, prim=prim,
                     saved=saved, literals=literals)
         node.value = out
+        node.residuals = residuals
         result = Tensor._from_op(out, node)
         node.out_ref = weakref.ref(result)
     else:
@@ -160,6 +173,8 @@ def _mixed_arguments(args, datas):
 def _apply_raw(prim, args, attrs):
     """The raw interpretation (no Tensor anywhere): just the forward, no recording."""
     out = prim.forward(*args, **attrs)
+    if prim.residuals:
+        out = out[0]
     if isinstance(out, np.generic) and not any(_is_array(a) for a in args):
         # scalars in, scalar out: return a Python scalar so it stays weakly typed
         # (the VJP of 2.0 ** x multiplies a float32 gradient by log(2.0))
@@ -181,6 +196,13 @@ def _hint(exc):
         return ("; make the shapes broadcast-compatible (trailing axes must be equal or 1), "
                 "e.g. reshape or transpose one input")
     return ""
+
+
+def rule_keywords(node):
+    """The keywords a node's VJP rule takes: its attributes, plus ``residuals`` when it kept some."""
+    if node.residuals is None:
+        return node.attrs
+    return {**node.attrs, "residuals": node.residuals}
 
 
 def raw(x):

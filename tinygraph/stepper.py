@@ -27,7 +27,7 @@ from .autodiff import run_backward
 from .formulas import _format_attr, argument_symbols, fill, format_value, formula_for, partial, wrap
 from .formulas import node_labels as _node_labels
 from .graph import no_grad, topological_order
-from .ops import sum_to
+from .ops import rule_keywords, sum_to
 from .tensor import Tensor
 
 __all__ = ["Stepper", "Event", "Contribution", "SentGradient", "GradientSum", "Text",
@@ -404,7 +404,7 @@ class Stepper:
         needs = tuple(k == position for k in range(len(node.saved)))
         args = [a.data if isinstance(a, Tensor) else a for a in node.saved]
         out = node.tensor.data if node.tensor is not None else None
-        grad = node.prim.vjp(upstream, out, needs, *args, **node.attrs)[position]
+        grad = node.prim.vjp(upstream, out, needs, *args, **rule_keywords(node))[position]
         if grad is None:
             return
         value, _ = _reduce_to(grad, arg.shape)
@@ -772,7 +772,7 @@ def _rearranged(node, grad):
     """``grad`` of ``node``'s output sent to its input by the node's own rule."""
     args = [a.data if isinstance(a, Tensor) else a for a in node.saved]
     out = node.tensor.data if node.tensor is not None else None
-    value = node.prim.vjp(grad, out, (True,) + (False,) * (len(args) - 1), *args, **node.attrs)[0]
+    value = node.prim.vjp(grad, out, (True,) + (False,) * (len(args) - 1), *args, **rule_keywords(node))[0]
     return _reduce_to(value, node.saved[0].shape)[0]
 
 

@@ -63,7 +63,7 @@ class CompiledFunction:
                 differentiable.add(out)
             needs = tuple(kind == _SLOT and k in differentiable for kind, k in spec)
             self.schedule.append((n.prim, tuple(spec), n.attrs, out, needs))
-        self.values = None
+        self.values = self.residuals = None
 
     def __len__(self):
         return len(self.schedule)
@@ -84,10 +84,14 @@ class CompiledFunction:
                 raise ValueError(f"compiled function: input has shape {tuple(x.shape)}, traced with {shape}; trace again for new shapes")
             if slot is not None:
                 values[slot] = x
+        residuals = {}  # slot -> what a fused primitive kept for its VJP
         for prim, spec, attrs, out, _ in self.schedule:
             args = [values[v] if kind == _SLOT else v for kind, v in spec]
-            values[out] = prim.forward(*args, **attrs)
-        self.values = values
+            if prim.residuals:
+                values[out], residuals[out] = prim.forward(*args, **attrs)
+            else:
+                values[out] = prim.forward(*args, **attrs)
+        self.values, self.residuals = values, residuals
         outs = [values[s] for s in self.output_slots]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -113,7 +117,10 @@ class CompiledFunction:
                 if type(g) is SparseGrad:
                     g = grads[out] = g.dense()
                 args = [values[v] if kind == _SLOT else v for kind, v in spec]
-                in_grads = prim.vjp(g, values[out], needs, *args, **attrs)
+                if prim.residuals:
+                    in_grads = prim.vjp(g, values[out], needs, *args, residuals=self.residuals[out], **attrs)
+                else:
+                    in_grads = prim.vjp(g, values[out], needs, *args, **attrs)
                 for (kind, slot), need, ig in zip(spec, needs, in_grads):
                     if not need or ig is None:
                         continue

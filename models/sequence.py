@@ -1,0 +1,266 @@
+"""Fused sequence kernels: one direction of one recurrent layer as ONE primitive.
+
+The decomposed cells record every gate op at every step (what the diagrams
+and the stepper show). For training speed, ``RNN/LSTM/GRU(..., fused=True)``
+record the whole sweep over T steps as a single node instead, with a VJP
+written the way a careful hand-written BPTT is:
+
+* the input projection of all T steps is ONE GEMM before the loop
+  ``(T*B, D) @ (D, G*H)``, written straight into the gate buffer;
+* each step is one GEMM ``h @ W^T`` plus one call of the elementwise gate
+  math (``models.kernels``: NumPy ufuncs into preallocated buffers, or one
+  CUDA kernel), so a step allocates nothing;
+* backward runs the time loop for the gate gradients only (one GEMM
+  ``dz @ W`` per step) and computes every weight gradient AFTER the loop as
+  one large GEMM over all steps: ``dU = dZ^T X``, ``dW = dZ^T H_prev``,
+  ``db = sum dZ``, ``dX = dZ U``;
+* the forward keeps exactly what the backward needs (gate activations, the
+  cell states and ``tanh(c)`` for the LSTM; the GRU's ``W_n h + b_hn``)
+  as the node's residuals (``ops.Primitive``); the hidden states are the
+  output itself, not a copy.
+
+Each primitive has ONE VJP rule (below) and is tested against the decomposed
+cells, whose rules are the reference (values and gradients, float64). The
+rules are first-order: ``create_graph=True`` through a fused layer raises and
+says to record decomposed.
+
+Packing: a primitive has one output. RNN and GRU return the hidden states
+(T, B, H) (the final state is the last step's row); the LSTM returns
+(T + 1, B, H): rows 0..T-1 are h(t), row T is the final cell state.
+``reverse=True`` runs the sweep from t = T-1 down to 0 (the backward
+direction of a bidirectional layer); outputs stay at their time index.
+"""
+from __future__ import annotations
+
+import tinygraph as tg
+from tinygraph import backend, ops
+
+from .kernels import kernels_for
+
+__all__ = ["rnn_sequence", "lstm_sequence", "gru_sequence", "RNN_SEQUENCE", "LSTM_SEQUENCE", "GRU_SEQUENCE"]
+
+
+def _steps(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _prev(hs, h0, t, T, reverse):
+    """The state a step at time t started from (h0 for the first step of the sweep)."""
+    if reverse:
+        return h0 if t == T - 1 else hs[t + 1]
+    return h0 if t == 0 else hs[t - 1]
+
+
+def _check(x, h0, U, W, gates, op):
+    if x.ndim != 3 or h0.ndim != 2:
+        raise ValueError(f"{op}: x must be (T, B, D) and the initial state (B, H), got {x.shape} and {h0.shape}")
+    T, B, D = x.shape
+    H = h0.shape[1]
+    if T == 0:
+        raise ValueError(f"{op}: the sequence is empty (T = 0)")
+    if h0.shape[0] != B or U.shape != (gates * H, D) or W.shape != (gates * H, H):
+        raise ValueError(f"{op}: shapes do not fit: x {x.shape}, state {h0.shape}, U {U.shape} "
+                         f"(expected {(gates * H, D)}), W {W.shape} (expected {(gates * H, H)})")
+    return T, B, D, H
+
+
+def _input_projection(x, U, b, out2d):
+    """U x + b for all T steps at once: one (T*B, D) @ (D, G*H) GEMM into ``out2d``."""
+    xp = backend.array_module(x)
+    T, B, D = x.shape
+    xp.matmul(x.reshape(T * B, D), U.T, out=out2d)
+    out2d += b
+
+
+def _weight_grads(dZ, x, hs, h0, U, need_x, need_U, need_W, need_b, reverse):
+    """(dx, dU, dW, db) from the stacked pre-activation grads dZ (T, B, G*H), one GEMM each, after the loop."""
+    T, B, D = x.shape
+    G_H = dZ.shape[-1]
+    dZ2 = dZ.reshape(T * B, G_H)
+    dx = (dZ2 @ U).reshape(T, B, D) if need_x else None
+    dU = dZ2.T @ x.reshape(T * B, D) if need_U else None
+    dW = None
+    if need_W:
+        # sum_t dZ(t)^T h_prev(t) as two GEMMs, so nothing is copied: the first step
+        # of the sweep starts from h0, the others from a contiguous block of hs
+        H = h0.shape[-1]
+        if T == 1:
+            dW = dZ[0].T @ h0
+        elif reverse:
+            dW = dZ[:-1].reshape(-1, G_H).T @ hs[1:T].reshape(-1, H) + dZ[-1].T @ h0
+        else:
+            dW = dZ[1:].reshape(-1, G_H).T @ hs[:T - 1].reshape(-1, H) + dZ[0].T @ h0
+    db = dZ2.sum(axis=0) if need_b else None
+    return dx, dU, dW, db
+
+
+# -- vanilla RNN ---------------------------------------------------------------
+
+def _rnn_forward(x, h0, U, W, b, reverse=False, nonlinearity="tanh"):
+    T, B, D, H = _check(x, h0, U, W, 1, "rnn_sequence")
+    xp = backend.array_module(x, h0, U, W, b)
+    k = kernels_for(xp)
+    ws = k.workspace(xp, B, H, 1, x.dtype)
+    hs = xp.empty((T, B, H), dtype=x.dtype)
+    _input_projection(x, U, b, hs.reshape(T * B, H))  # hs holds U x + b until each step overwrites it
+    WT, zh, relu = xp.ascontiguousarray(W.T), xp.empty((B, H), x.dtype), nonlinearity == "relu"
+    h = h0
+    for t in _steps(T, reverse):
+        xp.matmul(h, WT, out=zh)
+        k.rnn_forward(hs[t], zh, relu, ws)
+        h = hs[t]
+    return hs
+
+
+def _rnn_vjp(grad, out, needs, x, h0, U, W, b, reverse=False, nonlinearity="tanh"):
+    T, B, _ = x.shape
+    H = h0.shape[-1]
+    xp = backend.array_module(grad, out)
+    k = kernels_for(xp)
+    ws = k.workspace(xp, B, H, 1, x.dtype)
+    dA = xp.empty((T, B, H), dtype=out.dtype)
+    carry = xp.zeros((B, H), dtype=out.dtype)
+    relu = nonlinearity == "relu"
+    for t in _steps(T, not reverse):
+        k.rnn_backward(grad[t], carry, out[t], dA[t], relu, ws)
+        xp.matmul(dA[t], W, out=carry)  # the gradient reaching h(t-1) through W
+    dx, dU, dW, db = _weight_grads(dA, x, out, h0, U, *(needs[0], needs[2], needs[3], needs[4]), reverse)
+    return dx, carry if needs[1] else None, dU, dW, db
+
+
+RNN_SEQUENCE = ops.register(
+    "rnn_sequence", _rnn_forward, _rnn_vjp,
+    doc="fused vanilla RNN over a sequence: h(t) = act(U x(t) + W h(t-1) + b) for all t, (T, B, H)")
+
+
+def rnn_sequence(x, h0, U, W, b=None, *, nonlinearity="tanh", reverse=False):
+    """Hidden states (T, B, H) of a tanh/relu RNN over ``x`` (T, B, D) from ``h0`` (B, H), one node."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"rnn_sequence: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return ops.apply(RNN_SEQUENCE, x, h0, U, W, _bias(b, U), reverse=bool(reverse), nonlinearity=nonlinearity)
+
+
+# -- LSTM ------------------------------------------------------------------------
+
+def _lstm_forward(x, h0, c0, U, W, b, reverse=False):
+    T, B, D, H = _check(x, h0, U, W, 4, "lstm_sequence")
+    xp = backend.array_module(x, h0, c0, U, W, b)
+    k = kernels_for(xp)
+    ws = k.workspace(xp, B, H, 4, x.dtype)
+    gates = xp.empty((T, B, 4 * H), dtype=x.dtype)   # pre-activations, then activations [i, f, g, o]
+    _input_projection(x, U, b, gates.reshape(T * B, 4 * H))
+    out = xp.empty((T + 1, B, H), dtype=x.dtype)      # h(0..T-1), then the final c
+    cs = xp.empty((T, B, H), dtype=x.dtype)
+    tcs = xp.empty((T, B, H), dtype=x.dtype)
+    zh = xp.empty((B, 4 * H), x.dtype)
+    WT = xp.ascontiguousarray(W.T)  # one copy per call; the per-step GEMM runs faster on it
+    h, c = h0, c0
+    for t in _steps(T, reverse):
+        xp.matmul(h, WT, out=zh)
+        k.lstm_forward(gates[t], zh, c, cs[t], tcs[t], out[t], ws)
+        h, c = out[t], cs[t]
+    out[T] = c
+    return out, (gates, cs, tcs)
+
+
+def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, residuals=None):
+    gates, cs, tcs = residuals
+    T, B, _ = x.shape
+    H = h0.shape[-1]
+    xp = backend.array_module(grad, out)
+    k = kernels_for(xp)
+    ws = k.workspace(xp, B, H, 4, x.dtype)
+    dZ = xp.empty_like(gates)
+    carry = xp.zeros((B, H), dtype=out.dtype)
+    dc, dc_next = xp.array(grad[T]), xp.empty((B, H), dtype=out.dtype)  # grad of the final c seeds dc
+    for t in _steps(T, not reverse):
+        k.lstm_backward(gates[t], tcs[t], _prev(cs, c0, t, T, reverse), grad[t], carry, dc, dZ[t], dc_next, ws)
+        dc, dc_next = dc_next, dc
+        xp.matmul(dZ[t], W, out=carry)
+    dx, dU, dW, db = _weight_grads(dZ, x, out, h0, U, *(needs[0], needs[3], needs[4], needs[5]), reverse)
+    return dx, carry if needs[1] else None, dc if needs[2] else None, dU, dW, db
+
+
+LSTM_SEQUENCE = ops.register(
+    "lstm_sequence", _lstm_forward, _lstm_vjp, residuals=True,
+    doc="fused LSTM over a sequence, gates [i, f, g, o]: (T + 1, B, H) = h(0..T-1) and the final c")
+
+
+def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False):
+    """One fused LSTM sweep over ``x`` (T, B, D): returns (outputs (T, B, H), h_n, c_n)."""
+    packed = ops.apply(LSTM_SEQUENCE, x, h0, c0, U, W, _bias(b, U), reverse=bool(reverse))
+    T = packed.shape[0] - 1
+    outputs, c_n = packed[:T], packed[T]
+    h_n = packed[0] if reverse else packed[T - 1]
+    return _named(outputs, "h"), h_n, _named(c_n, "c")
+
+
+# -- GRU ---------------------------------------------------------------------------
+
+def _gru_forward(x, h0, U, W, b, b_hn, reverse=False):
+    T, B, D, H = _check(x, h0, U, W, 3, "gru_sequence")
+    xp = backend.array_module(x, h0, U, W, b, b_hn)
+    k = kernels_for(xp)
+    ws = k.workspace(xp, B, H, 3, x.dtype)
+    gates = xp.empty((T, B, 3 * H), dtype=x.dtype)   # U x + b, then activations [r, z, n]
+    _input_projection(x, U, b, gates.reshape(T * B, 3 * H))
+    hs = xp.empty((T, B, H), dtype=x.dtype)
+    hns = xp.empty((T, B, H), dtype=x.dtype)          # W_n h(t-1) + b_hn, which r multiplies
+    zh = xp.empty((B, 3 * H), x.dtype)
+    WT = xp.ascontiguousarray(W.T)
+    h = h0
+    for t in _steps(T, reverse):
+        xp.matmul(h, WT, out=zh)
+        k.gru_forward(gates[t], zh, b_hn, h, hns[t], hs[t], ws)
+        h = hs[t]
+    return hs, (gates, hns)
+
+
+def _gru_vjp(grad, out, needs, x, h0, U, W, b, b_hn, reverse=False, residuals=None):
+    gates, hns = residuals
+    T, B, _ = x.shape
+    H = h0.shape[-1]
+    xp = backend.array_module(grad, out)
+    k = kernels_for(xp)
+    ws = k.workspace(xp, B, H, 3, x.dtype)
+    dGX = xp.empty_like(gates)   # grads of the input-side pre-activations (U x + b)
+    dGH = xp.empty_like(gates)   # and of the recurrent side (W h, b_hn)
+    carry = xp.zeros((B, H), dtype=out.dtype)
+    direct, direct_next = xp.zeros((B, H), dtype=out.dtype), xp.empty((B, H), dtype=out.dtype)
+    for t in _steps(T, not reverse):
+        k.gru_backward(gates[t], hns[t], _prev(out, h0, t, T, reverse), grad[t], carry, direct,
+                       dGX[t], dGH[t], direct_next, ws)
+        direct, direct_next = direct_next, direct
+        xp.matmul(dGH[t], W, out=carry)
+    dx, dU, _, db = _weight_grads(dGX, x, out, h0, U, needs[0], needs[2], False, needs[4], reverse)
+    dW = _weight_grads(dGH, x, out, h0, U, False, False, needs[3], False, reverse)[2]
+    dh0 = carry + direct if needs[1] else None
+    db_hn = dGH[:, :, 2 * H:].sum(axis=(0, 1)) if needs[5] else None
+    return dx, dh0, dU, dW, db, db_hn
+
+
+GRU_SEQUENCE = ops.register(
+    "gru_sequence", _gru_forward, _gru_vjp, residuals=True,
+    doc="fused GRU over a sequence (PyTorch's formulation, gates [r, z, n]): (T, B, H)")
+
+
+def gru_sequence(x, h0, U, W, b=None, b_hn=None, *, reverse=False):
+    """Hidden states (T, B, H) of a GRU over ``x`` (T, B, D) from ``h0`` (B, H), one node."""
+    H = ops.raw(h0).shape[-1]
+    return ops.apply(GRU_SEQUENCE, x, h0, U, W, _bias(b, U), _bias(b_hn, U, H), reverse=bool(reverse))
+
+
+# -- helpers -----------------------------------------------------------------------
+
+def _bias(b, like, size=None):
+    """``b``, or zeros of the right size when the layer has no bias."""
+    if b is not None:
+        return b
+    data = ops.raw(like)
+    return backend.array_module(data).zeros(data.shape[0] if size is None else size, dtype=data.dtype)
+
+
+def _named(tensor, name):
+    if isinstance(tensor, tg.Tensor):
+        tensor.name = name
+    return tensor

@@ -1,0 +1,159 @@
+"""The benchmark suite (``python -m benchmarks``) measures what it claims to.
+
+Its hand-written NumPy reference must be right (finite differences) and
+must compute tinygraph's gradients -- decomposed and fused layers alike --
+so the timed implementations all do the same work; the command itself must
+run and print valid JSON.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.__main__ import GradientMismatch, check_gradients
+from benchmarks.baselines import TorchRunner
+from benchmarks.reference import STEPS
+from benchmarks.workloads import NumpyRunner, TinygraphRunner, Workload, make_data, param_names
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("rnn_char", "lstm", "gru")
+TIGHT = 1e-9  # float64: every implementation does the same arithmetic up to rounding
+
+
+def small(kind):
+    """T=5, B=3, D=4 (the vocabulary for rnn_char), H=6."""
+    return Workload("test", kind, kind, T=5, B=3, D=4, H=6)
+
+
+def max_rel_error(grads, reference):
+    return max(np.abs(grads[n] - reference[n]).max() / np.abs(reference[n]).max() for n in reference)
+
+
+def reference_after_step(workload, data, weights):
+    runner = NumpyRunner(workload, data, weights)
+    runner.step()
+    return runner
+
+
+def tinygraph_float64(workload, data, fused):
+    """A float64 tinygraph runner after one step; skips when ``fused=True`` is not accepted yet."""
+    runner = TinygraphRunner(workload, data, fused=fused, dtype="float64", seed=1)
+    if fused and not runner.fused:
+        pytest.skip(runner.note)
+    assert all(p.dtype == np.float64 for p in runner.params().values())
+    runner.step()
+    return runner
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["decomposed", "fused"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_matches_tinygraph_float64(kind, fused):
+    w = small(kind)
+    data = make_data(w, dtype="float64", seed=2)
+    ours = tinygraph_float64(w, data, fused)
+    ref = reference_after_step(w, data, ours.weights())
+    assert ref.grads()["U"].dtype == np.float64
+    assert abs(ours.loss() - ref.loss()) <= TIGHT * abs(ref.loss())
+    assert max_rel_error(ours.grads(), ref.grads()) <= TIGHT
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_passes_finite_differences(kind):
+    """Central differences at a few random coordinates of every parameter (float64)."""
+    w = small(kind)
+    data = make_data(w, dtype="float64", seed=3)
+    rng = np.random.default_rng(4)
+    params = {name: rng.uniform(-0.5, 0.5, size=shape) for name, shape in _shapes(w).items()}
+    step = STEPS[kind]
+    _, grads = step(params, data.x, data.targets)
+    eps = 1e-6
+    for name, value in params.items():
+        for _ in range(4):
+            index = tuple(int(rng.integers(0, n)) for n in value.shape)
+            original = value[index]
+            value[index] = original + eps
+            plus, _ = step(params, data.x, data.targets)
+            value[index] = original - eps
+            minus, _ = step(params, data.x, data.targets)
+            value[index] = original
+            numeric = (plus - minus) / (2 * eps)
+            assert numeric == pytest.approx(grads[name][index], rel=1e-6, abs=1e-7), (name, index)
+
+
+def _shapes(w):
+    """Parameter shapes of a small workload, keyed like the reference."""
+    G = {"rnn_char": 1, "lstm": 4, "gru": 3}[w.kind]
+    shapes = {"U": (G * w.H, w.D), "W": (G * w.H, w.H), "b": (G * w.H,)}
+    if w.kind == "gru":
+        shapes["b_hn"] = (w.H,)
+    if w.kind == "rnn_char":
+        shapes.update(V=(w.D, w.H), c=(w.D,))
+    assert tuple(shapes) == param_names(w.kind)
+    return shapes
+
+
+def test_reference_float32_stays_float32():
+    w = small("lstm")
+    data = make_data(w, dtype="float32")
+    weights = {n: v.astype(np.float32) for n, v in
+               TinygraphRunner(w, data, fused=False).weights().items()}
+    grads = reference_after_step(w, data, weights).grads()
+    assert all(g.dtype == np.float32 for g in grads.values())
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["torch fused", "torch loop"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_baselines_match_reference(kind, loop):
+    pytest.importorskip("torch")
+    w = small(kind)
+    data = make_data(w, dtype="float64", seed=5)
+    ours = TinygraphRunner(w, data, fused=False, dtype="float64", seed=6)
+    ref = reference_after_step(w, data, ours.weights())
+    torch_runner = TorchRunner(w, data, *ours.torch_state(), loop=loop)
+    torch_runner.step()
+    assert abs(torch_runner.loss() - ref.loss()) <= TIGHT * abs(ref.loss())
+    assert max_rel_error(torch_runner.grads(), ref.grads()) <= TIGHT
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_jax_baseline_matches_reference(kind):
+    pytest.importorskip("jax")
+    from benchmarks.baselines import JaxRunner
+    w = small(kind)
+    data = make_data(w, dtype="float32", seed=7)  # JAX computes in float32 unless x64 is enabled
+    weights = TinygraphRunner(w, data, fused=False, seed=8).weights()
+    ref = reference_after_step(w, data, weights)
+    jax_runner = JaxRunner(w, data, weights)
+    jax_runner.step()
+    assert max_rel_error(jax_runner.grads(), ref.grads()) <= 2e-3
+
+
+def test_gradient_check_fails_loudly():
+    """A runner whose gradients are off stops the suite instead of being timed."""
+    w = small("gru")
+    data = make_data(w, dtype="float64")
+    ours = tinygraph_float64(w, data, fused=False)
+    ref = reference_after_step(w, data, ours.weights())
+    assert check_gradients("test", "numpy", ref, {"tinygraph": ours}, 1e-9) <= 1e-9
+    wrong = reference_after_step(w, data, ours.weights())
+    wrong.grads()["W"][0, 0] += 1.0
+    with pytest.raises(GradientMismatch, match="disagrees"):
+        check_gradients("test", "numpy", ref, {"wrong": wrong}, 2e-3)
+
+
+def test_quick_run_prints_json():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json", "-"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert {"cpu", "cores", "python", "numpy", "torch", "jax"} <= set(result["machine"])
+    assert set(result["workloads"]) == {"A", "B", "C", "D"}  # --quick leaves out E
+    for record in result["workloads"].values():
+        assert record["results"]["tinygraph"] > 0 and record["results"]["numpy"] > 0
+        assert record["gradients_agree"]
+        assert record["ratios"]["tinygraph"] == pytest.approx(1.0)
+    assert "goal: tinygraph <= min(" in proc.stderr  # the tables went to stderr

@@ -1,0 +1,200 @@
+"""The fused sequence kernels (models.sequence) against the decomposed cells.
+
+The decomposed cells record every gate op and are themselves checked against
+closed-form equations, finite differences and PyTorch elsewhere; here the
+fused kernels must give the same outputs, final states and every gradient,
+in float64 to rounding error, on the CPU always and on CUDA when present.
+"""
+import numpy as np
+import pytest
+
+import tinygraph as tg
+from tinygraph import Graph
+from tinygraph.trace import trace
+from tinygraph.models import GRU, LSTM, RNN, decomposed, gru_sequence, lstm_sequence, rnn_sequence
+
+from conftest import DEVICES
+
+LAYERS = [
+    ("rnn-tanh", lambda **kw: RNN(4, 6, **kw)),
+    ("rnn-relu", lambda **kw: RNN(4, 6, nonlinearity="relu", **kw)),
+    ("lstm", lambda **kw: LSTM(4, 6, **kw)),
+    ("gru", lambda **kw: GRU(4, 6, **kw)),
+]
+
+
+def run(model, x, state=None, device="cpu"):
+    """Outputs, final states, the input's grad and every parameter grad of a fixed loss."""
+    xt = tg.tensor(x, requires_grad=True, device=device)
+    out, final = model(xt, state)
+    finals = final if isinstance(final, tuple) else (final,)
+    weight = tg.tensor(np.linspace(-1.0, 1.5, out.size).reshape(out.shape), device=device)
+    loss = (out * weight).sum() + sum((f * f * 0.7).sum() for f in finals)
+    for p in model.parameters():
+        p.grad = None
+    loss.backward()
+    arrays = [out, *finals, xt.grad, *[p.grad for p in model.parameters()]]
+    return [tg.backend.as_host(a.data) for a in arrays]
+
+
+def assert_same(a, b, tol):
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        assert u.shape == v.shape
+        np.testing.assert_allclose(u, v, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True), (2, True)])
+@pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
+def test_fused_layer_equals_decomposed_float64(name, make, layers, bidirectional, device):
+    model = make(num_layers=layers, bidirectional=bidirectional, fused=True, dtype="float64").to(device)
+    x = np.random.default_rng(1).standard_normal((5, 3, 4))
+    fused = run(model, x, device=device)
+    with decomposed():
+        reference = run(model, x, device=device)
+    assert_same(fused, reference, 1e-10)
+
+
+@pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
+def test_fused_layer_with_initial_state_and_batch_first(name, make):
+    model = make(num_layers=2, batch_first=True, fused=True, dtype="float64")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 7, 4))
+    shape = (2, 3, 6)
+    h0 = tg.tensor(rng.standard_normal(shape), requires_grad=True)
+    state = (h0, tg.tensor(rng.standard_normal(shape), requires_grad=True)) if name == "lstm" else h0
+    fused = run(model, x, state) + [h0.grad.numpy()]
+    h0.grad = None
+    with decomposed():
+        reference = run(model, x, state) + [h0.grad.numpy()]
+    assert_same(fused, reference, 1e-10)
+
+
+def test_fused_float32_matches_decomposed_to_float32_tolerance():
+    model = LSTM(8, 16, fused=True)
+    x = np.random.default_rng(3).standard_normal((20, 4, 8)).astype(np.float32)
+    fused = run(model, x)
+    with decomposed():
+        reference = run(model, x)
+    assert_same(fused, reference, 2e-4)
+
+
+def test_fused_layer_records_one_node_per_direction_and_decomposed_records_gates():
+    model = LSTM(3, 4, num_layers=2, bidirectional=True, fused=True)
+    x = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(np.float32)
+    out, _ = model(tg.tensor(x))
+    ops = [n.op for n in Graph.from_outputs(out.sum()).nodes]
+    assert ops.count("lstm_sequence") == 4          # 2 layers x 2 directions
+    assert "sigmoid" not in ops
+    with decomposed():
+        out, _ = model(tg.tensor(x))
+    ops = [n.op for n in Graph.from_outputs(out.sum()).nodes]
+    assert "lstm_sequence" not in ops
+    assert ops.count("sigmoid") == 3 * 6 * 4        # i, f, o at every step of every direction
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_primitives_pass_gradcheck(reverse):
+    rng = np.random.default_rng(4)
+    T, B, D, H = 4, 2, 3, 5
+
+    def p(*shape):
+        return tg.tensor(rng.standard_normal(shape) * 0.6, requires_grad=True)
+
+    x, h0, c0 = p(T, B, D), p(B, H), p(B, H)
+    assert tg.gradcheck(lambda x, h, U, W, b: rnn_sequence(x, h, U, W, b, reverse=reverse),
+                        [x, h0, p(H, D), p(H, H), p(H)])
+    assert tg.gradcheck(lambda x, h, U, W, b: rnn_sequence(x, h, U, W, b, nonlinearity="relu", reverse=reverse),
+                        [x, h0, p(H, D), p(H, H), p(H)])
+
+    def lstm_all(x, h, c, U, W, b):
+        out, h_n, c_n = lstm_sequence(x, h, c, U, W, b, reverse=reverse)
+        return tg.concat([out.reshape(-1), h_n.reshape(-1) * 0.3, c_n.reshape(-1) * 1.7], axis=0)
+
+    assert tg.gradcheck(lstm_all, [x, h0, c0, p(4 * H, D), p(4 * H, H), p(4 * H)])
+    assert tg.gradcheck(lambda x, h, U, W, b, bn: gru_sequence(x, h, U, W, b, bn, reverse=reverse),
+                        [x, h0, p(3 * H, D), p(3 * H, H), p(3 * H), p(H)])
+
+
+def test_padded_batches_fall_back_and_match_the_decomposed_layer():
+    model = GRU(4, 5, fused=True, dtype="float64")
+    x = np.random.default_rng(5).standard_normal((6, 3, 4))
+    lengths = [6, 2, 4]
+    out_f, h_f = model(tg.tensor(x), lengths=lengths)
+    with decomposed():
+        out_d, h_d = model(tg.tensor(x), lengths=lengths)
+    np.testing.assert_allclose(out_f.numpy(), out_d.numpy(), atol=1e-12)
+    np.testing.assert_allclose(h_f.numpy(), h_d.numpy(), atol=1e-12)
+
+
+def test_create_graph_through_a_fused_layer_says_what_to_do():
+    model = LSTM(3, 4, fused=True, dtype="float64")
+    x = tg.tensor(np.ones((2, 1, 3)), requires_grad=True)
+    out, _ = model(x)
+    with pytest.raises(RuntimeError, match="fused=False"):
+        tg.grad(out.sum(), [x], create_graph=True)
+
+
+def test_retain_graph_keeps_residuals_and_backward_frees_them():
+    model = LSTM(3, 4, fused=True, dtype="float64")
+    x = tg.tensor(np.random.default_rng(6).standard_normal((5, 2, 3)))
+    out, _ = model(x)
+    loss = (out * out).sum()
+    node = next(n for n in Graph.from_outputs(loss).nodes if n.op == "lstm_sequence")
+    assert node.residuals is not None
+    loss.backward(retain_graph=True)
+    first = model.cell(0).W.grad.numpy().copy()
+    assert node.residuals is not None
+    loss.backward()
+    np.testing.assert_allclose(model.cell(0).W.grad.numpy(), 2 * first, rtol=1e-12)
+    assert node.residuals is None and node.value is None
+
+
+def test_trace_replays_a_fused_layer():
+    model = LSTM(3, 4, fused=True, dtype="float64")
+    x = np.random.default_rng(7).standard_normal((5, 2, 3))
+
+    def loss_of(xt):
+        out, _ = model(xt)
+        return (out * out).sum()
+
+    compiled = trace(loss_of, tg.tensor(x), params=model.parameters())
+    value = compiled(x)
+    _, param_grads = compiled.backward(np.ones(()))
+    eager = loss_of(tg.tensor(x))
+    for p in model.parameters():
+        p.grad = None
+    eager.backward()
+    np.testing.assert_allclose(value, eager.item(), rtol=1e-12)
+    for g, p in zip(param_grads, model.parameters()):
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_fused_layer_matches_torch():
+    torch = pytest.importorskip("torch")
+    model = LSTM(4, 6, num_layers=2, bidirectional=True, fused=True, dtype="float64")
+    reference = torch.nn.LSTM(4, 6, num_layers=2, bidirectional=True).double()
+    reference.load_state_dict({k: torch.from_numpy(v) for k, v in model.torch_state_dict().items()})
+    x = np.random.default_rng(8).standard_normal((5, 3, 4))
+    xt = tg.tensor(x, requires_grad=True)
+    out, (h, c) = model(xt)
+    (out.sum() + (h * c).sum()).backward()
+    tx = torch.tensor(x, requires_grad=True)
+    tout, (th, tc) = reference(tx)
+    (tout.sum() + (th * tc).sum()).backward()
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(xt.grad.numpy(), tx.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(model.cell(1, 1).W.grad.numpy(), reference.weight_hh_l1_reverse.grad.numpy(),
+                               atol=1e-12)
+
+
+def test_bad_shapes_and_options_are_clear_errors():
+    with pytest.raises(ValueError, match="layer norm"):
+        GRU(3, 4, fused=True, layer_norm=True)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        rnn_sequence(np.zeros((2, 1, 3)), np.zeros((1, 4)), np.zeros((4, 3)), np.zeros((4, 4)),
+                     nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        rnn_sequence(tg.tensor(np.zeros((2, 1, 3))), tg.tensor(np.zeros((1, 4))),
+                     tg.tensor(np.zeros((4, 2)), requires_grad=True), tg.tensor(np.zeros((4, 4))))
