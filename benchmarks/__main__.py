@@ -38,7 +38,7 @@ from .baselines import JaxRunner, TorchRunner, jax_modules, torch_cuda_available
 from .workloads import WORKLOADS, NumpyRunner, TinygraphRunner, make_data
 
 GRAD_RTOL = 2e-3          # float32, relative to the largest gradient entry of each parameter
-GPU_TORCH_RTOL = 1e-2     # cuDNN may run its GEMMs in TF32 (PyTorch's default for cuDNN)
+GPU_TORCH_RTOL = 2e-3     # float32 on both sides (TorchRunner turns cuDNN's default TF32 off)
 GPU_WORKLOADS = ("B", "E")
 GOAL_BASELINES = ("numpy", "torch fused", "jax")
 GPU_GOAL_VS_TORCH = 2.0   # tinygraph-GPU / torch-CUDA must be at most this

@@ -80,6 +80,11 @@ class TorchRunner:
         torch = torch_module()
         self.torch, self.workload, self.loop = torch, workload, loop
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            # full float32 like tinygraph's cuBLAS SGEMM: cuDNN and cuBLAS would
+            # otherwise run their GEMMs in TF32 (10-bit mantissa) by default
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         w = workload
         layer_name, cell_name = _TORCH_LAYERS[w.kind]
         if loop:

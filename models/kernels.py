@@ -1,16 +1,12 @@
-"""Per-time-step elementwise math of the fused sequence kernels, per backend.
+"""Per-time-step elementwise math of the fused sequence kernels on the CPU (NumPy).
 
-``models.sequence`` runs the time loop once for every backend: a matrix
-product (BLAS / cuBLAS) and then ONE call here per step and direction. Two
-implementations of the same equations live here:
+``models.sequence`` runs each step as one BLAS matrix product and then ONE
+call here: NumPy ufuncs writing into preallocated buffers (``out=``) so a
+step allocates nothing; the three sigmoid gates share one ``tanh`` call
+through ``sigmoid(z) = (1 + tanh(z / 2)) / 2``. The CUDA version of the same
+equations is ``models.cuda_kernels`` (one raw kernel per step). Both are
+checked against the decomposed cells.
 
-* ``NumpyKernels``: NumPy ufuncs writing into preallocated buffers (``out=``)
-  so a step allocates nothing; the three sigmoid gates share one ``tanh``
-  call through ``sigmoid(z) = (1 + tanh(z / 2)) / 2``;
-* ``CupyKernels``: one ``cupy.ElementwiseKernel`` per step (the whole gate
-  math in a single CUDA launch, no temporaries, no host round trip).
-
-Both are checked against the decomposed cells (NumPy always, CuPy on a GPU).
 Layout: gate blocks are stacked along the last axis in PyTorch's order,
 LSTM ``[i, f, g, o]`` and GRU ``[r, z, n]``; ``H`` is the hidden size.
 """
@@ -18,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["kernels_for"]
+__all__ = ["NumpyKernels"]
 
 
 class NumpyKernels:
@@ -153,115 +149,3 @@ class NumpyKernels:
         np.multiply(dh, z, out=direct_out)
 
 
-_CUPY_KERNELS = None
-
-
-def _cupy_kernels():
-    """Compile (once, lazily) the CUDA elementwise kernels; one launch per step."""
-    global _CUPY_KERNELS
-    if _CUPY_KERNELS is not None:
-        return _CUPY_KERNELS
-    import cupy as cp
-
-    sig = "(T(1) / (T(1) + exp(-(v))))"
-    k = {
-        "rnn_tanh_fwd": cp.ElementwiseKernel("T zh", "T a", "a = tanh(a + zh)", "tg_rnn_tanh_fwd"),
-        "rnn_relu_fwd": cp.ElementwiseKernel("T zh", "T a", "a = max(a + zh, T(0))", "tg_rnn_relu_fwd"),
-        "rnn_tanh_bwd": cp.ElementwiseKernel("T gh, T carry, T h", "T da", "da = (gh + carry) * (T(1) - h * h)",
-                                             "tg_rnn_tanh_bwd"),
-        "rnn_relu_bwd": cp.ElementwiseKernel("T gh, T carry, T h", "T da", "da = h > T(0) ? gh + carry : T(0)",
-                                             "tg_rnn_relu_bwd"),
-        "lstm_fwd": cp.ElementwiseKernel(
-            "raw T zh, T c_prev, int32 H", "raw T a, T c, T tc, T h",
-            f"""
-            const ptrdiff_t k = (i / H) * 4 * H + (i % H);
-            T v;
-            v = a[k] + zh[k];                 const T ig = {sig};
-            v = a[k + H] + zh[k + H];         const T fg = {sig};
-            const T gg = tanh(a[k + 2 * H] + zh[k + 2 * H]);
-            v = a[k + 3 * H] + zh[k + 3 * H]; const T og = {sig};
-            a[k] = ig; a[k + H] = fg; a[k + 2 * H] = gg; a[k + 3 * H] = og;
-            const T cn = fg * c_prev + ig * gg;
-            const T t = tanh(cn);
-            c = cn; tc = t; h = og * t;
-            """, "tg_lstm_fwd"),
-        "lstm_bwd": cp.ElementwiseKernel(
-            "raw T a, T tc, T c_prev, T gh, T carry, T dc_in, int32 H", "raw T dz, T dc_out",
-            """
-            const ptrdiff_t k = (i / H) * 4 * H + (i % H);
-            const T ig = a[k], fg = a[k + H], gg = a[k + 2 * H], og = a[k + 3 * H];
-            const T dh = gh + carry;
-            const T dc = dc_in + dh * og * (T(1) - tc * tc);
-            dz[k] = dc * gg * ig * (T(1) - ig);
-            dz[k + H] = dc * c_prev * fg * (T(1) - fg);
-            dz[k + 2 * H] = dc * ig * (T(1) - gg * gg);
-            dz[k + 3 * H] = dh * tc * og * (T(1) - og);
-            dc_out = dc * fg;
-            """, "tg_lstm_bwd"),
-        "gru_fwd": cp.ElementwiseKernel(
-            "raw T zh, raw T b_hn, T h_prev, int32 H", "raw T a, T hn, T h",
-            f"""
-            const ptrdiff_t j = i % H;
-            const ptrdiff_t k = (i / H) * 3 * H + j;
-            T v;
-            v = a[k] + zh[k];         const T r = {sig};
-            v = a[k + H] + zh[k + H]; const T z = {sig};
-            const T hv = zh[k + 2 * H] + b_hn[j];
-            const T n = tanh(a[k + 2 * H] + r * hv);
-            a[k] = r; a[k + H] = z; a[k + 2 * H] = n;
-            hn = hv; h = n + z * (h_prev - n);
-            """, "tg_gru_fwd"),
-        "gru_bwd": cp.ElementwiseKernel(
-            "raw T a, T hn, T h_prev, T gh, T carry, T direct_in, int32 H", "raw T gx, raw T ghh, T direct_out",
-            """
-            const ptrdiff_t k = (i / H) * 3 * H + (i % H);
-            const T r = a[k], z = a[k + H], n = a[k + 2 * H];
-            const T dh = gh + carry + direct_in;
-            const T dn = dh * (T(1) - z) * (T(1) - n * n);
-            const T dzp = dh * (h_prev - n) * z * (T(1) - z);
-            const T dr = dn * hn * r * (T(1) - r);
-            gx[k] = dr; gx[k + H] = dzp; gx[k + 2 * H] = dn;
-            ghh[k] = dr; ghh[k + H] = dzp; ghh[k + 2 * H] = dn * r;
-            direct_out = dh * z;
-            """, "tg_gru_bwd"),
-    }
-    _CUPY_KERNELS = k
-    return k
-
-
-class CupyKernels:
-    """The same step math, one fused CUDA kernel per call (see ``_cupy_kernels``)."""
-
-    @staticmethod
-    def workspace(xp, batch, hidden, gates, dtype):
-        return {}
-
-    @staticmethod
-    def rnn_forward(a, zh, relu, ws):
-        _cupy_kernels()["rnn_relu_fwd" if relu else "rnn_tanh_fwd"](zh, a)
-
-    @staticmethod
-    def rnn_backward(gh, carry, h, da, relu, ws):
-        _cupy_kernels()["rnn_relu_bwd" if relu else "rnn_tanh_bwd"](gh, carry, h, da)
-
-    @staticmethod
-    def lstm_forward(a, zh, c_prev, c, tc, h, ws):
-        _cupy_kernels()["lstm_fwd"](zh, c_prev, np.int32(c.shape[-1]), a, c, tc, h)
-
-    @staticmethod
-    def lstm_backward(a, tc, c_prev, gh, carry, dc_in, dz, dc_out, ws):
-        _cupy_kernels()["lstm_bwd"](a, tc, c_prev, gh, carry, dc_in, np.int32(tc.shape[-1]), dz, dc_out)
-
-    @staticmethod
-    def gru_forward(a, zh, b_hn, h_prev, hn, h, ws):
-        _cupy_kernels()["gru_fwd"](zh, b_hn, h_prev, np.int32(h.shape[-1]), a, hn, h)
-
-    @staticmethod
-    def gru_backward(a, hn, h_prev, gh, carry, direct_in, gx, ghh, direct_out, ws):
-        _cupy_kernels()["gru_bwd"](a, hn, h_prev, gh, carry, direct_in, np.int32(hn.shape[-1]),
-                                   gx, ghh, direct_out)
-
-
-def kernels_for(xp):
-    """The step kernels for an array module (``numpy`` or ``cupy``)."""
-    return NumpyKernels if xp is np else CupyKernels

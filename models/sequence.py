@@ -32,10 +32,13 @@ direction of a bidirectional layer); outputs stay at their time index.
 """
 from __future__ import annotations
 
+import numpy as np
+
 import tinygraph as tg
 from tinygraph import backend, ops
 
-from .kernels import kernels_for
+from . import cuda_kernels
+from .kernels import NumpyKernels as cpu
 
 __all__ = ["rnn_sequence", "lstm_sequence", "gru_sequence", "RNN_SEQUENCE", "LSTM_SEQUENCE", "GRU_SEQUENCE"]
 
@@ -99,15 +102,17 @@ def _weight_grads(dZ, x, hs, h0, U, need_x, need_U, need_W, need_b, reverse):
 def _rnn_forward(x, h0, U, W, b, reverse=False, nonlinearity="tanh"):
     T, B, D, H = _check(x, h0, U, W, 1, "rnn_sequence")
     xp = backend.array_module(x, h0, U, W, b)
-    k = kernels_for(xp)
-    ws = k.workspace(xp, B, H, 1, x.dtype)
     hs = xp.empty((T, B, H), dtype=x.dtype)
     _input_projection(x, U, b, hs.reshape(T * B, H))  # hs holds U x + b until each step overwrites it
+    if xp is not np:
+        cuda_kernels.rnn_forward(hs, h0, W, nonlinearity == "relu", reverse)
+        return hs
+    ws = cpu.workspace(xp, B, H, 1, x.dtype)
     WT, zh, relu = xp.ascontiguousarray(W.T), xp.empty((B, H), x.dtype), nonlinearity == "relu"
     h = h0
     for t in _steps(T, reverse):
         xp.matmul(h, WT, out=zh)
-        k.rnn_forward(hs[t], zh, relu, ws)
+        cpu.rnn_forward(hs[t], zh, relu, ws)
         h = hs[t]
     return hs
 
@@ -116,14 +121,16 @@ def _rnn_vjp(grad, out, needs, x, h0, U, W, b, reverse=False, nonlinearity="tanh
     T, B, _ = x.shape
     H = h0.shape[-1]
     xp = backend.array_module(grad, out)
-    k = kernels_for(xp)
-    ws = k.workspace(xp, B, H, 1, x.dtype)
-    dA = xp.empty((T, B, H), dtype=out.dtype)
-    carry = xp.zeros((B, H), dtype=out.dtype)
     relu = nonlinearity == "relu"
-    for t in _steps(T, not reverse):
-        k.rnn_backward(grad[t], carry, out[t], dA[t], relu, ws)
-        xp.matmul(dA[t], W, out=carry)  # the gradient reaching h(t-1) through W
+    if xp is not np:
+        dA, carry = cuda_kernels.rnn_backward(grad, out, W, relu, reverse)
+    else:
+        ws = cpu.workspace(xp, B, H, 1, x.dtype)
+        dA = xp.empty((T, B, H), dtype=out.dtype)
+        carry = xp.zeros((B, H), dtype=out.dtype)
+        for t in _steps(T, not reverse):
+            cpu.rnn_backward(grad[t], carry, out[t], dA[t], relu, ws)
+            xp.matmul(dA[t], W, out=carry)  # the gradient reaching h(t-1) through W
     dx, dU, dW, db = _weight_grads(dA, x, out, h0, U, *(needs[0], needs[2], needs[3], needs[4]), reverse)
     return dx, carry if needs[1] else None, dU, dW, db
 
@@ -145,19 +152,21 @@ def rnn_sequence(x, h0, U, W, b=None, *, nonlinearity="tanh", reverse=False):
 def _lstm_forward(x, h0, c0, U, W, b, reverse=False):
     T, B, D, H = _check(x, h0, U, W, 4, "lstm_sequence")
     xp = backend.array_module(x, h0, c0, U, W, b)
-    k = kernels_for(xp)
-    ws = k.workspace(xp, B, H, 4, x.dtype)
     gates = xp.empty((T, B, 4 * H), dtype=x.dtype)   # pre-activations, then activations [i, f, g, o]
     _input_projection(x, U, b, gates.reshape(T * B, 4 * H))
     out = xp.empty((T + 1, B, H), dtype=x.dtype)      # h(0..T-1), then the final c
     cs = xp.empty((T, B, H), dtype=x.dtype)
     tcs = xp.empty((T, B, H), dtype=x.dtype)
+    if xp is not np:
+        cuda_kernels.lstm_forward(gates, h0, c0, W, out, cs, tcs, reverse)
+        return out, (gates, cs, tcs)
+    ws = cpu.workspace(xp, B, H, 4, x.dtype)
     zh = xp.empty((B, 4 * H), x.dtype)
     WT = xp.ascontiguousarray(W.T)  # one copy per call; the per-step GEMM runs faster on it
     h, c = h0, c0
     for t in _steps(T, reverse):
         xp.matmul(h, WT, out=zh)
-        k.lstm_forward(gates[t], zh, c, cs[t], tcs[t], out[t], ws)
+        cpu.lstm_forward(gates[t], zh, c, cs[t], tcs[t], out[t], ws)
         h, c = out[t], cs[t]
     out[T] = c
     return out, (gates, cs, tcs)
@@ -168,15 +177,18 @@ def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, residuals=Non
     T, B, _ = x.shape
     H = h0.shape[-1]
     xp = backend.array_module(grad, out)
-    k = kernels_for(xp)
-    ws = k.workspace(xp, B, H, 4, x.dtype)
-    dZ = xp.empty_like(gates)
-    carry = xp.zeros((B, H), dtype=out.dtype)
-    dc, dc_next = xp.array(grad[T]), xp.empty((B, H), dtype=out.dtype)  # grad of the final c seeds dc
-    for t in _steps(T, not reverse):
-        k.lstm_backward(gates[t], tcs[t], _prev(cs, c0, t, T, reverse), grad[t], carry, dc, dZ[t], dc_next, ws)
-        dc, dc_next = dc_next, dc
-        xp.matmul(dZ[t], W, out=carry)
+    if xp is not np:
+        dZ, carry, dc = cuda_kernels.lstm_backward(grad, gates, cs, tcs, c0, W, reverse)
+    else:
+        ws = cpu.workspace(xp, B, H, 4, x.dtype)
+        dZ = xp.empty_like(gates)
+        carry = xp.zeros((B, H), dtype=out.dtype)
+        dc, dc_next = xp.array(grad[T]), xp.empty((B, H), dtype=out.dtype)  # grad of the final c seeds dc
+        for t in _steps(T, not reverse):
+            cpu.lstm_backward(gates[t], tcs[t], _prev(cs, c0, t, T, reverse), grad[t], carry, dc, dZ[t], dc_next,
+                            ws)
+            dc, dc_next = dc_next, dc
+            xp.matmul(dZ[t], W, out=carry)
     dx, dU, dW, db = _weight_grads(dZ, x, out, h0, U, *(needs[0], needs[3], needs[4], needs[5]), reverse)
     return dx, carry if needs[1] else None, dc if needs[2] else None, dU, dW, db
 
@@ -200,18 +212,20 @@ def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False):
 def _gru_forward(x, h0, U, W, b, b_hn, reverse=False):
     T, B, D, H = _check(x, h0, U, W, 3, "gru_sequence")
     xp = backend.array_module(x, h0, U, W, b, b_hn)
-    k = kernels_for(xp)
-    ws = k.workspace(xp, B, H, 3, x.dtype)
     gates = xp.empty((T, B, 3 * H), dtype=x.dtype)   # U x + b, then activations [r, z, n]
     _input_projection(x, U, b, gates.reshape(T * B, 3 * H))
     hs = xp.empty((T, B, H), dtype=x.dtype)
     hns = xp.empty((T, B, H), dtype=x.dtype)          # W_n h(t-1) + b_hn, which r multiplies
+    if xp is not np:
+        cuda_kernels.gru_forward(gates, h0, W, b_hn, hs, hns, reverse)
+        return hs, (gates, hns)
+    ws = cpu.workspace(xp, B, H, 3, x.dtype)
     zh = xp.empty((B, 3 * H), x.dtype)
     WT = xp.ascontiguousarray(W.T)
     h = h0
     for t in _steps(T, reverse):
         xp.matmul(h, WT, out=zh)
-        k.gru_forward(gates[t], zh, b_hn, h, hns[t], hs[t], ws)
+        cpu.gru_forward(gates[t], zh, b_hn, h, hns[t], hs[t], ws)
         h = hs[t]
     return hs, (gates, hns)
 
@@ -221,20 +235,23 @@ def _gru_vjp(grad, out, needs, x, h0, U, W, b, b_hn, reverse=False, residuals=No
     T, B, _ = x.shape
     H = h0.shape[-1]
     xp = backend.array_module(grad, out)
-    k = kernels_for(xp)
-    ws = k.workspace(xp, B, H, 3, x.dtype)
-    dGX = xp.empty_like(gates)   # grads of the input-side pre-activations (U x + b)
-    dGH = xp.empty_like(gates)   # and of the recurrent side (W h, b_hn)
-    carry = xp.zeros((B, H), dtype=out.dtype)
-    direct, direct_next = xp.zeros((B, H), dtype=out.dtype), xp.empty((B, H), dtype=out.dtype)
-    for t in _steps(T, not reverse):
-        k.gru_backward(gates[t], hns[t], _prev(out, h0, t, T, reverse), grad[t], carry, direct,
-                       dGX[t], dGH[t], direct_next, ws)
-        direct, direct_next = direct_next, direct
-        xp.matmul(dGH[t], W, out=carry)
+    if xp is not np:
+        # dGX: grads of the input-side pre-activations (U x + b); dGH: of the recurrent side (W h, b_hn)
+        dGX, dGH, dh0 = cuda_kernels.gru_backward(grad, gates, hns, out, h0, W, reverse)
+    else:
+        ws = cpu.workspace(xp, B, H, 3, x.dtype)
+        dGX, dGH = xp.empty_like(gates), xp.empty_like(gates)
+        carry = xp.zeros((B, H), dtype=out.dtype)
+        direct, direct_next = xp.zeros((B, H), dtype=out.dtype), xp.empty((B, H), dtype=out.dtype)
+        for t in _steps(T, not reverse):
+            cpu.gru_backward(gates[t], hns[t], _prev(out, h0, t, T, reverse), grad[t], carry, direct,
+                           dGX[t], dGH[t], direct_next, ws)
+            direct, direct_next = direct_next, direct
+            xp.matmul(dGH[t], W, out=carry)
+        dh0 = carry + direct
     dx, dU, _, db = _weight_grads(dGX, x, out, h0, U, needs[0], needs[2], False, needs[4], reverse)
     dW = _weight_grads(dGH, x, out, h0, U, False, False, needs[3], False, reverse)[2]
-    dh0 = carry + direct if needs[1] else None
+    dh0 = dh0 if needs[1] else None
     db_hn = dGH[:, :, 2 * H:].sum(axis=(0, 1)) if needs[5] else None
     return dx, dh0, dU, dW, db, db_hn
 

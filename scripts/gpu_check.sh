@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a GPU machine that has CuPy preinstalled and no network:
 # installs this checkout without touching dependencies, runs every test marked
-# `gpu` (tests/test_gpu.py and the rest) and a short GPU benchmark.
+# `gpu` (tests/test_gpu.py and the rest), the GPU part of the benchmark suite
+# (python -m benchmarks --gpu-only) and the per-op GPU overhead benchmark.
 # Budget: well under 5 minutes (each step has its own timeout).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +33,13 @@ echo "files: $(echo $gpu_files)"
 timeout 240 $PYTHON -m pytest -m gpu -q -p no:cacheprovider -rs $gpu_files
 tests_status=$?
 
-echo "== GPU benchmark (ratios vs raw CuPy, same run)"
+echo "== GPU training-step benchmark: workloads B and E, tinygraph CuPy vs torch CUDA and vs tinygraph CPU"
+timeout 150 $PYTHON -m benchmarks --gpu-only
+suite_status=$?
+
+echo "== GPU per-op overhead (ratios vs raw CuPy, same run)"
 timeout 60 $PYTHON benchmarks/op_overhead.py --device cuda --quick
 bench_status=$?
 
-echo "== done: tests exit $tests_status, benchmark exit $bench_status"
-[ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ]
+echo "== done: tests exit $tests_status, suite exit $suite_status, op benchmark exit $bench_status"
+[ "$tests_status" -eq 0 ] && [ "$suite_status" -eq 0 ] && [ "$bench_status" -eq 0 ]

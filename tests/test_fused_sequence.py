@@ -13,7 +13,7 @@ from tinygraph import Graph
 from tinygraph.trace import trace
 from tinygraph.models import GRU, LSTM, RNN, decomposed, gru_sequence, lstm_sequence, rnn_sequence
 
-from conftest import DEVICES
+from conftest import DEVICES, requires_gpu
 
 LAYERS = [
     ("rnn-tanh", lambda **kw: RNN(4, 6, **kw)),
@@ -198,3 +198,47 @@ def test_bad_shapes_and_options_are_clear_errors():
     with pytest.raises(ValueError, match="shapes do not fit"):
         rnn_sequence(tg.tensor(np.zeros((2, 1, 3))), tg.tensor(np.zeros((1, 4))),
                      tg.tensor(np.zeros((4, 2)), requires_grad=True), tg.tensor(np.zeros((4, 4))))
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
+def test_cuda_float32_matches_the_cpu(name, make):
+    model = make(num_layers=2, bidirectional=True, fused=True)
+    x = np.random.default_rng(9).standard_normal((20, 8, 4)).astype(np.float32)
+    cpu = run(model, x)
+    gpu = run(model.to("cuda"), x, device="cuda")
+    assert_same(gpu, cpu, 2e-4)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_cuda_time_loops_never_synchronise_with_the_host(cell):
+    """No host-device copy or sync inside a fused forward or backward sweep."""
+    import cupy as cp
+    cupyx = pytest.importorskip("cupyx")
+    if not hasattr(cupyx, "allow_synchronize"):
+        pytest.skip("this CuPy has no cupyx.allow_synchronize")
+    from tinygraph.models import sequence
+    rng = np.random.default_rng(10)
+    T, B, D, H = 12, 4, 5, 8
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+
+    def arr(*shape):
+        return cp.asarray(rng.standard_normal(shape).astype(np.float32))
+
+    x, h0, c0, U, W, b, b_hn = arr(T, B, D), arr(B, H), arr(B, H), arr(G * H, D), arr(G * H, H), arr(G * H), arr(H)
+    prim, args = {"rnn": (sequence.RNN_SEQUENCE, (x, h0, U, W, b)),
+                  "lstm": (sequence.LSTM_SEQUENCE, (x, h0, c0, U, W, b)),
+                  "gru": (sequence.GRU_SEQUENCE, (x, h0, U, W, b, b_hn))}[cell]
+    needs = (True,) * len(args)
+    for reverse in (False, True):
+        result = prim.forward(*args, reverse=reverse)  # compiles the kernels (that may sync)
+        cp.cuda.Device().synchronize()
+        with cupyx.allow_synchronize(False):
+            result = prim.forward(*args, reverse=reverse)
+            out, extra = (result, {}) if not prim.residuals else (result[0], {"residuals": result[1]})
+            grads = prim.vjp(cp.ones_like(out), out, needs, *args, reverse=reverse, **extra)
+        assert all(g is not None for g in grads)
+        cp.cuda.Device().synchronize()

@@ -1,0 +1,289 @@
+"""The fused sequence kernels' time loops on CUDA (CuPy), with no Python on the per-step data.
+
+``models.sequence`` calls these when its arrays are CuPy arrays. A step is
+two launches and nothing else:
+
+* one cuBLAS GEMM called through CuPy's thin binding on raw device pointers
+  (``h(t-1) @ W^T`` accumulated straight into the step's gate rows with
+  beta = 1 in forward; ``dz(t) @ W`` in backward): no slicing, no
+  temporary, no ``cupy.matmul`` argument processing;
+* one raw CUDA kernel for the whole gate math of the step, handed the
+  sequence buffers plus element offsets, so no view is built per step.
+
+Nothing is copied between host and device inside the loop and nothing
+synchronises (tests/test_gpu.py checks it with ``cupyx.allow_synchronize``).
+The per-step Python cost is what remains of the launch overhead, a few
+microseconds, instead of the ~100 us that CuPy views, ``matmul`` and
+``ElementwiseKernel`` calls cost per step. The math is the same as the NumPy
+kernels in ``models.kernels`` (both are tested against the decomposed cells).
+
+Layout (row-major): gate blocks stacked along the last axis, LSTM
+``[i, f, g, o]``, GRU ``[r, z, n]``. cuBLAS is column-major, so a row-major
+``C (m x n) = A @ B`` is issued as ``C^T = B^T A^T``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
+
+_SOURCE = r"""
+template <typename T> __device__ __forceinline__ T sigm(T v) { return T(1) / (T(1) + exp(-v)); }
+
+// vanilla RNN: hs[t] holds U x + b + W h(t-1); apply the nonlinearity in place
+template <typename T>
+__global__ void rnn_fwd(T* hs, long long off, int n, int relu) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    T v = hs[off + i];
+    hs[off + i] = relu ? (v > T(0) ? v : T(0)) : tanh(v);
+}
+
+template <typename T>
+__global__ void rnn_bwd(const T* grad, const T* carry, const T* hs, T* da, long long off, int n, int relu) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    T h = hs[off + i], d = grad[off + i] + carry[i];
+    da[off + i] = relu ? (h > T(0) ? d : T(0)) : d * (T(1) - h * h);
+}
+
+// LSTM step: gates[t] holds U x + b + W h(t-1) (pre-activations) and becomes [i, f, g, o]
+template <typename T>
+__global__ void lstm_fwd(T* gates, const T* c_prev, T* cs, T* tcs, T* out,
+                         long long goff, long long poff, long long off, int n, int H) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    long long k = goff + (long long)(i / H) * 4 * H + (i % H);
+    T ig = sigm(gates[k]), fg = sigm(gates[k + H]), gg = tanh(gates[k + 2 * H]), og = sigm(gates[k + 3 * H]);
+    gates[k] = ig; gates[k + H] = fg; gates[k + 2 * H] = gg; gates[k + 3 * H] = og;
+    T c = fg * c_prev[poff + i] + ig * gg;
+    T t = tanh(c);
+    cs[off + i] = c; tcs[off + i] = t; out[off + i] = og * t;
+}
+
+template <typename T>
+__global__ void lstm_bwd(const T* gates, const T* tcs, const T* c_prev, const T* grad, const T* carry,
+                         const T* dc_in, T* dz, T* dc_out, long long goff, long long poff, long long off,
+                         int n, int H) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    long long k = goff + (long long)(i / H) * 4 * H + (i % H);
+    T ig = gates[k], fg = gates[k + H], gg = gates[k + 2 * H], og = gates[k + 3 * H];
+    T tc = tcs[off + i];
+    T dh = grad[off + i] + carry[i];
+    T dc = dc_in[i] + dh * og * (T(1) - tc * tc);
+    dz[k] = dc * gg * ig * (T(1) - ig);
+    dz[k + H] = dc * c_prev[poff + i] * fg * (T(1) - fg);
+    dz[k + 2 * H] = dc * ig * (T(1) - gg * gg);
+    dz[k + 3 * H] = dh * tc * og * (T(1) - og);
+    dc_out[i] = dc * fg;
+}
+
+// GRU step: gates[t] holds U x + b and becomes [r, z, n]; zh = W h(t-1)
+template <typename T>
+__global__ void gru_fwd(T* gates, const T* zh, const T* b_hn, const T* h_prev, T* hns, T* hs,
+                        long long goff, long long poff, long long off, int n, int H) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int j = i % H;
+    long long k = goff + (long long)(i / H) * 3 * H + j;
+    long long q = (long long)(i / H) * 3 * H + j;
+    T r = sigm(gates[k] + zh[q]), z = sigm(gates[k + H] + zh[q + H]);
+    T hn = zh[q + 2 * H] + b_hn[j];
+    T nn = tanh(gates[k + 2 * H] + r * hn);
+    gates[k] = r; gates[k + H] = z; gates[k + 2 * H] = nn;
+    hns[off + i] = hn;
+    hs[off + i] = nn + z * (h_prev[poff + i] - nn);
+}
+
+template <typename T>
+__global__ void gru_bwd(const T* gates, const T* hns, const T* h_prev, const T* grad, const T* carry,
+                        const T* direct_in, T* gx, T* ghh, T* direct_out,
+                        long long goff, long long poff, long long off, int n, int H) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    long long k = goff + (long long)(i / H) * 3 * H + (i % H);
+    T r = gates[k], z = gates[k + H], nn = gates[k + 2 * H];
+    T dh = grad[off + i] + carry[i] + direct_in[i];
+    T dn = dh * (T(1) - z) * (T(1) - nn * nn);
+    T dzp = dh * (h_prev[poff + i] - nn) * z * (T(1) - z);
+    T dr = dn * hns[off + i] * r * (T(1) - r);
+    gx[k] = dr; gx[k + H] = dzp; gx[k + 2 * H] = dn;
+    ghh[k] = dr; ghh[k + H] = dzp; ghh[k + 2 * H] = dn * r;
+    direct_out[i] = dh * z;
+}
+"""
+
+_NAMES = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd")
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_MODULE = [None]
+_BLOCK = 256
+
+
+def _kernel(name, dtype):
+    """A compiled kernel for ``dtype`` (compiled once per process, for both float types)."""
+    import cupy as cp
+    if _MODULE[0] is None:
+        expressions = [f"{n}<{t}>" for n in _NAMES for t in ("float", "double")]
+        _MODULE[0] = cp.RawModule(code=_SOURCE, options=("-std=c++14",), name_expressions=expressions)
+    ctype = _CTYPES.get(np.dtype(dtype))
+    if ctype is None:
+        raise TypeError(f"fused CUDA kernels support float32 and float64, got {dtype}")
+    return _MODULE[0].get_function(f"{name}<{ctype}>")
+
+
+def _launch(kernel, n, args):
+    kernel(((n + _BLOCK - 1) // _BLOCK,), (_BLOCK,), args)
+
+
+class _Gemm:
+    """Row-major ``C (m x n) [+]= A (m x k) @ B`` on raw pointers through cuBLAS.
+
+    ``b_transposed``: B is stored as (n x k) row-major (a weight ``W`` used as
+    ``W^T``). Leading dimensions are the rows' lengths; operands are contiguous.
+    """
+
+    def __init__(self, dtype):
+        import cupy as cp
+        try:
+            from cupy_backends.cuda.libs import cublas
+        except ImportError:  # older CuPy
+            from cupy.cuda import cublas
+        self.cublas = cublas
+        self.handle = cp.cuda.device.get_cublas_handle()
+        cublas.setPointerMode(self.handle, cublas.CUBLAS_POINTER_MODE_HOST)
+        self.call = cublas.sgemm if np.dtype(dtype) == np.float32 else cublas.dgemm
+        # host scalars for alpha/beta; kept alive as long as this object
+        self.one = np.ones((), dtype=dtype)
+        self.zero = np.zeros((), dtype=dtype)
+        self.itemsize = np.dtype(dtype).itemsize
+
+    def __call__(self, c_ptr, a_ptr, b_ptr, m, n, k, b_transposed, accumulate):
+        # column-major view: C^T (n x m) = op(B)^T (n x k) @ A^T (k x m)
+        cb = self.cublas
+        op_b = cb.CUBLAS_OP_T if b_transposed else cb.CUBLAS_OP_N
+        ldb = k if b_transposed else n
+        self.call(self.handle, op_b, cb.CUBLAS_OP_N, n, m, k, self.one.ctypes.data, b_ptr, ldb,
+                  a_ptr, k, (self.one if accumulate else self.zero).ctypes.data, c_ptr, n)
+
+
+def _steps(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _contiguous(*arrays):
+    import cupy as cp
+    return [cp.ascontiguousarray(a) for a in arrays]
+
+
+# -- vanilla RNN ------------------------------------------------------------------
+
+def rnn_forward(hs, h0, W, relu, reverse):
+    """In place: ``hs`` (T, B, H) holds U x + b; becomes the hidden states."""
+    T, B, H = hs.shape
+    h0, W = _contiguous(h0, W)
+    gemm, kern, n = _Gemm(hs.dtype), _kernel("rnn_fwd", hs.dtype), B * H
+    step_bytes = n * hs.itemsize
+    base, w = hs.data.ptr, W.data.ptr
+    prev = h0.data.ptr
+    for t in _steps(T, reverse):
+        gemm(base + t * step_bytes, prev, w, B, H, H, b_transposed=True, accumulate=True)
+        _launch(kern, n, (hs, np.int64(t * n), np.int32(n), np.int32(relu)))
+        prev = base + t * step_bytes
+
+
+def rnn_backward(grad, hs, W, relu, reverse):
+    """(dA (T, B, H): grads of the pre-activations, carry: grad of h0)."""
+    import cupy as cp
+    T, B, H = hs.shape
+    grad, W = _contiguous(grad, W)
+    gemm, kern, n = _Gemm(hs.dtype), _kernel("rnn_bwd", hs.dtype), B * H
+    dA = cp.empty_like(hs)
+    carry = cp.zeros((B, H), dtype=hs.dtype)
+    step_bytes = n * hs.itemsize
+    for t in _steps(T, not reverse):
+        _launch(kern, n, (grad, carry, hs, dA, np.int64(t * n), np.int32(n), np.int32(relu)))
+        gemm(carry.data.ptr, dA.data.ptr + t * step_bytes, W.data.ptr, B, H, H, b_transposed=False,
+             accumulate=False)
+    return dA, carry
+
+
+# -- LSTM -------------------------------------------------------------------------
+
+def lstm_forward(gates, h0, c0, W, out, cs, tcs, reverse):
+    """In place: ``gates`` (T, B, 4H) holds U x + b; fills out[:T], cs, tcs and out[T] = c_n."""
+    T, B, G = gates.shape
+    H = G // 4
+    h0, c0, W = _contiguous(h0, c0, W)
+    gemm, kern, n = _Gemm(gates.dtype), _kernel("lstm_fwd", gates.dtype), B * H
+    size = gates.itemsize
+    prev_h, prev_c, poff = h0.data.ptr, c0, 0
+    for t in _steps(T, reverse):
+        gemm(gates.data.ptr + t * B * G * size, prev_h, W.data.ptr, B, G, H, b_transposed=True, accumulate=True)
+        _launch(kern, n, (gates, prev_c, cs, tcs, out, np.int64(t * B * G), np.int64(poff), np.int64(t * n),
+                          np.int32(n), np.int32(H)))
+        prev_h, prev_c, poff = out.data.ptr + t * n * size, cs, t * n
+    out[T] = cs[0 if reverse else T - 1]
+
+
+def lstm_backward(grad, gates, cs, tcs, c0, W, reverse):
+    """(dZ (T, B, 4H), carry: grad of h0, dc: grad of c0) by one sweep back through time."""
+    import cupy as cp
+    T, B, G = gates.shape
+    H = G // 4
+    grad, c0, W = _contiguous(grad, c0, W)
+    gemm, kern, n = _Gemm(gates.dtype), _kernel("lstm_bwd", gates.dtype), B * H
+    size = gates.itemsize
+    dZ = cp.empty_like(gates)
+    carry = cp.zeros((B, H), dtype=gates.dtype)
+    dc, dc_next = cp.array(grad[T]), cp.empty((B, H), dtype=gates.dtype)  # grad of the final c seeds dc
+    for t in _steps(T, not reverse):
+        first = t == (T - 1 if reverse else 0)   # this step started from c0
+        prev_c, poff = (c0, 0) if first else (cs, (t + 1 if reverse else t - 1) * n)
+        _launch(kern, n, (gates, tcs, prev_c, grad, carry, dc, dZ, dc_next, np.int64(t * B * G), np.int64(poff),
+                          np.int64(t * n), np.int32(n), np.int32(H)))
+        dc, dc_next = dc_next, dc
+        gemm(carry.data.ptr, dZ.data.ptr + t * B * G * size, W.data.ptr, B, H, G, b_transposed=False,
+             accumulate=False)
+    return dZ, carry, dc
+
+
+# -- GRU --------------------------------------------------------------------------
+
+def gru_forward(gates, h0, W, b_hn, hs, hns, reverse):
+    """In place: ``gates`` (T, B, 3H) holds U x + b; fills hs and hns (W_n h + b_hn)."""
+    import cupy as cp
+    T, B, G = gates.shape
+    H = G // 3
+    h0, W, b_hn = _contiguous(h0, W, b_hn)
+    gemm, kern, n = _Gemm(gates.dtype), _kernel("gru_fwd", gates.dtype), B * H
+    size = gates.itemsize
+    zh = cp.empty((B, G), dtype=gates.dtype)
+    prev, poff, prev_ptr = h0, 0, h0.data.ptr
+    for t in _steps(T, reverse):
+        gemm(zh.data.ptr, prev_ptr, W.data.ptr, B, G, H, b_transposed=True, accumulate=False)
+        _launch(kern, n, (gates, zh, b_hn, prev, hns, hs, np.int64(t * B * G), np.int64(poff), np.int64(t * n),
+                          np.int32(n), np.int32(H)))
+        prev, poff, prev_ptr = hs, t * n, hs.data.ptr + t * n * size
+
+
+def gru_backward(grad, gates, hns, hs, h0, W, reverse):
+    """(dGX, dGH (T, B, 3H): input- and recurrent-side grads, dh0) by one sweep back through time."""
+    import cupy as cp
+    T, B, G = gates.shape
+    H = G // 3
+    grad, h0, W = _contiguous(grad, h0, W)
+    gemm, kern, n = _Gemm(gates.dtype), _kernel("gru_bwd", gates.dtype), B * H
+    size = gates.itemsize
+    dGX, dGH = cp.empty_like(gates), cp.empty_like(gates)
+    carry = cp.zeros((B, H), dtype=gates.dtype)
+    direct, direct_next = cp.zeros((B, H), dtype=gates.dtype), cp.empty((B, H), dtype=gates.dtype)
+    for t in _steps(T, not reverse):
+        first = t == (T - 1 if reverse else 0)
+        prev, poff = (h0, 0) if first else (hs, (t + 1 if reverse else t - 1) * n)
+        _launch(kern, n, (gates, hns, prev, grad, carry, direct, dGX, dGH, direct_next, np.int64(t * B * G),
+                          np.int64(poff), np.int64(t * n), np.int32(n), np.int32(H)))
+        direct, direct_next = direct_next, direct
+        gemm(carry.data.ptr, dGH.data.ptr + t * B * G * size, W.data.ptr, B, H, G, b_transposed=False,
+             accumulate=False)
+    return dGX, dGH, carry + direct
