@@ -112,12 +112,174 @@ __global__ void gru_bwd(const T* gates, const T* hns, const T* h_prev, const T* 
     ghh[k] = dr; ghh[k + H] = dzp; ghh[k + 2 * H] = dn * r;
     direct_out[i] = dh * z;
 }
+
+// ---- small layers: the step's matrix product inside the same kernel -------------
+// Thread (b = blockIdx.y, j): the G/H dot products of unit j, then its gate math.
+// Forward reads h(t-1)[b, :] from shared memory and WT = W^T (H, G), coalesced in j.
+// Backward first forms carry[b, j] = sum_g dnext[b, g] W[g, j] (the previous
+// launch wrote dnext, the pre-activation grads of the step after this one).
+
+template <typename T>
+__device__ __forceinline__ void load_row(T* row, const T* src, int len) {
+    for (int k = threadIdx.x; k < len; k += blockDim.x) row[k] = src[k];
+    __syncthreads();
+}
+
+template <typename T>
+__global__ void rnn_fwd_small(T* hs, const T* WT, const T* h_prev, long long off, long long hoff,
+                              int B, int H, int relu) {
+    extern __shared__ unsigned char smem[];
+    T* row = (T*)smem;
+    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+    load_row(row, h_prev + hoff + (long long)b * H, H);
+    if (j >= H) return;
+    long long q = off + (long long)b * H + j;
+    T v = hs[q];
+    #pragma unroll 4
+    for (int k = 0; k < H; ++k) v += row[k] * WT[(long long)k * H + j];
+    hs[q] = relu ? (v > T(0) ? v : T(0)) : tanh(v);
+}
+
+template <typename T>
+__global__ void rnn_bwd_small(const T* grad, const T* W, const T* hs, T* da, long long off, long long noff,
+                              int has_next, int B, int H, int relu) {
+    extern __shared__ unsigned char smem[];
+    T* row = (T*)smem;
+    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (has_next) load_row(row, da + noff + (long long)b * H, H);
+    if (j >= H) return;
+    T carry = T(0);
+    if (has_next) {
+        #pragma unroll 4
+        for (int g = 0; g < H; ++g) carry += row[g] * W[(long long)g * H + j];
+    }
+    long long q = off + (long long)b * H + j;
+    T h = hs[q], d = grad[q] + carry;
+    da[q] = relu ? (h > T(0) ? d : T(0)) : d * (T(1) - h * h);
+}
+
+template <typename T>
+__global__ void lstm_fwd_small(T* gates, const T* WT, const T* h_prev, const T* c_prev, T* cs, T* tcs, T* out,
+                               long long goff, long long hoff, long long poff, long long off, int B, int H) {
+    extern __shared__ unsigned char smem[];
+    T* row = (T*)smem;
+    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+    load_row(row, h_prev + hoff + (long long)b * H, H);
+    if (j >= H) return;
+    const int G = 4 * H;
+    long long k0 = goff + (long long)b * G + j;
+    T zi = gates[k0], zf = gates[k0 + H], zg = gates[k0 + 2 * H], zo = gates[k0 + 3 * H];
+    #pragma unroll 4
+    for (int k = 0; k < H; ++k) {
+        const T hk = row[k];
+        const T* w = WT + (long long)k * G + j;
+        zi += hk * w[0]; zf += hk * w[H]; zg += hk * w[2 * H]; zo += hk * w[3 * H];
+    }
+    T ig = sigm(zi), fg = sigm(zf), gg = tanh(zg), og = sigm(zo);
+    gates[k0] = ig; gates[k0 + H] = fg; gates[k0 + 2 * H] = gg; gates[k0 + 3 * H] = og;
+    long long q = (long long)b * H + j;
+    T c = fg * c_prev[poff + q] + ig * gg;
+    T t = tanh(c);
+    cs[off + q] = c; tcs[off + q] = t; out[off + q] = og * t;
+}
+
+template <typename T>
+__global__ void lstm_bwd_small(const T* gates, const T* tcs, const T* c_prev, const T* grad, const T* W,
+                               const T* dc_in, T* dz, T* dc_out, long long goff, long long noff, int has_next,
+                               long long poff, long long off, int B, int H) {
+    extern __shared__ unsigned char smem[];
+    T* row = (T*)smem;
+    const int G = 4 * H;
+    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (has_next) load_row(row, dz + noff + (long long)b * G, G);
+    if (j >= H) return;
+    T carry = T(0);
+    if (has_next) {
+        #pragma unroll 4
+        for (int g = 0; g < G; ++g) carry += row[g] * W[(long long)g * H + j];
+    }
+    long long k0 = goff + (long long)b * G + j, q = (long long)b * H + j;
+    T ig = gates[k0], fg = gates[k0 + H], gg = gates[k0 + 2 * H], og = gates[k0 + 3 * H];
+    T tc = tcs[off + q];
+    T dh = grad[off + q] + carry;
+    T dc = dc_in[q] + dh * og * (T(1) - tc * tc);
+    dz[k0] = dc * gg * ig * (T(1) - ig);
+    dz[k0 + H] = dc * c_prev[poff + q] * fg * (T(1) - fg);
+    dz[k0 + 2 * H] = dc * ig * (T(1) - gg * gg);
+    dz[k0 + 3 * H] = dh * tc * og * (T(1) - og);
+    dc_out[q] = dc * fg;
+}
+
+template <typename T>
+__global__ void gru_fwd_small(T* gates, const T* WT, const T* b_hn, const T* h_prev, T* hns, T* hs,
+                              long long goff, long long poff, long long off, int B, int H) {
+    extern __shared__ unsigned char smem[];
+    T* row = (T*)smem;
+    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+    load_row(row, h_prev + poff + (long long)b * H, H);
+    if (j >= H) return;
+    const int G = 3 * H;
+    T zr = T(0), zz = T(0), hn = b_hn[j];
+    #pragma unroll 4
+    for (int k = 0; k < H; ++k) {
+        const T hk = row[k];
+        const T* w = WT + (long long)k * G + j;
+        zr += hk * w[0]; zz += hk * w[H]; hn += hk * w[2 * H];
+    }
+    long long k0 = goff + (long long)b * G + j, q = (long long)b * H + j;
+    T r = sigm(gates[k0] + zr), z = sigm(gates[k0 + H] + zz);
+    T nn = tanh(gates[k0 + 2 * H] + r * hn);
+    gates[k0] = r; gates[k0 + H] = z; gates[k0 + 2 * H] = nn;
+    hns[off + q] = hn;
+    hs[off + q] = nn + z * (row[j] - nn);
+}
+
+template <typename T>
+__global__ void gru_bwd_small(const T* gates, const T* hns, const T* h_prev, const T* grad, const T* W,
+                              const T* direct_in, T* gx, T* ghh, T* direct_out, long long goff, long long noff,
+                              int has_next, long long poff, long long off, int B, int H) {
+    extern __shared__ unsigned char smem[];
+    T* row = (T*)smem;
+    const int G = 3 * H;
+    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (has_next) load_row(row, ghh + noff + (long long)b * G, G);
+    if (j >= H) return;
+    T carry = T(0);
+    if (has_next) {
+        #pragma unroll 4
+        for (int g = 0; g < G; ++g) carry += row[g] * W[(long long)g * H + j];
+    }
+    long long k0 = goff + (long long)b * G + j, q = (long long)b * H + j;
+    T r = gates[k0], z = gates[k0 + H], nn = gates[k0 + 2 * H];
+    T dh = grad[off + q] + carry + direct_in[q];
+    T dn = dh * (T(1) - z) * (T(1) - nn * nn);
+    T dzp = dh * (h_prev[poff + q] - nn) * z * (T(1) - z);
+    T dr = dn * hns[off + q] * r * (T(1) - r);
+    gx[k0] = dr; gx[k0 + H] = dzp; gx[k0 + 2 * H] = dn;
+    ghh[k0] = dr; ghh[k0 + H] = dzp; ghh[k0 + 2 * H] = dn * r;
+    direct_out[q] = dh * z;
+}
 """
 
-_NAMES = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd")
+_NAMES = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd",
+          "rnn_fwd_small", "rnn_bwd_small", "lstm_fwd_small", "lstm_bwd_small", "gru_fwd_small", "gru_bwd_small")
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _MODULE = [None]
 _BLOCK = 256
+_SMALL_BLOCK = 64
+# Layers with B * G * H at most this many multiply-adds per step run each step as ONE
+# kernel that does its own small matrix product (the "_small" kernels): there the
+# cost is launches, not FLOPs. Larger layers use cuBLAS plus the elementwise kernel.
+SMALL_STEP_LIMIT = 1 << 24
+
+
+def _is_small(B, G, H, itemsize):
+    return B * G * H <= SMALL_STEP_LIMIT and G * itemsize <= 32 * 1024  # the shared row must fit
+
+
+def _launch_small(kernel, B, H, shared_elems, itemsize, args):
+    grid = ((H + _SMALL_BLOCK - 1) // _SMALL_BLOCK, B)
+    kernel(grid, (_SMALL_BLOCK,), args, shared_mem=shared_elems * itemsize)
 
 
 def _kernel(name, dtype):
@@ -153,18 +315,20 @@ class _Gemm:
         self.handle = cp.cuda.device.get_cublas_handle()
         cublas.setPointerMode(self.handle, cublas.CUBLAS_POINTER_MODE_HOST)
         self.call = cublas.sgemm if np.dtype(dtype) == np.float32 else cublas.dgemm
-        # host scalars for alpha/beta; kept alive as long as this object
-        self.one = np.ones((), dtype=dtype)
-        self.zero = np.zeros((), dtype=dtype)
-        self.itemsize = np.dtype(dtype).itemsize
+        # host scalars for alpha/beta, kept alive with this object; their addresses
+        # are read once (``.ctypes`` builds an object on every access)
+        self.scalars = (np.ones((), dtype=dtype), np.zeros((), dtype=dtype))
+        self.one, self.zero = (s.ctypes.data for s in self.scalars)
+        self.op_n, self.op_t = cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_T
 
     def __call__(self, c_ptr, a_ptr, b_ptr, m, n, k, b_transposed, accumulate):
         # column-major view: C^T (n x m) = op(B)^T (n x k) @ A^T (k x m)
-        cb = self.cublas
-        op_b = cb.CUBLAS_OP_T if b_transposed else cb.CUBLAS_OP_N
-        ldb = k if b_transposed else n
-        self.call(self.handle, op_b, cb.CUBLAS_OP_N, n, m, k, self.one.ctypes.data, b_ptr, ldb,
-                  a_ptr, k, (self.one if accumulate else self.zero).ctypes.data, c_ptr, n)
+        if b_transposed:
+            self.call(self.handle, self.op_t, self.op_n, n, m, k, self.one, b_ptr, k,
+                      a_ptr, k, self.one if accumulate else self.zero, c_ptr, n)
+        else:
+            self.call(self.handle, self.op_n, self.op_n, n, m, k, self.one, b_ptr, n,
+                      a_ptr, k, self.one if accumulate else self.zero, c_ptr, n)
 
 
 def _steps(T, reverse):
@@ -182,14 +346,22 @@ def rnn_forward(hs, h0, W, relu, reverse):
     """In place: ``hs`` (T, B, H) holds U x + b; becomes the hidden states."""
     T, B, H = hs.shape
     h0, W = _contiguous(h0, W)
-    gemm, kern, n = _Gemm(hs.dtype), _kernel("rnn_fwd", hs.dtype), B * H
-    step_bytes = n * hs.itemsize
-    base, w = hs.data.ptr, W.data.ptr
-    prev = h0.data.ptr
+    n, size = B * H, hs.itemsize
+    if _is_small(B, H, H, size):
+        import cupy as cp
+        kern, WT = _kernel("rnn_fwd_small", hs.dtype), cp.ascontiguousarray(W.T)
+        prev, hoff = h0, 0
+        for t in _steps(T, reverse):
+            _launch_small(kern, B, H, H, size, (hs, WT, prev, np.int64(t * n), np.int64(hoff), np.int32(B),
+                                                np.int32(H), np.int32(relu)))
+            prev, hoff = hs, t * n
+        return
+    gemm, kern = _Gemm(hs.dtype), _kernel("rnn_fwd", hs.dtype)
+    base, prev = hs.data.ptr, h0.data.ptr
     for t in _steps(T, reverse):
-        gemm(base + t * step_bytes, prev, w, B, H, H, b_transposed=True, accumulate=True)
+        gemm(base + t * n * size, prev, W.data.ptr, B, H, H, b_transposed=True, accumulate=True)
         _launch(kern, n, (hs, np.int64(t * n), np.int32(n), np.int32(relu)))
-        prev = base + t * step_bytes
+        prev = base + t * n * size
 
 
 def rnn_backward(grad, hs, W, relu, reverse):
@@ -197,13 +369,21 @@ def rnn_backward(grad, hs, W, relu, reverse):
     import cupy as cp
     T, B, H = hs.shape
     grad, W = _contiguous(grad, W)
-    gemm, kern, n = _Gemm(hs.dtype), _kernel("rnn_bwd", hs.dtype), B * H
+    n, size = B * H, hs.itemsize
     dA = cp.empty_like(hs)
+    if _is_small(B, H, H, size):
+        kern, last = _kernel("rnn_bwd_small", hs.dtype), None
+        for t in _steps(T, not reverse):
+            _launch_small(kern, B, H, H, size, (grad, W, hs, dA, np.int64(t * n), np.int64((last or 0) * n),
+                                                np.int32(last is not None), np.int32(B), np.int32(H),
+                                                np.int32(relu)))
+            last = t
+        return dA, dA[last] @ W
+    gemm, kern = _Gemm(hs.dtype), _kernel("rnn_bwd", hs.dtype)
     carry = cp.zeros((B, H), dtype=hs.dtype)
-    step_bytes = n * hs.itemsize
     for t in _steps(T, not reverse):
         _launch(kern, n, (grad, carry, hs, dA, np.int64(t * n), np.int32(n), np.int32(relu)))
-        gemm(carry.data.ptr, dA.data.ptr + t * step_bytes, W.data.ptr, B, H, H, b_transposed=False,
+        gemm(carry.data.ptr, dA.data.ptr + t * n * size, W.data.ptr, B, H, H, b_transposed=False,
              accumulate=False)
     return dA, carry
 
@@ -215,14 +395,25 @@ def lstm_forward(gates, h0, c0, W, out, cs, tcs, reverse):
     T, B, G = gates.shape
     H = G // 4
     h0, c0, W = _contiguous(h0, c0, W)
-    gemm, kern, n = _Gemm(gates.dtype), _kernel("lstm_fwd", gates.dtype), B * H
-    size = gates.itemsize
-    prev_h, prev_c, poff = h0.data.ptr, c0, 0
-    for t in _steps(T, reverse):
-        gemm(gates.data.ptr + t * B * G * size, prev_h, W.data.ptr, B, G, H, b_transposed=True, accumulate=True)
-        _launch(kern, n, (gates, prev_c, cs, tcs, out, np.int64(t * B * G), np.int64(poff), np.int64(t * n),
-                          np.int32(n), np.int32(H)))
-        prev_h, prev_c, poff = out.data.ptr + t * n * size, cs, t * n
+    n, size = B * H, gates.itemsize
+    if _is_small(B, G, H, size):
+        import cupy as cp
+        kern, WT = _kernel("lstm_fwd_small", gates.dtype), cp.ascontiguousarray(W.T)
+        prev_h, prev_c, poff = h0, c0, 0
+        for t in _steps(T, reverse):
+            _launch_small(kern, B, H, H, size, (gates, WT, prev_h, prev_c, cs, tcs, out, np.int64(t * B * G),
+                                                np.int64(poff), np.int64(poff), np.int64(t * n), np.int32(B),
+                                                np.int32(H)))
+            prev_h, prev_c, poff = out, cs, t * n
+    else:
+        gemm, kern = _Gemm(gates.dtype), _kernel("lstm_fwd", gates.dtype)
+        prev_h, prev_c, poff = h0.data.ptr, c0, 0
+        for t in _steps(T, reverse):
+            gemm(gates.data.ptr + t * B * G * size, prev_h, W.data.ptr, B, G, H, b_transposed=True,
+                 accumulate=True)
+            _launch(kern, n, (gates, prev_c, cs, tcs, out, np.int64(t * B * G), np.int64(poff), np.int64(t * n),
+                              np.int32(n), np.int32(H)))
+            prev_h, prev_c, poff = out.data.ptr + t * n * size, cs, t * n
     out[T] = cs[0 if reverse else T - 1]
 
 
@@ -232,19 +423,31 @@ def lstm_backward(grad, gates, cs, tcs, c0, W, reverse):
     T, B, G = gates.shape
     H = G // 4
     grad, c0, W = _contiguous(grad, c0, W)
-    gemm, kern, n = _Gemm(gates.dtype), _kernel("lstm_bwd", gates.dtype), B * H
-    size = gates.itemsize
+    n, size = B * H, gates.itemsize
     dZ = cp.empty_like(gates)
-    carry = cp.zeros((B, H), dtype=gates.dtype)
     dc, dc_next = cp.array(grad[T]), cp.empty((B, H), dtype=gates.dtype)  # grad of the final c seeds dc
+    small = _is_small(B, G, H, size)
+    if small:
+        kern, last = _kernel("lstm_bwd_small", gates.dtype), None
+    else:
+        gemm, kern = _Gemm(gates.dtype), _kernel("lstm_bwd", gates.dtype)
+        carry = cp.zeros((B, H), dtype=gates.dtype)
     for t in _steps(T, not reverse):
         first = t == (T - 1 if reverse else 0)   # this step started from c0
         prev_c, poff = (c0, 0) if first else (cs, (t + 1 if reverse else t - 1) * n)
-        _launch(kern, n, (gates, tcs, prev_c, grad, carry, dc, dZ, dc_next, np.int64(t * B * G), np.int64(poff),
-                          np.int64(t * n), np.int32(n), np.int32(H)))
+        if small:
+            _launch_small(kern, B, H, G, size, (gates, tcs, prev_c, grad, W, dc, dZ, dc_next, np.int64(t * B * G),
+                                                np.int64((last or 0) * B * G), np.int32(last is not None),
+                                                np.int64(poff), np.int64(t * n), np.int32(B), np.int32(H)))
+            last = t
+        else:
+            _launch(kern, n, (gates, tcs, prev_c, grad, carry, dc, dZ, dc_next, np.int64(t * B * G),
+                              np.int64(poff), np.int64(t * n), np.int32(n), np.int32(H)))
+            gemm(carry.data.ptr, dZ.data.ptr + t * B * G * size, W.data.ptr, B, H, G, b_transposed=False,
+                 accumulate=False)
         dc, dc_next = dc_next, dc
-        gemm(carry.data.ptr, dZ.data.ptr + t * B * G * size, W.data.ptr, B, H, G, b_transposed=False,
-             accumulate=False)
+    if small:
+        carry = dZ[last] @ W
     return dZ, carry, dc
 
 
@@ -256,8 +459,16 @@ def gru_forward(gates, h0, W, b_hn, hs, hns, reverse):
     T, B, G = gates.shape
     H = G // 3
     h0, W, b_hn = _contiguous(h0, W, b_hn)
-    gemm, kern, n = _Gemm(gates.dtype), _kernel("gru_fwd", gates.dtype), B * H
-    size = gates.itemsize
+    n, size = B * H, gates.itemsize
+    if _is_small(B, G, H, size):
+        kern, WT = _kernel("gru_fwd_small", gates.dtype), cp.ascontiguousarray(W.T)
+        prev, poff = h0, 0
+        for t in _steps(T, reverse):
+            _launch_small(kern, B, H, H, size, (gates, WT, b_hn, prev, hns, hs, np.int64(t * B * G),
+                                                np.int64(poff), np.int64(t * n), np.int32(B), np.int32(H)))
+            prev, poff = hs, t * n
+        return
+    gemm, kern = _Gemm(gates.dtype), _kernel("gru_fwd", gates.dtype)
     zh = cp.empty((B, G), dtype=gates.dtype)
     prev, poff, prev_ptr = h0, 0, h0.data.ptr
     for t in _steps(T, reverse):
@@ -273,17 +484,30 @@ def gru_backward(grad, gates, hns, hs, h0, W, reverse):
     T, B, G = gates.shape
     H = G // 3
     grad, h0, W = _contiguous(grad, h0, W)
-    gemm, kern, n = _Gemm(gates.dtype), _kernel("gru_bwd", gates.dtype), B * H
-    size = gates.itemsize
+    n, size = B * H, gates.itemsize
     dGX, dGH = cp.empty_like(gates), cp.empty_like(gates)
-    carry = cp.zeros((B, H), dtype=gates.dtype)
     direct, direct_next = cp.zeros((B, H), dtype=gates.dtype), cp.empty((B, H), dtype=gates.dtype)
+    small = _is_small(B, G, H, size)
+    if small:
+        kern, last = _kernel("gru_bwd_small", gates.dtype), None
+    else:
+        gemm, kern = _Gemm(gates.dtype), _kernel("gru_bwd", gates.dtype)
+        carry = cp.zeros((B, H), dtype=gates.dtype)
     for t in _steps(T, not reverse):
         first = t == (T - 1 if reverse else 0)
         prev, poff = (h0, 0) if first else (hs, (t + 1 if reverse else t - 1) * n)
-        _launch(kern, n, (gates, hns, prev, grad, carry, direct, dGX, dGH, direct_next, np.int64(t * B * G),
-                          np.int64(poff), np.int64(t * n), np.int32(n), np.int32(H)))
+        if small:
+            _launch_small(kern, B, H, G, size, (gates, hns, prev, grad, W, direct, dGX, dGH, direct_next,
+                                                np.int64(t * B * G), np.int64((last or 0) * B * G),
+                                                np.int32(last is not None), np.int64(poff), np.int64(t * n),
+                                                np.int32(B), np.int32(H)))
+            last = t
+        else:
+            _launch(kern, n, (gates, hns, prev, grad, carry, direct, dGX, dGH, direct_next, np.int64(t * B * G),
+                              np.int64(poff), np.int64(t * n), np.int32(n), np.int32(H)))
+            gemm(carry.data.ptr, dGH.data.ptr + t * B * G * size, W.data.ptr, B, H, G, b_transposed=False,
+                 accumulate=False)
         direct, direct_next = direct_next, direct
-        gemm(carry.data.ptr, dGH.data.ptr + t * B * G * size, W.data.ptr, B, H, G, b_transposed=False,
-             accumulate=False)
+    if small:
+        carry = dGH[last] @ W
     return dGX, dGH, carry + direct

@@ -54,13 +54,16 @@ def _prev(hs, h0, t, T, reverse):
     return h0 if t == 0 else hs[t - 1]
 
 
-def _check(x, h0, U, W, gates, op):
+def _check(x, h0, U, W, gates, op, *arrays):
     if x.ndim != 3 or h0.ndim != 2:
         raise ValueError(f"{op}: x must be (T, B, D) and the initial state (B, H), got {x.shape} and {h0.shape}")
     T, B, D = x.shape
     H = h0.shape[1]
     if T == 0:
         raise ValueError(f"{op}: the sequence is empty (T = 0)")
+    dtypes = {a.dtype for a in arrays}
+    if len(dtypes) > 1:
+        raise ValueError(f"{op}: all inputs must share one float dtype, got {sorted(str(d) for d in dtypes)}")
     if h0.shape[0] != B or U.shape != (gates * H, D) or W.shape != (gates * H, H):
         raise ValueError(f"{op}: shapes do not fit: x {x.shape}, state {h0.shape}, U {U.shape} "
                          f"(expected {(gates * H, D)}), W {W.shape} (expected {(gates * H, H)})")
@@ -100,7 +103,7 @@ def _weight_grads(dZ, x, hs, h0, U, need_x, need_U, need_W, need_b, reverse):
 # -- vanilla RNN ---------------------------------------------------------------
 
 def _rnn_forward(x, h0, U, W, b, reverse=False, nonlinearity="tanh"):
-    T, B, D, H = _check(x, h0, U, W, 1, "rnn_sequence")
+    T, B, D, H = _check(x, h0, U, W, 1, "rnn_sequence", x, h0, U, W, b)
     xp = backend.array_module(x, h0, U, W, b)
     hs = xp.empty((T, B, H), dtype=x.dtype)
     _input_projection(x, U, b, hs.reshape(T * B, H))  # hs holds U x + b until each step overwrites it
@@ -120,6 +123,7 @@ def _rnn_forward(x, h0, U, W, b, reverse=False, nonlinearity="tanh"):
 def _rnn_vjp(grad, out, needs, x, h0, U, W, b, reverse=False, nonlinearity="tanh"):
     T, B, _ = x.shape
     H = h0.shape[-1]
+    grad = grad.astype(out.dtype, copy=False)  # a float64 loss may send float64 grads; kernels are typed
     xp = backend.array_module(grad, out)
     relu = nonlinearity == "relu"
     if xp is not np:
@@ -150,7 +154,7 @@ def rnn_sequence(x, h0, U, W, b=None, *, nonlinearity="tanh", reverse=False):
 # -- LSTM ------------------------------------------------------------------------
 
 def _lstm_forward(x, h0, c0, U, W, b, reverse=False):
-    T, B, D, H = _check(x, h0, U, W, 4, "lstm_sequence")
+    T, B, D, H = _check(x, h0, U, W, 4, "lstm_sequence", x, h0, c0, U, W, b)
     xp = backend.array_module(x, h0, c0, U, W, b)
     gates = xp.empty((T, B, 4 * H), dtype=x.dtype)   # pre-activations, then activations [i, f, g, o]
     _input_projection(x, U, b, gates.reshape(T * B, 4 * H))
@@ -176,6 +180,7 @@ def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, residuals=Non
     gates, cs, tcs = residuals
     T, B, _ = x.shape
     H = h0.shape[-1]
+    grad = grad.astype(out.dtype, copy=False)  # a float64 loss may send float64 grads; kernels are typed
     xp = backend.array_module(grad, out)
     if xp is not np:
         dZ, carry, dc = cuda_kernels.lstm_backward(grad, gates, cs, tcs, c0, W, reverse)
@@ -210,7 +215,7 @@ def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False):
 # -- GRU ---------------------------------------------------------------------------
 
 def _gru_forward(x, h0, U, W, b, b_hn, reverse=False):
-    T, B, D, H = _check(x, h0, U, W, 3, "gru_sequence")
+    T, B, D, H = _check(x, h0, U, W, 3, "gru_sequence", x, h0, U, W, b, b_hn)
     xp = backend.array_module(x, h0, U, W, b, b_hn)
     gates = xp.empty((T, B, 3 * H), dtype=x.dtype)   # U x + b, then activations [r, z, n]
     _input_projection(x, U, b, gates.reshape(T * B, 3 * H))
@@ -234,6 +239,7 @@ def _gru_vjp(grad, out, needs, x, h0, U, W, b, b_hn, reverse=False, residuals=No
     gates, hns = residuals
     T, B, _ = x.shape
     H = h0.shape[-1]
+    grad = grad.astype(out.dtype, copy=False)  # a float64 loss may send float64 grads; kernels are typed
     xp = backend.array_module(grad, out)
     if xp is not np:
         # dGX: grads of the input-side pre-activations (U x + b); dGH: of the recurrent side (W h, b_hn)

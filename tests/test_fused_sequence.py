@@ -202,8 +202,12 @@ def test_bad_shapes_and_options_are_clear_errors():
 
 @pytest.mark.gpu
 @requires_gpu
+@pytest.mark.parametrize("path", ["one-kernel steps", "cuBLAS steps"])
 @pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
-def test_cuda_float32_matches_the_cpu(name, make):
+def test_cuda_float32_matches_the_cpu(name, make, path, monkeypatch):
+    from tinygraph.models import cuda_kernels
+    if path == "cuBLAS steps":  # small layers normally take the one-kernel path
+        monkeypatch.setattr(cuda_kernels, "SMALL_STEP_LIMIT", 0)
     model = make(num_layers=2, bidirectional=True, fused=True)
     x = np.random.default_rng(9).standard_normal((20, 8, 4)).astype(np.float32)
     cpu = run(model, x)
@@ -213,10 +217,13 @@ def test_cuda_float32_matches_the_cpu(name, make):
 
 @pytest.mark.gpu
 @requires_gpu
+@pytest.mark.parametrize("limit", [1 << 24, 0], ids=["one-kernel steps", "cuBLAS steps"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_cuda_time_loops_never_synchronise_with_the_host(cell):
+def test_cuda_time_loops_never_synchronise_with_the_host(cell, limit, monkeypatch):
     """No host-device copy or sync inside a fused forward or backward sweep."""
     import cupy as cp
+    from tinygraph.models import cuda_kernels
+    monkeypatch.setattr(cuda_kernels, "SMALL_STEP_LIMIT", limit)
     cupyx = pytest.importorskip("cupyx")
     if not hasattr(cupyx, "allow_synchronize"):
         pytest.skip("this CuPy has no cupyx.allow_synchronize")
