@@ -114,29 +114,62 @@ __global__ void gru_bwd(const T* gates, const T* hns, const T* h_prev, const T* 
 }
 
 // ---- small layers: the step's matrix product inside the same kernel -------------
-// Thread (b = blockIdx.y, j): the G/H dot products of unit j, then its gate math.
-// Forward reads h(t-1)[b, :] from shared memory and WT = W^T (H, G), coalesced in j.
-// Backward first forms carry[b, j] = sum_g dnext[b, g] W[g, j] (the previous
-// launch wrote dnext, the pre-activation grads of the step after this one).
+// Block (JT units j) x (KS slices of the dot products), one batch row b = blockIdx.y.
+// Forward: unit j needs G/H dot products of h(t-1)[b, :] (in shared memory) with
+// the columns j, H + j, ... of WT = W^T (H, G), read coalesced along j. Each of
+// the KS thread rows sums every KS-th term; thread row 0 adds the KS partial sums
+// and does the unit's gate math. Backward first forms carry[b, j] =
+// sum_g dnext[b, g] W[g, j] the same way (the previous launch wrote dnext, the
+// pre-activation grads of the step after this one).
+#define JT 32
+#define KS 8
 
 template <typename T>
 __device__ __forceinline__ void load_row(T* row, const T* src, int len) {
-    for (int k = threadIdx.x; k < len; k += blockDim.x) row[k] = src[k];
+    for (int k = threadIdx.y * JT + threadIdx.x; k < len; k += JT * KS) row[k] = src[k];
     __syncthreads();
+}
+
+template <typename T, int NG>
+__device__ __forceinline__ void partial_dots(const T* row, const T* M, int K, long long ld, int H, int j,
+                                             bool valid, T (*part)[4][JT]) {
+    T acc[NG];
+    #pragma unroll
+    for (int g = 0; g < NG; ++g) acc[g] = T(0);
+    if (valid) {
+        for (int k = threadIdx.y; k < K; k += KS) {
+            const T r = row[k];
+            const T* m = M + (long long)k * ld + j;
+            #pragma unroll
+            for (int g = 0; g < NG; ++g) acc[g] += r * m[(long long)g * H];
+        }
+    }
+    #pragma unroll
+    for (int g = 0; g < NG; ++g) part[threadIdx.y][g][threadIdx.x] = acc[g];
+    __syncthreads();
+}
+
+template <typename T>
+__device__ __forceinline__ T total(T (*part)[4][JT], int g) {
+    T s = T(0);
+    #pragma unroll
+    for (int y = 0; y < KS; ++y) s += part[y][g][threadIdx.x];
+    return s;
 }
 
 template <typename T>
 __global__ void rnn_fwd_small(T* hs, const T* WT, const T* h_prev, long long off, long long hoff,
                               int B, int H, int relu) {
     extern __shared__ unsigned char smem[];
+    __shared__ T part[KS][4][JT];
     T* row = (T*)smem;
-    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+    int b = blockIdx.y, j = blockIdx.x * JT + threadIdx.x;
+    bool valid = j < H;
     load_row(row, h_prev + hoff + (long long)b * H, H);
-    if (j >= H) return;
+    partial_dots<T, 1>(row, WT, H, H, H, j, valid, part);
+    if (!valid || threadIdx.y != 0) return;
     long long q = off + (long long)b * H + j;
-    T v = hs[q];
-    #pragma unroll 4
-    for (int k = 0; k < H; ++k) v += row[k] * WT[(long long)k * H + j];
+    T v = hs[q] + total(part, 0);
     hs[q] = relu ? (v > T(0) ? v : T(0)) : tanh(v);
 }
 
@@ -144,15 +177,16 @@ template <typename T>
 __global__ void rnn_bwd_small(const T* grad, const T* W, const T* hs, T* da, long long off, long long noff,
                               int has_next, int B, int H, int relu) {
     extern __shared__ unsigned char smem[];
+    __shared__ T part[KS][4][JT];
     T* row = (T*)smem;
-    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (has_next) load_row(row, da + noff + (long long)b * H, H);
-    if (j >= H) return;
-    T carry = T(0);
+    int b = blockIdx.y, j = blockIdx.x * JT + threadIdx.x;
+    bool valid = j < H;
     if (has_next) {
-        #pragma unroll 4
-        for (int g = 0; g < H; ++g) carry += row[g] * W[(long long)g * H + j];
+        load_row(row, da + noff + (long long)b * H, H);
+        partial_dots<T, 1>(row, W, H, H, H, j, valid, part);
     }
+    if (!valid || threadIdx.y != 0) return;
+    T carry = has_next ? total(part, 0) : T(0);
     long long q = off + (long long)b * H + j;
     T h = hs[q], d = grad[q] + carry;
     da[q] = relu ? (h > T(0) ? d : T(0)) : d * (T(1) - h * h);
@@ -162,20 +196,17 @@ template <typename T>
 __global__ void lstm_fwd_small(T* gates, const T* WT, const T* h_prev, const T* c_prev, T* cs, T* tcs, T* out,
                                long long goff, long long hoff, long long poff, long long off, int B, int H) {
     extern __shared__ unsigned char smem[];
+    __shared__ T part[KS][4][JT];
     T* row = (T*)smem;
-    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
-    load_row(row, h_prev + hoff + (long long)b * H, H);
-    if (j >= H) return;
+    int b = blockIdx.y, j = blockIdx.x * JT + threadIdx.x;
+    bool valid = j < H;
     const int G = 4 * H;
+    load_row(row, h_prev + hoff + (long long)b * H, H);
+    partial_dots<T, 4>(row, WT, H, G, H, j, valid, part);
+    if (!valid || threadIdx.y != 0) return;
     long long k0 = goff + (long long)b * G + j;
-    T zi = gates[k0], zf = gates[k0 + H], zg = gates[k0 + 2 * H], zo = gates[k0 + 3 * H];
-    #pragma unroll 4
-    for (int k = 0; k < H; ++k) {
-        const T hk = row[k];
-        const T* w = WT + (long long)k * G + j;
-        zi += hk * w[0]; zf += hk * w[H]; zg += hk * w[2 * H]; zo += hk * w[3 * H];
-    }
-    T ig = sigm(zi), fg = sigm(zf), gg = tanh(zg), og = sigm(zo);
+    T ig = sigm(gates[k0] + total(part, 0)), fg = sigm(gates[k0 + H] + total(part, 1));
+    T gg = tanh(gates[k0 + 2 * H] + total(part, 2)), og = sigm(gates[k0 + 3 * H] + total(part, 3));
     gates[k0] = ig; gates[k0 + H] = fg; gates[k0 + 2 * H] = gg; gates[k0 + 3 * H] = og;
     long long q = (long long)b * H + j;
     T c = fg * c_prev[poff + q] + ig * gg;
@@ -188,16 +219,17 @@ __global__ void lstm_bwd_small(const T* gates, const T* tcs, const T* c_prev, co
                                const T* dc_in, T* dz, T* dc_out, long long goff, long long noff, int has_next,
                                long long poff, long long off, int B, int H) {
     extern __shared__ unsigned char smem[];
+    __shared__ T part[KS][4][JT];
     T* row = (T*)smem;
     const int G = 4 * H;
-    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (has_next) load_row(row, dz + noff + (long long)b * G, G);
-    if (j >= H) return;
-    T carry = T(0);
+    int b = blockIdx.y, j = blockIdx.x * JT + threadIdx.x;
+    bool valid = j < H;
     if (has_next) {
-        #pragma unroll 4
-        for (int g = 0; g < G; ++g) carry += row[g] * W[(long long)g * H + j];
+        load_row(row, dz + noff + (long long)b * G, G);
+        partial_dots<T, 1>(row, W, G, H, H, j, valid, part);
     }
+    if (!valid || threadIdx.y != 0) return;
+    T carry = has_next ? total(part, 0) : T(0);
     long long k0 = goff + (long long)b * G + j, q = (long long)b * H + j;
     T ig = gates[k0], fg = gates[k0 + H], gg = gates[k0 + 2 * H], og = gates[k0 + 3 * H];
     T tc = tcs[off + q];
@@ -214,20 +246,17 @@ template <typename T>
 __global__ void gru_fwd_small(T* gates, const T* WT, const T* b_hn, const T* h_prev, T* hns, T* hs,
                               long long goff, long long poff, long long off, int B, int H) {
     extern __shared__ unsigned char smem[];
+    __shared__ T part[KS][4][JT];
     T* row = (T*)smem;
-    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
-    load_row(row, h_prev + poff + (long long)b * H, H);
-    if (j >= H) return;
+    int b = blockIdx.y, j = blockIdx.x * JT + threadIdx.x;
+    bool valid = j < H;
     const int G = 3 * H;
-    T zr = T(0), zz = T(0), hn = b_hn[j];
-    #pragma unroll 4
-    for (int k = 0; k < H; ++k) {
-        const T hk = row[k];
-        const T* w = WT + (long long)k * G + j;
-        zr += hk * w[0]; zz += hk * w[H]; hn += hk * w[2 * H];
-    }
+    load_row(row, h_prev + poff + (long long)b * H, H);
+    partial_dots<T, 3>(row, WT, H, G, H, j, valid, part);
+    if (!valid || threadIdx.y != 0) return;
     long long k0 = goff + (long long)b * G + j, q = (long long)b * H + j;
-    T r = sigm(gates[k0] + zr), z = sigm(gates[k0 + H] + zz);
+    T hn = b_hn[j] + total(part, 2);
+    T r = sigm(gates[k0] + total(part, 0)), z = sigm(gates[k0 + H] + total(part, 1));
     T nn = tanh(gates[k0 + 2 * H] + r * hn);
     gates[k0] = r; gates[k0 + H] = z; gates[k0 + 2 * H] = nn;
     hns[off + q] = hn;
@@ -239,16 +268,17 @@ __global__ void gru_bwd_small(const T* gates, const T* hns, const T* h_prev, con
                               const T* direct_in, T* gx, T* ghh, T* direct_out, long long goff, long long noff,
                               int has_next, long long poff, long long off, int B, int H) {
     extern __shared__ unsigned char smem[];
+    __shared__ T part[KS][4][JT];
     T* row = (T*)smem;
     const int G = 3 * H;
-    int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (has_next) load_row(row, ghh + noff + (long long)b * G, G);
-    if (j >= H) return;
-    T carry = T(0);
+    int b = blockIdx.y, j = blockIdx.x * JT + threadIdx.x;
+    bool valid = j < H;
     if (has_next) {
-        #pragma unroll 4
-        for (int g = 0; g < G; ++g) carry += row[g] * W[(long long)g * H + j];
+        load_row(row, ghh + noff + (long long)b * G, G);
+        partial_dots<T, 1>(row, W, G, H, H, j, valid, part);
     }
+    if (!valid || threadIdx.y != 0) return;
+    T carry = has_next ? total(part, 0) : T(0);
     long long k0 = goff + (long long)b * G + j, q = (long long)b * H + j;
     T r = gates[k0], z = gates[k0 + H], nn = gates[k0 + 2 * H];
     T dh = grad[off + q] + carry + direct_in[q];
@@ -266,7 +296,7 @@ _NAMES = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd",
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _MODULE = [None]
 _BLOCK = 256
-_SMALL_BLOCK = 64
+_SMALL_BLOCK = (32, 8)  # (JT, KS) in the CUDA source: units per block x slices of each dot product
 # Layers with B * G * H at most this many multiply-adds per step run each step as ONE
 # kernel that does its own small matrix product (the "_small" kernels): there the
 # cost is launches, not FLOPs. Larger layers use cuBLAS plus the elementwise kernel.
@@ -278,8 +308,8 @@ def _is_small(B, G, H, itemsize):
 
 
 def _launch_small(kernel, B, H, shared_elems, itemsize, args):
-    grid = ((H + _SMALL_BLOCK - 1) // _SMALL_BLOCK, B)
-    kernel(grid, (_SMALL_BLOCK,), args, shared_mem=shared_elems * itemsize)
+    grid = ((H + _SMALL_BLOCK[0] - 1) // _SMALL_BLOCK[0], B)
+    kernel(grid, _SMALL_BLOCK, args, shared_mem=shared_elems * itemsize)
 
 
 def _kernel(name, dtype):
