@@ -142,9 +142,11 @@ def _draw_model(model, vocab, prompt, out, cell):
     """Folded circuit and unfolded graph of the trained model on a 3-character input."""
     import tinygraph as tg
     from tinygraph import viz
+    from tinygraph.models import decomposed
     ids = vocab.encode(list(prompt[:4]))
     x, y = ids[:-1, None], ids[1:, None]
-    logits, _ = model(x)
+    with decomposed():  # the model trains on fused kernels; the pictures show every gate
+        logits, _ = model(x)
     loss = tg.cross_entropy(logits, y, reduction="sum")
     circuit = _save_diagram(viz.draw_circuit(loss, detail="variables"), out / f"{cell}_circuit.svg")
     unfolded = _save_diagram(viz.draw_unfolded(loss, detail="variables"), out / f"{cell}_unfolded.svg")
@@ -252,9 +254,9 @@ def run(args):
     print(f"vocabulary: {len(vocab)} symbols; train {len(train_ids):,} chars, validation {len(val_ids):,}; "
           f"unigram baseline {unigram:.3f} bits/char")
 
-    model = LanguageModel(len(vocab), cfg["embedding"], cfg["hidden"], cell=args.cell)
-    print(f"model: {args.cell.upper()} language model, embedding {cfg['embedding']}, hidden {cfg['hidden']}, "
-          f"{model.num_parameters():,} parameters; TBPTT window {cfg['window']}, {cfg['batch']} streams, "
+    model = LanguageModel(len(vocab), cfg["embedding"], cfg["hidden"], cell=args.cell, fused=True)
+    print(f"model: {args.cell.upper()} language model (fused kernels), embedding {cfg['embedding']}, "
+          f"hidden {cfg['hidden']}, {model.num_parameters():,} parameters; TBPTT window {cfg['window']}, {cfg['batch']} streams, "
           f"Adam lr {cfg['lr']}, clip 1.0")
 
     prompt = "The "

@@ -30,7 +30,8 @@ import tinygraph as tg
 from tinygraph import backend, init
 from tinygraph.nn import Module, empty_parameter
 
-from .cells import as_tensor, zeros_state
+from .cells import _DECOMPOSED, as_tensor, zeros_state
+from .sequence import rnn_sequence
 
 __all__ = ["ElmanRNN", "JordanRNN"]
 
@@ -101,20 +102,39 @@ class ElmanRNN(_TextbookRNN):
     """Hidden-to-hidden RNN with parameters U (H x D), W (H x H), V (K x H), b (H), c (K).
 
     ``forward(x, h0=None) -> (o, h_n)``: ``o`` (T, B, K) logits, ``h_n`` (B, H).
+    ``fused=True`` records the recurrence as one fused kernel
+    (``models.sequence``) and the readout as one matrix product over all
+    steps, for training speed; ``models.decomposed()`` brings the per-step
+    textbook graph back for pictures and the stepper.
     Train with ``tg.cross_entropy(o, y, reduction="sum")``: the sum over time
     of the negative log-likelihoods. All parameters start U(-1/sqrt(H), 1/sqrt(H)).
     """
 
-    def __init__(self, input_size, hidden_size, output_size, dtype=None):
+    def __init__(self, input_size, hidden_size, output_size, dtype=None, fused=False):
         super().__init__(input_size, hidden_size, output_size, hidden_size, dtype)
+        self.fused = bool(fused)
 
     def forward(self, x, h0=None):
         """Run over ``x`` (T, B, D) from ``h0`` (B, H; zeros by default)."""
         x, h = self._prepare(x, h0, self.hidden_size, "h0")
+        if self.fused and not _DECOMPOSED[0]:
+            return self._forward_fused(x, h)
         return self._unroll(x, h, lambda t, h, o: h)
 
+    def _forward_fused(self, x, h0):
+        """The same equations as two nodes: the recurrence as one fused kernel, o = c + V h as one GEMM."""
+        steps, batch, _ = x.shape
+        with tg.scope("cell"):
+            hs = rnn_sequence(x, h0, self.U, self.W, self.b)
+            hs.name = "h"
+            flat = tg.reshape(hs, (steps * batch, self.hidden_size))
+            o = tg.reshape(tg.matmul(flat, tg.transpose(self.V)) + self.c, (steps, batch, self.output_size))
+            o.name = "o"
+        return o, hs[steps - 1]
+
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}, {self.output_size}"
+        extra = ", fused=True" if self.fused else ""
+        return f"{self.input_size}, {self.hidden_size}, {self.output_size}{extra}"
 
 
 class JordanRNN(_TextbookRNN):

@@ -178,7 +178,7 @@ class _RecurrentLayer(Module):
         """One direction of one layer as a single fused node (``models.sequence``)."""
         hs = rnn_sequence(x, state[0], cell.U, cell.W, cell.b, nonlinearity=cell.nonlinearity, reverse=reverse)
         hs.name = "h"
-        return hs, (hs[0] if reverse else hs[hs.shape[0] - 1],)
+        return _outputs_and_final(hs, hs[0] if reverse else hs[hs.shape[0] - 1])
 
     # -- state layout --------------------------------------------------------
     def _state_shape(self, batch):
@@ -324,6 +324,7 @@ class LSTM(_RecurrentLayer):
 
     def _sweep_fused(self, cell, x, state, reverse):
         outputs, h_n, c_n = lstm_sequence(x, state[0], state[1], cell.U, cell.W, cell.b, reverse=reverse)
+        outputs, (h_n,) = _outputs_and_final(outputs, h_n)
         return outputs, (h_n, c_n)
 
 
@@ -340,8 +341,19 @@ class GRU(_RecurrentLayer):
     def _sweep_fused(self, cell, x, state, reverse):
         hs = gru_sequence(x, state[0], cell.U, cell.W, cell.b, cell.b_hn, reverse=reverse)
         hs.name = "h"
-        return hs, (hs[0] if reverse else hs[hs.shape[0] - 1],)
+        return _outputs_and_final(hs, hs[0] if reverse else hs[hs.shape[0] - 1])
 
+
+def _outputs_and_final(outputs, h_n):
+    """(outputs, (h_n,)); for one step the output is built FROM h_n.
+
+    The gradient diagnostics run one step per call and take dL/dh(t) at the
+    returned state: as in the decomposed recording, the output path must pass
+    through that same tensor, not through a sibling slice of the fused output.
+    """
+    if outputs.shape[0] == 1:
+        outputs = tg.reshape(h_n, (1,) + tuple(h_n.shape))
+    return outputs, (h_n,)
 
 _LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "irnn": IRNN}
 

@@ -249,3 +249,105 @@ def test_cuda_time_loops_never_synchronise_with_the_host(cell, limit, monkeypatc
             grads = prim.vjp(cp.ones_like(out), out, needs, *args, reverse=reverse, **extra)
         assert all(g is not None for g in grads)
         cp.cuda.Device().synchronize()
+
+
+def test_fused_elman_rnn_equals_the_textbook_unrolling():
+    from tinygraph.models import ElmanRNN
+    model = ElmanRNN(4, 6, 3, dtype="float64", fused=True)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((7, 2, 4))
+    h0 = tg.tensor(rng.standard_normal((2, 6)), requires_grad=True)
+    y = rng.integers(0, 3, (7, 2))
+
+    def grads():
+        for p in model.parameters():
+            p.grad = None
+        h0.grad = None
+        o, h_n = model(tg.tensor(x), h0)
+        (tg.cross_entropy(o, y, reduction="sum") + (h_n * h_n).sum()).backward()
+        return [o.numpy(), h_n.numpy(), h0.grad.numpy()] + [p.grad.numpy() for p in model.parameters()]
+
+    fused = grads()
+    with decomposed():
+        reference = grads()
+    assert_same(fused, reference, 1e-10)
+
+
+# -- memory ----------------------------------------------------------------------------
+
+def test_fused_lstm_keeps_exactly_what_its_backward_needs():
+    """Residuals: gate activations (4H), c and tanh(c) per step; h is the output itself, not a copy."""
+    T, B, D, H = 30, 4, 5, 7
+    model = LSTM(D, H, fused=True)
+    out, _ = model(tg.tensor(np.ones((T, B, D), np.float32)))
+    node = next(n for n in Graph.from_outputs(out.sum()).nodes if n.op == "lstm_sequence")
+    kept = sum(a.nbytes for a in node.residuals)
+    assert kept == T * B * (4 + 1 + 1) * H * 4
+    assert node.value.nbytes == (T + 1) * B * H * 4     # h(0..T-1) and the final c
+    assert not any(np.shares_memory(a, node.value) for a in node.residuals)
+
+
+def _forward_bytes(model, x):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        out, _ = model(tg.tensor(x))
+        return tracemalloc.get_traced_memory()[1], out
+    finally:
+        tracemalloc.stop()
+
+
+def test_fused_forward_stores_a_fraction_of_the_decomposed_recording():
+    model = LSTM(16, 32, fused=True)
+    x = np.random.default_rng(12).standard_normal((100, 8, 16)).astype(np.float32)
+    fused, out_f = _forward_bytes(model, x)
+    with decomposed():
+        decomposed_bytes, out_d = _forward_bytes(model, x)
+    assert fused < decomposed_bytes / 2, (fused, decomposed_bytes)
+
+
+def _tbptt_peak(T, k, fused):
+    import tracemalloc
+    from tinygraph import bptt
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((T, 4, 3)).astype(np.float32)  # the model's dtype: no copy of the whole input
+    ys = rng.integers(0, 32, (T, 4))
+    tg.manual_seed(0)
+    model = LSTM(3, 32, fused=fused)
+
+    def loss_fn(out, y):
+        return tg.cross_entropy(out, y, reduction="sum")
+
+    tracemalloc.start()
+    try:
+        bptt.backprop_through_time(model, xs, ys, loss_fn, k1=k, k2=k)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_truncated_bptt_peak_with_fused_layers_does_not_grow_with_sequence_length():
+    short, long = _tbptt_peak(200, 50, True), _tbptt_peak(2000, 50, True)
+    assert long <= 1.5 * short, (short, long)
+    full_short, full_long = _tbptt_peak(200, None, True), _tbptt_peak(800, None, True)
+    assert full_long > 2.5 * full_short  # full BPTT does grow: the measurement sees the graph
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_gradient_diagnostics_see_the_same_flow_through_fused_layers(cell):
+    from tinygraph import bptt
+    from tinygraph.models import LanguageModel
+    tg.manual_seed(0)
+    model = LanguageModel(12, 5, 7, cell=cell, fused=True).double()
+    rng = np.random.default_rng(13)
+    x, y = rng.integers(0, 12, (9, 3)), rng.integers(0, 12, (9, 3))
+
+    def flow():
+        return bptt.gradient_flow(model, x, y, lambda logits, t: tg.cross_entropy(logits[-1], t[-1]),
+                                  per_state=True)
+
+    fused = flow()
+    with decomposed():
+        reference = flow()
+    assert all(np.all(f > 0) for f in fused)
+    assert_same(list(fused), list(reference), 1e-10)
