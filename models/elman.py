@@ -117,7 +117,7 @@ class ElmanRNN(_TextbookRNN):
     def forward(self, x, h0=None):
         """Run over ``x`` (T, B, D) from ``h0`` (B, H; zeros by default)."""
         x, h = self._prepare(x, h0, self.hidden_size, "h0")
-        if self.fused and not _DECOMPOSED[0]:
+        if self.fused and x.shape[0] > 1 and not _DECOMPOSED[0]:  # one step: the textbook cell (see layers)
             return self._forward_fused(x, h)
         return self._unroll(x, h, lambda t, h, o: h)
 

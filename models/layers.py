@@ -30,6 +30,8 @@ PyTorch's ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``,
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 import tinygraph as tg
@@ -123,8 +125,15 @@ class _RecurrentLayer(Module):
             keep_float = backend.to_device(mask.astype(x.dtype), x.device)
 
         # the fused sequence kernels cover full-length batches; padded ones (and
-        # decomposed() blocks) run step by step
-        use_kernel = self.fused and keep is None and not _DECOMPOSED[0]
+        # decomposed() blocks) run step by step. A single step records the textbook
+        # cell: the gradient diagnostics run one step per call and take dL/dh(t),
+        # dL/dc(t) at the returned state, which must then lie upstream of the output
+        # (in a fused node h_n, c_n and the output are sibling slices).
+        use_kernel = self.fused and keep is None and steps > 1 and not _DECOMPOSED[0]
+        with decomposed() if self.fused and steps == 1 else contextlib.nullcontext():
+            return self._run_layers(x, initial, keep, keep_float, use_kernel)
+
+    def _run_layers(self, x, initial, keep, keep_float, use_kernel):
         layer_input, finals = x, []
         for layer in range(self.num_layers):
             outputs = []
@@ -178,7 +187,7 @@ class _RecurrentLayer(Module):
         """One direction of one layer as a single fused node (``models.sequence``)."""
         hs = rnn_sequence(x, state[0], cell.U, cell.W, cell.b, nonlinearity=cell.nonlinearity, reverse=reverse)
         hs.name = "h"
-        return _outputs_and_final(hs, hs[0] if reverse else hs[hs.shape[0] - 1])
+        return hs, (hs[0] if reverse else hs[hs.shape[0] - 1],)
 
     # -- state layout --------------------------------------------------------
     def _state_shape(self, batch):
@@ -324,7 +333,6 @@ class LSTM(_RecurrentLayer):
 
     def _sweep_fused(self, cell, x, state, reverse):
         outputs, h_n, c_n = lstm_sequence(x, state[0], state[1], cell.U, cell.W, cell.b, reverse=reverse)
-        outputs, (h_n,) = _outputs_and_final(outputs, h_n)
         return outputs, (h_n, c_n)
 
 
@@ -341,19 +349,8 @@ class GRU(_RecurrentLayer):
     def _sweep_fused(self, cell, x, state, reverse):
         hs = gru_sequence(x, state[0], cell.U, cell.W, cell.b, cell.b_hn, reverse=reverse)
         hs.name = "h"
-        return _outputs_and_final(hs, hs[0] if reverse else hs[hs.shape[0] - 1])
+        return hs, (hs[0] if reverse else hs[hs.shape[0] - 1],)
 
-
-def _outputs_and_final(outputs, h_n):
-    """(outputs, (h_n,)); for one step the output is built FROM h_n.
-
-    The gradient diagnostics run one step per call and take dL/dh(t) at the
-    returned state: as in the decomposed recording, the output path must pass
-    through that same tensor, not through a sibling slice of the fused output.
-    """
-    if outputs.shape[0] == 1:
-        outputs = tg.reshape(h_n, (1,) + tuple(h_n.shape))
-    return outputs, (h_n,)
 
 _LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "irnn": IRNN}
 
