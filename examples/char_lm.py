@@ -138,7 +138,7 @@ def main(argv=None):
     histories, final = {}, {}
     for label, (chunk, k) in runs.items():
         tg.manual_seed(args.seed)
-        model = LanguageModel(len(vocab), args.embedding, args.hidden, cell=args.cell)
+        model = LanguageModel(len(vocab), args.embedding, args.hidden, cell=args.cell, fused=True)
         if not histories:
             print(f"{args.cell.upper()}: {model.num_parameters():,} parameters. Sample before training:\n"
                   f"  {sample(model, vocab, 'The ', args)!r}")
