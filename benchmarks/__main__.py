@@ -97,7 +97,10 @@ def best_of_rounds(steps, rounds, repeat, warmup=True):
     """Milliseconds per call for each of ``steps`` (name -> callable): best over rounds of the round's median.
 
     Implementations are interleaved within every round, so a slow patch of
-    the machine hits all of them rather than one.
+    the machine hits all of them rather than one. Each implementation's turn
+    starts with one untimed call: the previous library's worker threads
+    (OpenBLAS, OpenMP) keep spinning for a while after its last call, and on a
+    2-core machine they would be billed to whoever runs next.
     """
     if warmup:
         for step in steps.values():
@@ -105,6 +108,7 @@ def best_of_rounds(steps, rounds, repeat, warmup=True):
     best = {name: float("inf") for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
+            step()  # untimed: lets the other library's threads go idle (see above)
             times = []
             for _ in range(repeat):
                 start = time.perf_counter()

@@ -2,8 +2,8 @@
 
 ``models.sequence`` runs each step as one BLAS matrix product and then ONE
 call here: NumPy ufuncs writing into preallocated buffers (``out=``) so a
-step allocates nothing; the three sigmoid gates share one ``tanh`` call
-through ``sigmoid(z) = (1 + tanh(z / 2)) / 2``. The CUDA version of the same
+step allocates nothing; the sigmoid gates share one ``tanh`` call with the
+others through ``sigmoid(z) = (1 + tanh(z / 2)) / 2``. The CUDA version of the same
 equations is ``models.cuda_kernels`` (one raw kernel per step). Both are
 checked against the decomposed cells.
 
@@ -23,7 +23,12 @@ class NumpyKernels:
     @staticmethod
     def workspace(xp, batch, hidden, gates, dtype):
         """Scratch buffers for one sequence call (reused by every step)."""
-        return {"bh": xp.empty((batch, hidden), dtype), "bh2": xp.empty((batch, hidden), dtype)}
+        ws = {"bh": xp.empty((batch, hidden), dtype), "bh2": xp.empty((batch, hidden), dtype)}
+        if gates == 4:
+            half = xp.full(hidden, 0.5, dtype)
+            ws["lstm_scale"] = xp.concatenate([half, half, xp.ones(hidden, dtype), half])
+            ws["lstm_shift"] = xp.concatenate([half, half, xp.zeros(hidden, dtype), half])
+        return ws
 
     # -- vanilla RNN -------------------------------------------------------
     @staticmethod
@@ -50,16 +55,19 @@ class NumpyKernels:
     # -- LSTM ----------------------------------------------------------------
     @staticmethod
     def lstm_forward(a, zh, c_prev, c, tc, h, ws):
-        """Gates in place in ``a`` (pre-activations U x + b), then c, tanh(c), h."""
+        """Gates in place in ``a`` (pre-activations U x + b), then c, tanh(c), h.
+
+        All four gates in three passes over the row: [i, f, g, o] = k tanh(k z) + m
+        with k = [1/2, 1/2, 1, 1/2] and m = [1/2, 1/2, 0, 1/2] (sigmoid(z) =
+        (1 + tanh(z/2)) / 2), so a step makes 10 ufunc calls whatever its size.
+        """
         H = c.shape[-1]
+        scale, shift = ws["lstm_scale"], ws["lstm_shift"]
         np.add(a, zh, out=a)
-        sig1, sig2 = a[:, :2 * H], a[:, 3 * H:]  # i, f and o: sigmoid via one shared tanh
-        np.multiply(sig1, 0.5, out=sig1)
-        np.multiply(sig2, 0.5, out=sig2)
+        np.multiply(a, scale, out=a)
         np.tanh(a, out=a)
-        for s in (sig1, sig2):
-            np.multiply(s, 0.5, out=s)
-            np.add(s, 0.5, out=s)
+        np.multiply(a, scale, out=a)
+        np.add(a, shift, out=a)
         i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
         t = ws["bh"]
         np.multiply(f, c_prev, out=c)
