@@ -41,16 +41,23 @@ class NumpyKernels:
             np.tanh(a, out=a)
 
     @staticmethod
-    def rnn_backward(gh, carry, h, da, relu, ws):
-        """da <- (gh + carry) * act'(h)."""
-        np.add(gh, carry, out=da)
+    def rnn_backward_sweep(grad, hs, W, dA, relu, steps, ws):
+        """dA (pre-activation grads) for all steps; returns the grad reaching h0.
+
+        act'(h) does not depend on the recurrence, so it is computed for all T
+        at once before the loop; a step is then two ufuncs and one GEMM.
+        """
         if relu:
-            np.multiply(da, h > 0, out=da)
+            np.sign(hs, out=dA)              # h >= 0: 1 where h > 0, else 0
         else:
-            t = ws["bh"]
-            np.multiply(h, h, out=t)
-            np.subtract(1, t, out=t)
-            np.multiply(da, t, out=da)
+            np.multiply(hs, hs, out=dA)
+            np.subtract(1, dA, out=dA)
+        carry, t_sum = np.zeros_like(ws["bh"]), ws["bh"]
+        for t in steps:
+            np.add(grad[t], carry, out=t_sum)
+            np.multiply(dA[t], t_sum, out=dA[t])
+            np.matmul(dA[t], W, out=carry)   # the gradient reaching h(t-1) through W
+        return carry
 
     # -- LSTM ----------------------------------------------------------------
     @staticmethod
@@ -77,32 +84,44 @@ class NumpyKernels:
         np.multiply(o, tc, out=h)
 
     @staticmethod
-    def lstm_backward(a, tc, c_prev, gh, carry, dc_in, dz, dc_out, ws):
-        """dz (gate pre-activation grads) and dc_out (grad of c(t-1)) from step t's grads.
+    def lstm_backward_sweep(grad, gates, cs, tcs, c0, W, dZ, steps, prev, ws):
+        """dZ (gate pre-activation grads) for all steps; returns (grad of h0, grad of c0).
 
-        With dh = gh + carry:  dc = dc_in + dh o (1 - tc^2);
-        dz = [dc g, dc c_prev, dc i, dh tc] * [i(1-i), f(1-f), 1-g^2, o(1-o)];  dc_out = dc f.
+        With dh = grad(t) + dZ(t+1) W and dc = dc(t+1) f(t+1) + dh o (1 - tc^2):
+        dZ(t) = [dc, dc, dc, dh] * K(t), K = [g i(1-i), c_prev f(1-f), i (1-g^2), tc o(1-o)].
+        K and o (1 - tc^2) do not depend on the recurrence: they are computed
+        for all T at once (into dZ itself) before the loop, which then makes
+        six ufunc calls and one GEMM per step.
         """
-        H = tc.shape[-1]
-        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        dh, t = ws["bh2"], ws["bh"]
-        np.add(gh, carry, out=dh)
-        np.subtract(1, a, out=dz)            # s (1 - s) for every block, the g block fixed below
-        np.multiply(dz, a, out=dz)
-        dg = dz[:, 2 * H:3 * H]
-        np.multiply(g, g, out=dg)
-        np.subtract(1, dg, out=dg)
-        np.multiply(tc, tc, out=t)           # dc = dc_in + dh o (1 - tc^2)
-        np.subtract(1, t, out=t)
-        np.multiply(t, o, out=t)
-        np.multiply(t, dh, out=t)
-        np.add(dc_in, t, out=dc_out)
-        dc = dc_out
-        for block, left, right in ((dz[:, 3 * H:], dh, tc), (dz[:, :H], dc, g),
-                                   (dz[:, H:2 * H], dc, c_prev), (dg, dc, i)):
-            np.multiply(left, right, out=t)
-            np.multiply(block, t, out=block)
-        np.multiply(dc_out, f, out=dc_out)
+        T, B, G = gates.shape
+        H = G // 4
+        i, f, g, o = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:3 * H], gates[..., 3 * H:]
+        np.subtract(1, gates, out=dZ)        # s (1 - s) for every block; the g block is fixed next
+        np.multiply(dZ, gates, out=dZ)
+        Ki, Kf, Kg, Ko = dZ[..., :H], dZ[..., H:2 * H], dZ[..., 2 * H:3 * H], dZ[..., 3 * H:]
+        np.multiply(g, g, out=Kg)
+        np.subtract(1, Kg, out=Kg)
+        np.multiply(Kg, i, out=Kg)
+        np.multiply(Ki, g, out=Ki)
+        np.multiply(Ko, tcs, out=Ko)
+        first, rest, shifted = prev            # c(t-1) for every t: c0 at the first step, else cs shifted
+        np.multiply(Kf[first], c0, out=Kf[first])
+        np.multiply(Kf[rest], cs[shifted], out=Kf[rest])
+        do = np.multiply(tcs, tcs)           # o (1 - tc^2), the path from h(t) into c(t)
+        np.subtract(1, do, out=do)
+        np.multiply(do, o, out=do)
+        carry, dh, dc = np.zeros_like(ws["bh"]), ws["bh"], ws["bh2"]
+        dcf = np.array(grad[T])               # the final c's own gradient starts the chain
+        for t in steps:
+            np.add(grad[t], carry, out=dh)
+            np.multiply(dh, do[t], out=dc)
+            np.add(dc, dcf, out=dc)
+            z4 = dZ[t].reshape(B, 4, H)
+            np.multiply(z4[:, :3], dc[:, None, :], out=z4[:, :3])
+            np.multiply(z4[:, 3], dh, out=z4[:, 3])
+            np.multiply(dc, f[t], out=dcf)   # what reaches c(t-1)
+            np.matmul(dZ[t], W, out=carry)
+        return carry, dcf
 
     # -- GRU -----------------------------------------------------------------
     @staticmethod
@@ -126,34 +145,42 @@ class NumpyKernels:
         np.add(n, t, out=h)
 
     @staticmethod
-    def gru_backward(a, hn, h_prev, gh, carry, direct_in, gx, ghh, direct_out, ws):
-        """Pre-activation grads of step t: gx (input side [r, z, n]) and ghh (recurrent side).
+    def gru_backward_sweep(grad, gates, hns, hs, h0, W, dGX, dGH, steps, prev, ws):
+        """dGX, dGH (input- and recurrent-side pre-activation grads) for all steps; returns dh0.
 
-        dh = gh + carry + direct_in (carry = next step's ghh @ W, direct_in its dh z):
-        dn = dh (1-z)(1-n^2), dz = dh (h_prev - n) z(1-z), dr = dn hn r(1-r);
-        gx = [dr, dz, dn], ghh = [dr, dz, dn r], direct_out = dh z.
+        With dh = grad(t) + dGH(t+1) W + dh(t+1) z(t+1):
+        dGX(t) = dh [K_n hn r(1-r), (h_prev - n) z(1-z), K_n] with K_n = (1-z)(1-n^2),
+        dGH(t) = dh [K_n hn r(1-r), (h_prev - n) z(1-z), K_n r].
+        The bracketed factors do not depend on the recurrence: they are computed
+        for all T at once (into dGX, dGH) before the loop, which then makes five
+        ufunc calls and one GEMM per step.
         """
-        H = hn.shape[-1]
-        r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-        dh, t = ws["bh2"], ws["bh"]
-        np.add(gh, carry, out=dh)
-        np.add(dh, direct_in, out=dh)
-        dr, dzp, dn = gx[:, :H], gx[:, H:2 * H], gx[:, 2 * H:]
-        np.multiply(n, n, out=dn)                   # dn = dh (1 - z)(1 - n^2)
-        np.subtract(1, dn, out=dn)
-        np.subtract(1, z, out=t)
-        np.multiply(dn, t, out=dn)
-        np.multiply(dn, dh, out=dn)
-        np.multiply(t, z, out=t)                    # dz = dh (h_prev - n) z (1 - z)
-        np.subtract(h_prev, n, out=dzp)
-        np.multiply(dzp, t, out=dzp)
-        np.multiply(dzp, dh, out=dzp)
-        np.subtract(1, r, out=t)                    # dr = dn hn r (1 - r)
-        np.multiply(t, r, out=t)
-        np.multiply(dn, hn, out=dr)
-        np.multiply(dr, t, out=dr)
-        ghh[:, :2 * H] = gx[:, :2 * H]
-        np.multiply(dn, r, out=ghh[:, 2 * H:])
-        np.multiply(dh, z, out=direct_out)
-
-
+        T, B, G = gates.shape
+        H = G // 3
+        r, z, n = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:]
+        Xr, Xz, Xn = dGX[..., :H], dGX[..., H:2 * H], dGX[..., 2 * H:]
+        Hr, Hz, Hn = dGH[..., :H], dGH[..., H:2 * H], dGH[..., 2 * H:]
+        np.multiply(n, n, out=Xn)            # K_n = (1 - z)(1 - n^2)
+        np.subtract(1, Xn, out=Xn)
+        np.subtract(1, z, out=Hn)            # Hn, Hr: scratch until the end
+        np.multiply(Xn, Hn, out=Xn)
+        np.multiply(Hn, z, out=Xz)           # z (1 - z) (h_prev - n)
+        first, rest, shifted = prev
+        np.subtract(h0, n[first], out=Hr[first])
+        np.subtract(hs[shifted], n[rest], out=Hr[rest])
+        np.multiply(Xz, Hr, out=Xz)
+        np.subtract(1, r, out=Hr)            # K_n hn r (1 - r)
+        np.multiply(Hr, r, out=Hr)
+        np.multiply(Xn, hns, out=Xr)
+        np.multiply(Xr, Hr, out=Xr)
+        np.copyto(dGH[..., :2 * H], dGX[..., :2 * H])
+        np.multiply(Xn, r, out=Hn)
+        carry, dh, direct = np.zeros_like(ws["bh"]), ws["bh"], np.zeros_like(ws["bh2"])
+        for t in steps:
+            np.add(grad[t], carry, out=dh)
+            np.add(dh, direct, out=dh)
+            np.multiply(dGX[t].reshape(B, 3, H), dh[:, None, :], out=dGX[t].reshape(B, 3, H))
+            np.multiply(dGH[t].reshape(B, 3, H), dh[:, None, :], out=dGH[t].reshape(B, 3, H))
+            np.multiply(dh, z[t], out=direct)
+            np.matmul(dGH[t], W, out=carry)
+        return carry + direct

@@ -47,11 +47,15 @@ def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _prev(hs, h0, t, T, reverse):
-    """The state a step at time t started from (h0 for the first step of the sweep)."""
+def _shifts(T, reverse):
+    """(first, rest, shifted): index expressions for "the state each step started from".
+
+    The first step of the sweep started from the initial state; step ``rest``
+    started from ``states[shifted]`` (the neighbour in time on the sweep's side).
+    """
     if reverse:
-        return h0 if t == T - 1 else hs[t + 1]
-    return h0 if t == 0 else hs[t - 1]
+        return T - 1, slice(0, T - 1), slice(1, T)
+    return 0, slice(1, T), slice(0, T - 1)
 
 
 def _check(x, h0, U, W, gates, op, *arrays):
@@ -129,12 +133,9 @@ def _rnn_vjp(grad, out, needs, x, h0, U, W, b, reverse=False, nonlinearity="tanh
     if xp is not np:
         dA, carry = cuda_kernels.rnn_backward(grad, out, W, relu, reverse)
     else:
-        ws = cpu.workspace(xp, B, H, 1, x.dtype)
         dA = xp.empty((T, B, H), dtype=out.dtype)
-        carry = xp.zeros((B, H), dtype=out.dtype)
-        for t in _steps(T, not reverse):
-            cpu.rnn_backward(grad[t], carry, out[t], dA[t], relu, ws)
-            xp.matmul(dA[t], W, out=carry)  # the gradient reaching h(t-1) through W
+        carry = cpu.rnn_backward_sweep(grad, out, W, dA, relu, _steps(T, not reverse),
+                                       cpu.workspace(xp, B, H, 1, out.dtype))
     dx, dU, dW, db = _weight_grads(dA, x, out, h0, U, *(needs[0], needs[2], needs[3], needs[4]), reverse)
     return dx, carry if needs[1] else None, dU, dW, db
 
@@ -185,15 +186,9 @@ def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, residuals=Non
     if xp is not np:
         dZ, carry, dc = cuda_kernels.lstm_backward(grad, gates, cs, tcs, c0, W, reverse)
     else:
-        ws = cpu.workspace(xp, B, H, 4, x.dtype)
         dZ = xp.empty_like(gates)
-        carry = xp.zeros((B, H), dtype=out.dtype)
-        dc, dc_next = xp.array(grad[T]), xp.empty((B, H), dtype=out.dtype)  # grad of the final c seeds dc
-        for t in _steps(T, not reverse):
-            cpu.lstm_backward(gates[t], tcs[t], _prev(cs, c0, t, T, reverse), grad[t], carry, dc, dZ[t], dc_next,
-                            ws)
-            dc, dc_next = dc_next, dc
-            xp.matmul(dZ[t], W, out=carry)
+        carry, dc = cpu.lstm_backward_sweep(grad, gates, cs, tcs, c0, W, dZ, _steps(T, not reverse),
+                                            _shifts(T, reverse), cpu.workspace(xp, B, H, 4, out.dtype))
     dx, dU, dW, db = _weight_grads(dZ, x, out, h0, U, *(needs[0], needs[3], needs[4], needs[5]), reverse)
     return dx, carry if needs[1] else None, dc if needs[2] else None, dU, dW, db
 
@@ -245,16 +240,9 @@ def _gru_vjp(grad, out, needs, x, h0, U, W, b, b_hn, reverse=False, residuals=No
         # dGX: grads of the input-side pre-activations (U x + b); dGH: of the recurrent side (W h, b_hn)
         dGX, dGH, dh0 = cuda_kernels.gru_backward(grad, gates, hns, out, h0, W, reverse)
     else:
-        ws = cpu.workspace(xp, B, H, 3, x.dtype)
         dGX, dGH = xp.empty_like(gates), xp.empty_like(gates)
-        carry = xp.zeros((B, H), dtype=out.dtype)
-        direct, direct_next = xp.zeros((B, H), dtype=out.dtype), xp.empty((B, H), dtype=out.dtype)
-        for t in _steps(T, not reverse):
-            cpu.gru_backward(gates[t], hns[t], _prev(out, h0, t, T, reverse), grad[t], carry, direct,
-                           dGX[t], dGH[t], direct_next, ws)
-            direct, direct_next = direct_next, direct
-            xp.matmul(dGH[t], W, out=carry)
-        dh0 = carry + direct
+        dh0 = cpu.gru_backward_sweep(grad, gates, hns, out, h0, W, dGX, dGH, _steps(T, not reverse),
+                                     _shifts(T, reverse), cpu.workspace(xp, B, H, 3, out.dtype))
     dx, dU, _, db = _weight_grads(dGX, x, out, h0, U, needs[0], needs[2], False, needs[4], reverse)
     dW = _weight_grads(dGH, x, out, h0, U, False, False, needs[3], False, reverse)[2]
     dh0 = dh0 if needs[1] else None
