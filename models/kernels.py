@@ -12,9 +12,20 @@ LSTM ``[i, f, g, o]`` and GRU ``[r, z, n]``; ``H`` is the hidden size.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["NumpyKernels"]
+
+
+@functools.lru_cache(maxsize=64)
+def _lstm_affine(hidden, dtype):
+    """(k, m) of the LSTM's one-tanh activation, per hidden size; read-only, shared by calls."""
+    half, one, zero = np.full(hidden, 0.5, dtype), np.ones(hidden, dtype), np.zeros(hidden, dtype)
+    scale, shift = np.concatenate([half, half, one, half]), np.concatenate([half, half, zero, half])
+    scale.flags.writeable = shift.flags.writeable = False
+    return scale, shift
 
 
 class NumpyKernels:
@@ -25,9 +36,7 @@ class NumpyKernels:
         """Scratch buffers for one sequence call (reused by every step)."""
         ws = {"bh": xp.empty((batch, hidden), dtype), "bh2": xp.empty((batch, hidden), dtype)}
         if gates == 4:
-            half = xp.full(hidden, 0.5, dtype)
-            ws["lstm_scale"] = xp.concatenate([half, half, xp.ones(hidden, dtype), half])
-            ws["lstm_shift"] = xp.concatenate([half, half, xp.zeros(hidden, dtype), half])
+            ws["lstm_scale"], ws["lstm_shift"] = _lstm_affine(hidden, np.dtype(dtype).str)
         return ws
 
     # -- vanilla RNN -------------------------------------------------------

@@ -366,3 +366,19 @@ def test_performance_guide_code_runs():
     ops = [n.op for n in Graph.from_outputs(namespace["out"].sum()).nodes]
     assert "sigmoid" in ops and "lstm_sequence" not in ops
     assert namespace["lstm"].cell(1, 1).W.grad is not None   # the fused backward reached every layer
+
+
+@pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
+def test_stepper_walks_a_fused_layer_and_ends_at_backwards_gradients(name, make):
+    from tinygraph.stepper import Stepper
+    model = make(fused=True, dtype="float64")
+    out, _ = model(tg.tensor(np.random.default_rng(14).standard_normal((5, 2, 4))))
+    loss = (out * out).sum()
+    stepper = Stepper(loss)
+    stepper.run()
+    stepped = {node.id: g for node, g in stepper.grads.items()}
+    kinds = [event.node.op for event in stepper.events if event.node is not None]
+    assert f"{name.split('-')[0]}_sequence" in kinds
+    loss.backward()
+    for p in model.parameters():
+        assert np.array_equal(stepped[p._node.id], p.grad.data), p.name

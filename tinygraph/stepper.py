@@ -403,7 +403,7 @@ class Stepper:
         arg = node.saved[position]
         needs = tuple(k == position for k in range(len(node.saved)))
         args = [a.data if isinstance(a, Tensor) else a for a in node.saved]
-        out = node.tensor.data if node.tensor is not None else None
+        out = node.tensor.data if node.tensor is not None else node.value
         grad = node.prim.vjp(upstream, out, needs, *args, **rule_keywords(node))[position]
         if grad is None:
             return
@@ -771,7 +771,7 @@ _REARRANGING_OPS = ("transpose", "reshape", "astype", "to_device")
 def _rearranged(node, grad):
     """``grad`` of ``node``'s output sent to its input by the node's own rule."""
     args = [a.data if isinstance(a, Tensor) else a for a in node.saved]
-    out = node.tensor.data if node.tensor is not None else None
+    out = node.tensor.data if node.tensor is not None else node.value
     value = node.prim.vjp(grad, out, (True,) + (False,) * (len(args) - 1), *args, **rule_keywords(node))[0]
     return _reduce_to(value, node.saved[0].shape)[0]
 
