@@ -131,3 +131,10 @@ def test_replay_of_per_step_indexing_matches_eager():
     fn(x).backward()
     np.testing.assert_allclose(x_grad, x.grad.numpy(), atol=1e-12)
     np.testing.assert_allclose(w_grad, w.grad.numpy(), atol=1e-12)
+
+
+def test_tg_trace_stays_the_function_after_importing_the_submodule():
+    import importlib
+    import tinygraph
+    importlib.import_module("tinygraph.trace")
+    assert callable(tinygraph.trace) and tinygraph.trace.__module__ == "tinygraph.trace"

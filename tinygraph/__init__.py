@@ -26,6 +26,9 @@ from .creation import (arange, eye, full, generator, get_default_dtype, manual_s
                        zeros_like)
 from .losses import cross_entropy, mse_loss, nll_loss  # noqa: E402
 from .checks import GradcheckError, gradcheck  # noqa: E402
+# eager, not lazy: importing the submodule tinygraph.trace (as tests and users do)
+# would otherwise leave the module, not the function, at tg.trace
+from .trace import trace  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -37,7 +40,6 @@ _LAZY = {
     "bptt": ("tinygraph.bptt", None),
     "stepper": ("tinygraph.stepper", None),
     "data": ("tinygraph.data", None),
-    "trace": ("tinygraph.trace", "trace"),
     "save": ("tinygraph.serialization", "save"),
     "load": ("tinygraph.serialization", "load"),
 }
