@@ -8,12 +8,14 @@ written the way a careful hand-written BPTT is:
 * the input projection of all T steps is ONE GEMM before the loop
   ``(T*B, D) @ (D, G*H)``, written straight into the gate buffer;
 * each step is one GEMM ``h @ W^T`` plus one call of the elementwise gate
-  math (``models.kernels``: NumPy ufuncs into preallocated buffers, or one
-  CUDA kernel), so a step allocates nothing;
-* backward runs the time loop for the gate gradients only (one GEMM
-  ``dz @ W`` per step) and computes every weight gradient AFTER the loop as
-  one large GEMM over all steps: ``dU = dZ^T X``, ``dW = dZ^T H_prev``,
-  ``db = sum dZ``, ``dX = dZ U``;
+  math (``models.kernels``: NumPy ufuncs into preallocated buffers; on CUDA
+  ``models.cuda_kernels``: one raw kernel, for small layers with the matrix
+  product inside), so a step allocates nothing;
+* backward computes the gate-derivative factors that do not depend on the
+  recurrence for all T at once, runs the time loop for what does (a few
+  ufuncs and one GEMM ``dz @ W`` per step) and computes every weight gradient
+  AFTER the loop as one large GEMM over all steps: ``dU = dZ^T X``,
+  ``dW = dZ^T H_prev``, ``db = sum dZ``, ``dX = dZ U``;
 * the forward keeps exactly what the backward needs (gate activations, the
   cell states and ``tanh(c)`` for the LSTM; the GRU's ``W_n h + b_hn``)
   as the node's residuals (``ops.Primitive``); the hidden states are the
