@@ -382,3 +382,19 @@ def test_stepper_walks_a_fused_layer_and_ends_at_backwards_gradients(name, make)
     loss.backward()
     for p in model.parameters():
         assert np.array_equal(stepped[p._node.id], p.grad.data), p.name
+
+
+def test_drawing_a_fused_recording_says_how_to_see_the_steps():
+    viz = pytest.importorskip("tinygraph.viz")
+    model = LSTM(3, 4, fused=True)
+    x = tg.tensor(np.random.default_rng(15).standard_normal((4, 2, 3)).astype(np.float32))
+    out, _ = model(x)
+    with pytest.warns(UserWarning, match=r"decomposed\(\)"):
+        source = viz.draw_unfolded(out.sum()).source
+    assert "lstm_sequence" in source and "decomposed()" in source
+    with decomposed():
+        out, _ = model(x)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        viz.draw_circuit(out.sum())   # the decomposed recording draws without the note

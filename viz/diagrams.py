@@ -14,6 +14,8 @@ onto every drawn node that stands for it.
 """
 from __future__ import annotations
 
+import warnings
+
 from tinygraph import folding
 from tinygraph.graph import Graph
 
@@ -249,6 +251,21 @@ def draw_graph(*tensors, detail="ops", backward=False, show_shapes=True, show_va
                  processed=processed, grads=grads, legend=legend)
 
 
+def _fused_notes(graph):
+    """A note (and a warning) when fused sequence kernels hide the time steps.
+
+    A layer built with ``fused=True`` records each layer and direction as one
+    ``*_sequence`` node, so there is nothing per step to unfold or fold.
+    """
+    fused = sorted({n.op for n in graph.nodes if n.op.endswith("_sequence")})
+    if not fused:
+        return []
+    note = (f"{', '.join(fused)}: whole sequences in one fused node; record inside "
+            "tinygraph.models.decomposed() to see every step and gate")
+    warnings.warn(f"draw: {note}", UserWarning, stacklevel=3)
+    return [note]
+
+
 def draw_unfolded(*tensors, detail="variables", steps=None, backward=False, show_shapes=True,
                   show_values=False, show_grads=False, collapse=None, highlight=None,
                   processed=None, grads=None, max_nodes=DEFAULT_MAX_NODES, legend=False,
@@ -260,7 +277,7 @@ def draw_unfolded(*tensors, detail="variables", steps=None, backward=False, show
     Hidden steps become one "... n steps ..." node per gap.
     """
     rec = _Recording(tensors, backward)
-    notes = []
+    notes = _fused_notes(rec.graph)
     shown = _steps_to_show(rec.graph, detail, steps, max_nodes)
     view = rec.view(detail, steps=shown)
     if shown is not None:
@@ -282,7 +299,7 @@ def draw_circuit(*tensors, detail="variables", backward=False, show_shapes=True,
     rec = _Recording(tensors, backward)
     view = folding.fold(rec.view(detail))
     view = folding.collapse_scopes(view, collapse)
-    notes = []
+    notes = _fused_notes(rec.graph)
     view = _fit(view, max_nodes, notes, steps_first=False)
     return _draw(view, rec, title=title, detail=detail, notes=notes, rankdir="BT",
                  clusters=False, time_suffix=False, show_shapes=show_shapes,
