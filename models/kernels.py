@@ -1,10 +1,16 @@
-"""Per-time-step elementwise math of the fused sequence kernels on the CPU (NumPy).
+"""Elementwise math of the fused sequence kernels on the CPU (NumPy).
 
-``models.sequence`` runs each step as one BLAS matrix product and then ONE
-call here: NumPy ufuncs writing into preallocated buffers (``out=``) so a
-step allocates nothing; the sigmoid gates share one ``tanh`` call with the
-others through ``sigmoid(z) = (1 + tanh(z / 2)) / 2``. The CUDA version of the same
-equations is ``models.cuda_kernels`` (one raw kernel per step). Both are
+Forward: ``models.sequence`` runs each step as one BLAS matrix product and
+then ONE call here: NumPy ufuncs writing into preallocated buffers (``out=``)
+so a step allocates nothing; the sigmoid gates share one ``tanh`` call with
+the others through ``sigmoid(z) = (1 + tanh(z / 2)) / 2``.
+
+Backward: one ``*_backward_sweep`` call per sequence. The derivative factors
+that do not depend on the recurrence are computed for all T steps at once
+(a few large ufunc calls), and the time loop does only what does: 2-6 small
+ufuncs and one GEMM per step.
+
+The CUDA version of the same equations is ``models.cuda_kernels``. Both are
 checked against the decomposed cells.
 
 Layout: gate blocks are stacked along the last axis in PyTorch's order,
