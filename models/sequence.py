@@ -120,7 +120,7 @@ def _rnn_forward(x, h0, U, W, b, reverse=False, nonlinearity="tanh"):
     WT, zh, relu = xp.ascontiguousarray(W.T), xp.empty((B, H), x.dtype), nonlinearity == "relu"
     h = h0
     for t in _steps(T, reverse):
-        xp.matmul(h, WT, out=zh)
+        np.matmul(h, WT, zh)
         cpu.rnn_forward(hs[t], zh, relu, ws)
         h = hs[t]
     return hs
@@ -172,7 +172,7 @@ def _lstm_forward(x, h0, c0, U, W, b, reverse=False):
     WT = xp.ascontiguousarray(W.T)  # one copy per call; the per-step GEMM runs faster on it
     h, c = h0, c0
     for t in _steps(T, reverse):
-        xp.matmul(h, WT, out=zh)
+        np.matmul(h, WT, zh)
         cpu.lstm_forward(gates[t], zh, c, cs[t], tcs[t], out[t], ws)
         h, c = out[t], cs[t]
     out[T] = c
@@ -226,7 +226,7 @@ def _gru_forward(x, h0, U, W, b, b_hn, reverse=False):
     WT = xp.ascontiguousarray(W.T)
     h = h0
     for t in _steps(T, reverse):
-        xp.matmul(h, WT, out=zh)
+        np.matmul(h, WT, zh)
         cpu.gru_forward(gates[t], zh, b_hn, h, hns[t], hs[t], ws)
         h = hs[t]
     return hs, (gates, hns)
