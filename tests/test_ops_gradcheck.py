@@ -358,6 +358,25 @@ def test_getitem_with_int_tensor_index():
     np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, 2.0])
 
 
+@pytest.mark.parametrize("shape", [(5, 4), (2, 3, 4), (4,)])
+def test_pick_equals_take_along_axis_and_passes_gradcheck(shape, rng):
+    a = rng.standard_normal(shape)
+    indices = rng.integers(0, shape[-1], shape[:-1])
+    got = tg.ops.pick(t64(a), indices)
+    np.testing.assert_array_equal(got.numpy(), np.take_along_axis(a, indices[..., None], axis=-1)[..., 0])
+    check(lambda x: tg.ops.pick(x, indices), t64(a))
+    f = lambda z: (tg.ops.pick(z, indices) ** 3).sum()  # noqa: E731  (second derivative too)
+    v = rng.standard_normal(shape)
+    np.testing.assert_allclose(_hvp(f, t64(a), v), _fd_hvp(f, a, v), rtol=1e-5, atol=1e-7)
+
+
+def test_pick_rejects_bad_indices():
+    with pytest.raises(TypeError, match="pick: indices must be integers"):
+        tg.ops.pick(t64([[1.0, 2.0]]), np.array([0.0]))
+    with pytest.raises(ValueError, match="pick: indices must have shape"):
+        tg.ops.pick(t64([[1.0, 2.0]]), np.array([0, 1]))
+
+
 @pytest.mark.parametrize("axis", [0, 1, -1])
 @pytest.mark.parametrize("indices", [[0, 2, 2], np.array([[1, 0], [1, 1]])])
 def test_take(axis, indices, rng):

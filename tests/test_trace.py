@@ -138,3 +138,24 @@ def test_tg_trace_stays_the_function_after_importing_the_submodule():
     import tinygraph
     importlib.import_module("tinygraph.trace")
     assert callable(tinygraph.trace) and tinygraph.trace.__module__ == "tinygraph.trace"
+
+
+def test_cross_entropy_targets_given_as_a_tensor_are_read_at_every_replay():
+    from tinygraph.trace import trace
+    rng = np.random.default_rng(3)
+    W = tg.tensor(rng.standard_normal((4, 5)), requires_grad=True)
+
+    def loss_of(x, y):
+        return tg.cross_entropy(x @ W, y, reduction="sum")
+
+    x0, y0 = rng.standard_normal((6, 4)), rng.integers(0, 5, 6)
+    compiled = trace(loss_of, tg.tensor(x0), tg.tensor(y0), params=[W])
+    x1, y1 = rng.standard_normal((6, 4)), rng.integers(0, 5, 6)
+    assert not np.array_equal(y0, y1)
+    value = compiled(x1, y1)
+    _, (dW,) = compiled.backward(np.ones(()))
+    eager = loss_of(tg.tensor(x1), tg.tensor(y1))
+    W.grad = None
+    eager.backward()
+    np.testing.assert_allclose(value, eager.item(), rtol=1e-12)
+    np.testing.assert_allclose(dW, W.grad.numpy(), rtol=1e-10)

@@ -19,7 +19,7 @@ _tensor_module._install_methods()
 from .ops import (abs, add, astype, broadcast_to, clip, concat, div, exp, getitem, log,  # noqa: E402
                   log_softmax, matmul, max, maximum, mean, min, minimum, mul, neg, pow,
                   relu, reshape, sigmoid, sign, softmax, split, sqrt, stack, sub, sum, sum_to,
-                  swapaxes, take, take_along_axis, tanh, to_device, transpose, where)
+                  pick, swapaxes, take, take_along_axis, tanh, to_device, transpose, where)
 from .autodiff import AnomalyError, backward, detect_anomaly, grad  # noqa: E402
 from .creation import (arange, eye, full, generator, get_default_dtype, manual_seed,  # noqa: E402
                        ones, ones_like, rand, randn, set_default_dtype, tensor, zeros,

@@ -86,6 +86,7 @@ FORMULAS = {
     "take_along_axis": F("take_along_axis({x0}, {x1}, {axis})",
                          ("{g} added back at the picked positions of {x0}", "0"),
                          ("pick", "none")),
+    "pick": F("{x0}[…, {x1}]", ("{g} added back at the picked positions of {x0}", "0"), ("pick", "none")),
     "concat": F("concat({xs})", ("part {k} of {g}",), ("part {k}",)),
     "stack": F("stack({xs})", ("{g}[{k}]",), ("slice {k}",)),
     "to_device": F("{x0} on {device}", ("{g} moved back to {source}",), ("copy",)),

@@ -46,9 +46,9 @@ def nll_loss(log_probs, targets, reduction="mean", mask=None):
     K = lp.shape[-1]
     if t.size and bool(((t < 0) | (t >= K)).any()):  # one host sync, not two
         raise ValueError(f"nll_loss: target classes must lie in [0, {K}), got min {int(t.min())}, max {int(t.max())}")
-    # a gather, not a dense one-hot: O(N) memory and work instead of O(N*K)
-    picked = ops.take_along_axis(log_probs, t[..., None], axis=-1)
-    picked = ops.neg(ops.reshape(picked, tuple(t.shape)))
+    # a gather, not a dense one-hot: O(N) memory and work instead of O(N*K). Tensor
+    # targets stay Tensors, so a traced loss (tinygraph.trace) reads new ones at replay
+    picked = ops.neg(ops.pick(log_probs, targets if isinstance(targets, Tensor) and targets.data is t else t))
     if mask is not None:
         m = xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(lp.dtype)
         picked = ops.mul(picked, m)

@@ -556,6 +556,19 @@ def _take_along_axis_vjp(g, out, needs, x, indices, axis):
 TAKE_ALONG_AXIS = register("take_along_axis", _take_along_axis_fwd, _take_along_axis_vjp)
 
 
+def _pick_fwd(x, indices):
+    return backend.array_module(x).take_along_axis(x, indices[..., None], axis=-1)[..., 0]
+
+
+def _pick_vjp(g, out, needs, x, indices):
+    index = _along_axis_index(raw(indices)[..., None], x.shape, len(x.shape) - 1)
+    return (getitem_grad(reshape(g, tuple(g.shape) + (1,)), index, x.shape), None)
+
+
+PICK = register("pick", _pick_fwd, _pick_vjp,
+                doc="x[..., indices]: one entry of the last axis per row (the target class of a loss)")
+
+
 def _concat_fwd(*xs, axis=0):
     return backend.array_module(*xs).concatenate(xs, axis=axis)
 
@@ -826,6 +839,22 @@ def take_along_axis(x, indices, axis):
     if indices.dtype.kind not in "iu":
         raise TypeError(f"take_along_axis: indices must be integers, got dtype {indices.dtype}")
     return apply(TAKE_ALONG_AXIS, x, indices, axis=axis)
+
+
+def pick(x, indices):
+    """``x[..., indices]``: from ``x`` (..., K) the entry ``indices`` (...) of each row.
+
+    ``take_along_axis`` on the last axis without the size-1 axis, as one node:
+    what a loss does with its integer targets. Integer ``indices`` given as a
+    Tensor stay in the graph, so a traced loss reads new targets at every replay.
+    """
+    indices = _indices_argument(x, indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"pick: indices must be integers, got dtype {indices.dtype}")
+    if tuple(indices.shape) != tuple(x.shape[:-1]):
+        raise ValueError(f"pick: indices must have shape {tuple(x.shape[:-1])} (one per row of x), "
+                         f"got {tuple(indices.shape)}")
+    return apply(PICK, x, indices)
 
 
 def _nonempty(tensors, op):
