@@ -25,7 +25,7 @@ from tinygraph.models import GRU, LSTM, RNN
 
 from .reference import STEPS
 
-__all__ = ["Workload", "WORKLOADS", "Data", "make_data", "TinygraphRunner", "NumpyRunner",
+__all__ = ["Workload", "WORKLOADS", "Data", "make_data", "TinygraphRunner", "TracedRunner", "NumpyRunner",
            "param_names"]
 
 
@@ -186,6 +186,48 @@ class TinygraphRunner:
 
     def grads(self):
         return {name: p.grad.numpy() for name, p in self.params().items()}
+
+
+class TracedRunner(TinygraphRunner):
+    """The same fused model and loss, traced once (``tinygraph.trace``) and replayed each step.
+
+    Replay runs the recorded primitives' forwards and VJP rules on raw arrays,
+    with no Tensor or graph node per op: what is left of the engine's per-step
+    cost. Inputs and targets are inputs of the traced function, read at every
+    replay; the parameters are read live, so an optimizer could update them.
+    """
+
+    def __init__(self, workload, data, dtype="float32", seed=0, device="cpu"):
+        super().__init__(workload, data, fused=True, dtype=dtype, seed=seed, device=device)
+        from tinygraph.trace import trace
+        self.targets_tensor = tg.Tensor(self.targets)
+        self.param_list = list(self.params().values())
+        self.compiled = trace(self._loss_of, self.x, self.targets_tensor, params=self.param_list)
+        self.one = backend.array_module(self.x.data).ones((), dtype=self.x.dtype)
+        self._loss, self._grads = None, None
+
+    @property
+    def label(self):
+        return "fused, traced"
+
+    def _loss_of(self, x, targets):
+        w = self.workload
+        out, _ = self.layer(x)
+        logits = out.reshape(w.T * w.B, w.H)
+        if self.readout is not None:
+            logits = self.readout(logits)
+        return tg.cross_entropy(logits, targets, reduction="sum")
+
+    def step(self):
+        self._loss = self.compiled(self.x.data, self.targets)
+        _, self._grads = self.compiled.backward(self.one)
+
+    def loss(self):
+        return float(self._loss)
+
+    def grads(self):
+        names = list(self.params())
+        return {name: backend.as_host(g) for name, g in zip(names, self._grads)}
 
 
 class NumpyRunner:
