@@ -366,6 +366,8 @@ def test_performance_guide_code_runs():
     ops = [n.op for n in Graph.from_outputs(namespace["out"].sum()).nodes]
     assert "sigmoid" in ops and "lstm_sequence" not in ops
     assert namespace["lstm"].cell(1, 1).W.grad is not None   # the fused backward reached every layer
+    assert len(namespace["param_grads"]) == len(namespace["lstm"].parameters())
+    assert all(g is not None and np.all(np.isfinite(g)) for g in namespace["param_grads"])
 
 
 @pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
