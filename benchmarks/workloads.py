@@ -99,19 +99,17 @@ _LAYERS = {"rnn_char": RNN, "lstm": LSTM, "gru": GRU}
 class TinygraphRunner:
     """tinygraph's layer (plus a ``tg.nn.Linear`` readout for rnn_char) trained for one step.
 
-    ``fused=True`` asks the layer for its fused cell. A layer that does not
-    accept the keyword yet (``TypeError``) is built decomposed instead and
-    ``note`` says so: the suite still runs while the fused cells are being
-    written.
+    ``fused=True`` builds the layer on its fused sequence kernels
+    (``models.sequence``); ``fused=False`` records every gate op.
     """
 
     def __init__(self, workload, data, fused=True, dtype="float32", seed=0, device="cpu"):
         self.workload, self.device = workload, device
-        self.requested_fused = fused
         self.note = None
         w = workload
         tg.manual_seed(seed)
-        self.layer, self.fused = self._build_layer(w, fused, dtype, seed)
+        self.fused = bool(fused)
+        self.layer = _LAYERS[w.kind](w.D, w.H, fused=self.fused, dtype=dtype)
         self.readout = tg.nn.Linear(w.H, w.D, dtype=dtype) if w.kind == "rnn_char" else None
         if device != "cpu":
             self.layer.to(device)
@@ -121,17 +119,6 @@ class TinygraphRunner:
         self.x = tg.Tensor(backend.to_device(data.x.astype(dtype, copy=False), device))
         self.targets = backend.to_device(data.targets.reshape(-1), device)
         self.last_loss = None
-
-    def _build_layer(self, w, fused, dtype, seed):
-        cls = _LAYERS[w.kind]
-        try:
-            return cls(w.D, w.H, fused=fused, dtype=dtype), fused
-        except TypeError as exc:
-            if not fused:
-                raise
-            self.note = f"{cls.__name__}(fused=True) not accepted ({exc}); timed the decomposed layer"
-            tg.manual_seed(seed)  # the rebuilt layer draws the same weights
-            return cls(w.D, w.H, fused=False, dtype=dtype), False
 
     @property
     def label(self):
