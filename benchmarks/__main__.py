@@ -154,21 +154,12 @@ def build_cpu_runners(workload, data, decomposed):
     """Name -> runner for every implementation available here, plus notes for the report."""
     notes = []
     main = TinygraphRunner(workload, data, fused=True)
-    if main.note:
-        notes.append(main.note)
     weights = main.weights()
-    runners = {"tinygraph": main}
-    if main.fused:
-        traced = TracedRunner(workload, data)
-        traced.set_weights(weights)
-        runners["tinygraph traced"] = traced
+    runners = {"tinygraph": main, "tinygraph traced": TracedRunner(workload, data)}
+    runners["tinygraph traced"].set_weights(weights)
     if decomposed:
-        if main.fused:
-            extra = TinygraphRunner(workload, data, fused=False)
-            extra.set_weights(weights)
-            runners["tinygraph decomposed"] = extra
-        else:
-            notes.append("no separate decomposed row: the tinygraph row is already decomposed")
+        runners["tinygraph decomposed"] = TinygraphRunner(workload, data, fused=False)
+        runners["tinygraph decomposed"].set_weights(weights)
     runners["numpy"] = NumpyRunner(workload, data, weights)
     if torch_module() is not None:
         layer_state, readout_state = main.torch_state()
@@ -283,7 +274,7 @@ def run_gpu_workload(workload, rounds, repeat, cpu_ms=None):
     cpu.step()
     for step in steps.values():
         step()
-    notes = [cpu.note] if cpu.note else []
+    notes = []
     worst = check_gradients(f"{workload.key} (GPU)", "tinygraph cpu", cpu, {"tinygraph cuda": gpu}, GRAD_RTOL)
     if "torch cuda" in runners:
         worst = max(worst, check_gradients(f"{workload.key} (GPU)", "tinygraph cpu", cpu,

@@ -105,7 +105,6 @@ class TinygraphRunner:
 
     def __init__(self, workload, data, fused=True, dtype="float32", seed=0, device="cpu"):
         self.workload, self.device = workload, device
-        self.note = None
         w = workload
         tg.manual_seed(seed)
         self.fused = bool(fused)
@@ -192,10 +191,6 @@ class TracedRunner(TinygraphRunner):
         self.compiled = trace(self._loss_of, self.x, self.targets_tensor, params=self.param_list)
         self.one = backend.array_module(self.x.data).ones((), dtype=self.x.dtype)
         self._loss, self._grads = None, None
-
-    @property
-    def label(self):
-        return "fused, traced"
 
     def _loss_of(self, x, targets):
         w = self.workload

@@ -60,14 +60,14 @@ def _shifts(T, reverse):
     return 0, slice(1, T), slice(0, T - 1)
 
 
-def _check(x, h0, U, W, gates, op, *arrays):
+def _check(op, gates, x, h0, U, W, *others):
     if x.ndim != 3 or h0.ndim != 2:
         raise ValueError(f"{op}: x must be (T, B, D) and the initial state (B, H), got {x.shape} and {h0.shape}")
     T, B, D = x.shape
     H = h0.shape[1]
     if T == 0:
         raise ValueError(f"{op}: the sequence is empty (T = 0)")
-    dtypes = {a.dtype for a in arrays}
+    dtypes = {a.dtype for a in (x, h0, U, W, *others)}
     if len(dtypes) > 1:
         raise ValueError(f"{op}: all inputs must share one float dtype, got {sorted(str(d) for d in dtypes)}")
     if h0.shape[0] != B or U.shape != (gates * H, D) or W.shape != (gates * H, H):
@@ -109,7 +109,7 @@ def _weight_grads(dZ, x, hs, h0, U, need_x, need_U, need_W, need_b, reverse):
 # -- vanilla RNN ---------------------------------------------------------------
 
 def _rnn_forward(x, h0, U, W, b, reverse=False, nonlinearity="tanh"):
-    T, B, D, H = _check(x, h0, U, W, 1, "rnn_sequence", x, h0, U, W, b)
+    T, B, D, H = _check("rnn_sequence", 1, x, h0, U, W, b)
     xp = backend.array_module(x, h0, U, W, b)
     hs = xp.empty((T, B, H), dtype=x.dtype)
     _input_projection(x, U, b, hs.reshape(T * B, H))  # hs holds U x + b until each step overwrites it
@@ -157,7 +157,7 @@ def rnn_sequence(x, h0, U, W, b=None, *, nonlinearity="tanh", reverse=False):
 # -- LSTM ------------------------------------------------------------------------
 
 def _lstm_forward(x, h0, c0, U, W, b, reverse=False):
-    T, B, D, H = _check(x, h0, U, W, 4, "lstm_sequence", x, h0, c0, U, W, b)
+    T, B, D, H = _check("lstm_sequence", 4, x, h0, U, W, c0, b)
     xp = backend.array_module(x, h0, c0, U, W, b)
     gates = xp.empty((T, B, 4 * H), dtype=x.dtype)   # pre-activations, then activations [i, f, g, o]
     _input_projection(x, U, b, gates.reshape(T * B, 4 * H))
@@ -212,7 +212,7 @@ def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False):
 # -- GRU ---------------------------------------------------------------------------
 
 def _gru_forward(x, h0, U, W, b, b_hn, reverse=False):
-    T, B, D, H = _check(x, h0, U, W, 3, "gru_sequence", x, h0, U, W, b, b_hn)
+    T, B, D, H = _check("gru_sequence", 3, x, h0, U, W, b, b_hn)
     xp = backend.array_module(x, h0, U, W, b, b_hn)
     gates = xp.empty((T, B, 3 * H), dtype=x.dtype)   # U x + b, then activations [r, z, n]
     _input_projection(x, U, b, gates.reshape(T * B, 3 * H))
