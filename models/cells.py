@@ -24,36 +24,19 @@ exploding gradients):
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 
 import tinygraph as tg
 from tinygraph import backend, init
+from tinygraph.graph import DECOMPOSED as _DECOMPOSED
+from tinygraph.graph import decomposed
 from tinygraph.nn import LayerNorm, Module, empty_parameter
 
 from .fused import lstm_cell
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "zeros_state", "decomposed"]
-
-_DECOMPOSED = [0]  # nesting depth of decomposed() blocks
-
-
-@contextlib.contextmanager
-def decomposed():
-    """Record every gate op, even for cells and layers built with ``fused=True``.
-
-    Train fused, look decomposed: inside this block the same model (same
-    parameters) records the textbook per-step, per-gate graph that the
-    diagrams and the stepper show, instead of its fused kernels. Both compute
-    the same numbers (tests/test_fused_sequence.py).
-    """
-    _DECOMPOSED[0] += 1
-    try:
-        yield
-    finally:
-        _DECOMPOSED[0] -= 1
 
 _RECURRENT_INITS = (None, "uniform", "orthogonal", "identity")
 

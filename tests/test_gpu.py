@@ -64,6 +64,7 @@ CASES = [
     ("split", lambda x: tg.split(x, [1], axis=1)[1], [A23]),
     ("softmax", lambda x: tg.softmax(x, axis=-1), [A23]),
     ("log_softmax", lambda x: tg.log_softmax(x, axis=0), [A23]),
+    ("pick", lambda x: tg.ops.pick(x, np.array([2, 0])), [A23]),
     ("cross_entropy", lambda x: tg.cross_entropy(x, np.array([2, 0]), reduction="none"), [A23]),
     ("cross_entropy mask", lambda x: tg.cross_entropy(x, np.array([2, 0]), mask=np.array([1, 0])), [A23]),
     ("mse_loss", lambda x, y: tg.mse_loss(x, y, reduction="sum"), [A23, B23]),

@@ -10,7 +10,7 @@ from . import tensor as _tensor_module
 from .backend import cuda_available, keep_freed_memory
 
 keep_freed_memory()  # reuse freed buffers: see its docstring (TINYGRAPH_SYSTEM_MALLOC=1 opts out)
-from .graph import (Graph, Node, current_scope, current_timestep, enable_grad,
+from .graph import (Graph, Node, current_scope, current_timestep, decomposed, enable_grad,
                     is_grad_enabled, no_grad, scope, timestep)
 from .tensor import Tensor
 

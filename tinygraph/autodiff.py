@@ -131,7 +131,7 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                     "retain_graph=True to the first backward if you need to backpropagate twice, "
                     "or detach/truncate the state that reuses it"
                 )
-            if create_graph and prim.residuals:
+            if create_graph and not prim.second_order:
                 raise RuntimeError(
                     f"backward: op '{node.op}' (scope {node.scope or '<top>'!r}) is a fused first-order "
                     "kernel; create_graph=True (gradients of gradients) needs the decomposed recording: "

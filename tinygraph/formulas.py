@@ -86,6 +86,8 @@ FORMULAS = {
     "take_along_axis": F("take_along_axis({x0}, {x1}, {axis})",
                          ("{g} added back at the picked positions of {x0}", "0"),
                          ("pick", "none")),
+    "cross_entropy": F("logsumexp({x0}) − {x0}[…, {x1}]",
+                       ("{g} ⊙ (softmax({x0}) − onehot({x1}))", "0"), ("softmax − onehot", "none")),
     "pick": F("{x0}[…, {x1}]", ("{g} added back at the picked positions of {x0}", "0"), ("pick", "none")),
     "concat": F("concat({xs})", ("part {k} of {g}",), ("part {k}",)),
     "stack": F("stack({xs})", ("{g}[{k}]",), ("slice {k}",)),

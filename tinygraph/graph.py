@@ -14,7 +14,7 @@ import itertools
 import threading
 
 __all__ = [
-    "Node", "Graph", "scope", "timestep", "no_grad", "enable_grad",
+    "Node", "Graph", "scope", "timestep", "no_grad", "enable_grad", "decomposed",
     "is_grad_enabled", "current_scope", "current_timestep",
 ]
 
@@ -247,6 +247,26 @@ def _node_of(t):
 
 
 # -- recording context -----------------------------------------------------
+
+DECOMPOSED = [0]  # nesting depth of decomposed() blocks (read by the losses and by models)
+
+
+@contextlib.contextmanager
+def decomposed():
+    """Record every elementary op, even where a fused primitive would run.
+
+    Train fused, look decomposed: inside this block ``cross_entropy`` records
+    ``log_softmax``, ``pick``, ``neg`` instead of one fused node, and the
+    recurrent layers of ``tinygraph.models`` (same parameters) record the
+    textbook per-step, per-gate graph that the diagrams and the stepper show
+    instead of their fused kernels. Both record the same numbers (tested).
+    """
+    DECOMPOSED[0] += 1
+    try:
+        yield
+    finally:
+        DECOMPOSED[0] -= 1
+
 
 @contextlib.contextmanager
 def scope(name: str):

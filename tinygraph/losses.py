@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend, ops
+from .graph import DECOMPOSED
 from .tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -33,37 +34,54 @@ def _targets_array(targets, logits_shape, op):
     return t
 
 
+def _checked_targets(scores, targets, op):
+    """The targets as an op argument: range-checked, on the scores' device; a Tensor
+    whose data is already that array stays a Tensor (a traced loss reads new ones)."""
+    lp = scores.data if isinstance(scores, Tensor) else scores
+    t = _targets_array(targets, lp.shape, op)
+    xp = backend.array_module(lp)
+    t = xp.asarray(t)  # NumPy targets with CuPy logits: move them to the logits' device
+    K = lp.shape[-1]
+    if t.size and bool(((t < 0) | (t >= K)).any()):  # one host sync, not two
+        raise ValueError(f"{op}: target classes must lie in [0, {K}), got min {int(t.min())}, max {int(t.max())}")
+    return targets if isinstance(targets, Tensor) and targets.data is t else t
+
+
+def _masked(losses, reduction, mask, op):
+    """Apply ``mask`` (1 = keep) to per-position losses, then reduce."""
+    if mask is not None:
+        lv = losses.data if isinstance(losses, Tensor) else losses
+        xp = backend.array_module(lv)
+        m = xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(lv.dtype)
+        losses = ops.mul(losses, m)
+        if reduction == "mean":
+            # the count stays on the device: no host sync
+            return ops.div(ops.sum(losses), xp.maximum(m.sum(), 1))
+    return _reduce(losses, reduction, op)
+
+
 def nll_loss(log_probs, targets, reduction="mean", mask=None):
     """Negative log-likelihood of integer ``targets`` under ``log_probs`` (..., K).
 
     ``mask`` (same shape as targets, 1 = keep) drops padded positions; with
     ``reduction="mean"`` the mean is over kept positions only.
     """
-    lp = log_probs.data if isinstance(log_probs, Tensor) else log_probs
-    t = _targets_array(targets, lp.shape, "nll_loss")
-    xp = backend.array_module(lp)
-    t = xp.asarray(t)  # NumPy targets with CuPy logits: move them to the logits' device
-    K = lp.shape[-1]
-    if t.size and bool(((t < 0) | (t >= K)).any()):  # one host sync, not two
-        raise ValueError(f"nll_loss: target classes must lie in [0, {K}), got min {int(t.min())}, max {int(t.max())}")
-    # a gather, not a dense one-hot: O(N) memory and work instead of O(N*K). Tensor
-    # targets stay Tensors, so a traced loss (tinygraph.trace) reads new ones at replay
-    picked = ops.neg(ops.pick(log_probs, targets if isinstance(targets, Tensor) and targets.data is t else t))
-    if mask is not None:
-        m = xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(lp.dtype)
-        picked = ops.mul(picked, m)
-        if reduction == "mean":
-            # the count stays on the device: no host sync
-            return ops.div(ops.sum(picked), xp.maximum(m.sum(), 1))
-    return _reduce(picked, reduction, "nll_loss")
+    t = _checked_targets(log_probs, targets, "nll_loss")
+    # a gather, not a dense one-hot: O(N) memory and work instead of O(N*K)
+    return _masked(ops.neg(ops.pick(log_probs, t)), reduction, mask, "nll_loss")
 
 
 def cross_entropy(logits, targets, reduction="mean", mask=None):
     """Softmax cross-entropy of ``logits`` (..., K) against integer class ``targets``.
 
-    Computed as ``nll_loss(log_softmax(logits))``, stable for large logits.
+    One fused node per call (``ops.softmax_cross_entropy``: stable log-sum-exp,
+    gradient ``softmax - onehot``). Inside ``tinygraph.decomposed()`` it records
+    ``nll_loss(log_softmax(logits))`` op by op instead; both give the same numbers.
     """
-    return nll_loss(ops.log_softmax(logits, axis=-1), targets, reduction=reduction, mask=mask)
+    if DECOMPOSED[0]:
+        return nll_loss(ops.log_softmax(logits, axis=-1), targets, reduction=reduction, mask=mask)
+    t = _checked_targets(logits, targets, "cross_entropy")
+    return _masked(ops.softmax_cross_entropy(logits, t), reduction, mask, "cross_entropy")
 
 
 def mse_loss(pred, target, reduction="mean"):

@@ -35,22 +35,30 @@ class Primitive:
     intermediates its VJP needs that are not in ``out`` (gate activations).
     The node keeps them beside its output and the engine hands them to the
     rule as the keyword ``residuals=`` -- JAX's custom_vjp fwd/bwd split. Such
-    rules work on raw arrays only: they are first-order fast paths.
+    rules are first-order fast paths on raw arrays, unless registered with
+    ``second_order=True``: then the rule also runs on Tensors without its
+    residuals (recomputing them with ops), so ``create_graph=True`` works.
     """
 
-    __slots__ = ("name", "forward", "vjp", "doc", "residuals")
+    __slots__ = ("name", "forward", "vjp", "doc", "residuals", "second_order")
 
-    def __init__(self, name, forward, vjp, doc="", residuals=False):
+    def __init__(self, name, forward, vjp, doc="", residuals=False, second_order=False):
         self.name, self.forward, self.vjp, self.doc = name, forward, vjp, doc
         self.residuals = bool(residuals)
+        self.second_order = bool(second_order) or not residuals
 
     def __repr__(self):
         return f"<Primitive {self.name}>"
 
 
-def register(name, forward, vjp, doc="", residuals=False):
-    """Register a primitive by name (explicitly: no namespace magic)."""
-    prim = Primitive(name, forward, vjp, doc, residuals)
+def register(name, forward, vjp, doc="", residuals=False, second_order=False):
+    """Register a primitive by name (explicitly: no namespace magic).
+
+    ``residuals=True``: see ``Primitive``. ``second_order=True`` says such a
+    rule also runs without its residuals on Tensors (it recomputes them with
+    ops), so ``create_graph=True`` can differentiate through the node.
+    """
+    prim = Primitive(name, forward, vjp, doc, residuals, second_order)
     PRIMITIVES[name] = prim
     return prim
 
@@ -569,6 +577,52 @@ PICK = register("pick", _pick_fwd, _pick_vjp,
                 doc="x[..., indices]: one entry of the last axis per row (the target class of a loss)")
 
 
+def _rows_of(a, targets):
+    """(a reshaped to (N, K), row numbers, flat targets): the advanced index of one entry per row."""
+    xp = backend.array_module(a)
+    flat = targets.reshape(-1)
+    return a.reshape(-1, a.shape[-1]), xp.arange(flat.shape[0]), flat
+
+
+def _cross_entropy_fwd(x, targets):
+    xp = backend.array_module(x)
+    top = x.max(axis=-1, keepdims=True)
+    e = x - top
+    rows, n, t = _rows_of(e, targets)
+    picked = rows[n, t].reshape(targets.shape)  # x[target] - max, before e is overwritten
+    xp.exp(e, out=e)
+    total = e.sum(axis=-1, keepdims=True)
+    # residuals: exp(x - max) and its row sums, the softmax unnormalised (one pass fewer)
+    return xp.log(total[..., 0]) - picked, (e, total)
+
+
+def _cross_entropy_vjp(g, out, needs, x, targets, residuals=None):
+    """dL/dx = g (softmax(x) - onehot(targets)): log_softmax + pick + neg in one rule.
+
+    The raw walk gets the forward's exp(x - max) and row sums as ``residuals``
+    (one pass here); recorded (create_graph) the rule recomputes the softmax
+    with ops, so the gradient is a graph and cross_entropy stays twice
+    differentiable.
+    """
+    g1 = reshape(g, tuple(g.shape) + (1,))
+    if isinstance(x, Tensor):  # recorded: the softmax and one-hot become nodes
+        p = softmax(x, axis=-1)
+        index = _along_axis_index(raw(targets)[..., None], x.shape, len(x.shape) - 1)
+        ones = Tensor(backend.array_module(raw(p)).ones(g1.shape, dtype=p.dtype))
+        return (g1 * (p - getitem_grad(ones, index, x.shape)), None)
+    e, total = residuals if residuals is not None else _cross_entropy_fwd(x, targets)[1]
+    grad = e * (g1 / total)
+    rows, n, t = _rows_of(grad, targets)
+    rows[n, t] -= g.reshape(-1)  # one entry per row: no index repeats
+    return (grad, None)
+
+
+CROSS_ENTROPY = register(
+    "cross_entropy", _cross_entropy_fwd, _cross_entropy_vjp, residuals=True, second_order=True,
+    doc="fused softmax cross-entropy per row: logsumexp(x) - x[..., targets]; "
+        "the same numbers as -pick(log_softmax(x), targets)")
+
+
 def _concat_fwd(*xs, axis=0):
     return backend.array_module(*xs).concatenate(xs, axis=axis)
 
@@ -855,6 +909,23 @@ def pick(x, indices):
         raise ValueError(f"pick: indices must have shape {tuple(x.shape[:-1])} (one per row of x), "
                          f"got {tuple(indices.shape)}")
     return apply(PICK, x, indices)
+
+
+def softmax_cross_entropy(logits, targets):
+    """Per-row softmax cross-entropy of ``logits`` (..., K) against integer ``targets`` (...).
+
+    One fused node with the values of ``-pick(log_softmax(logits), targets)``
+    and the closed-form gradient ``softmax - onehot``: fewer passes over the
+    logits and no per-op overhead. ``tinygraph.decomposed()`` makes
+    ``tg.cross_entropy`` record the three elementary ops instead.
+    """
+    targets = _indices_argument(logits, targets)
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"softmax_cross_entropy: targets must be integers, got dtype {targets.dtype}")
+    if tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(f"softmax_cross_entropy: targets must have shape {tuple(logits.shape[:-1])} "
+                         f"(one per row of logits), got {tuple(targets.shape)}")
+    return apply(CROSS_ENTROPY, logits, targets)
 
 
 def _nonempty(tensors, op):
