@@ -41,6 +41,7 @@ from tinygraph import backend, ops
 
 from . import cuda_kernels
 from .kernels import NumpyKernels as cpu
+from .kernels import per_step
 
 __all__ = ["rnn_sequence", "lstm_sequence", "gru_sequence", "RNN_SEQUENCE", "LSTM_SEQUENCE", "GRU_SEQUENCE"]
 
@@ -119,10 +120,10 @@ def _rnn_forward(x, h0, U, W, b, reverse=False, nonlinearity="tanh"):
     ws = cpu.workspace(xp, B, H, 1, x.dtype)
     WT, zh, relu = xp.ascontiguousarray(W.T), xp.empty((B, H), x.dtype), nonlinearity == "relu"
     h = h0
-    for t in _steps(T, reverse):
-        np.matmul(h, WT, zh)
-        cpu.rnn_forward(hs[t], zh, relu, ws)
-        h = hs[t]
+    for h_t, in per_step(_steps(T, reverse), hs):
+        np.dot(h, WT, zh)
+        cpu.rnn_forward(h_t, zh, relu, ws)
+        h = h_t
     return hs
 
 
@@ -160,21 +161,25 @@ def _lstm_forward(x, h0, c0, U, W, b, reverse=False):
     T, B, D, H = _check("lstm_sequence", 4, x, h0, U, W, c0, b)
     xp = backend.array_module(x, h0, c0, U, W, b)
     gates = xp.empty((T, B, 4 * H), dtype=x.dtype)   # pre-activations, then activations [i, f, g, o]
-    _input_projection(x, U, b, gates.reshape(T * B, 4 * H))
     out = xp.empty((T + 1, B, H), dtype=x.dtype)      # h(0..T-1), then the final c
     cs = xp.empty((T, B, H), dtype=x.dtype)
     tcs = xp.empty((T, B, H), dtype=x.dtype)
     if xp is not np:
+        _input_projection(x, U, b, gates.reshape(T * B, 4 * H))
         cuda_kernels.lstm_forward(gates, h0, c0, W, out, cs, tcs, reverse)
         return out, (gates, cs, tcs)
     ws = cpu.workspace(xp, B, H, 4, x.dtype)
+    # the one-tanh gates want k z with k = [1/2, 1/2, 1, 1/2] per block (see kernels.lstm_forward):
+    # k goes into copies of U, b and W once per call, exactly (a power of two)
+    k = ws["lstm_scale"]
+    _input_projection(x, U * k[:, None], b * k, gates.reshape(T * B, 4 * H))
+    WT = np.multiply(W.T, k, np.empty((H, 4 * H), x.dtype))  # C order: the per-step GEMM runs faster on it
     zh = xp.empty((B, 4 * H), x.dtype)
-    WT = xp.ascontiguousarray(W.T)  # one copy per call; the per-step GEMM runs faster on it
     h, c = h0, c0
-    for t in _steps(T, reverse):
-        np.matmul(h, WT, zh)
-        cpu.lstm_forward(gates[t], zh, c, cs[t], tcs[t], out[t], ws)
-        h, c = out[t], cs[t]
+    for a_t, c_t, tc_t, h_t in per_step(_steps(T, reverse), gates, cs, tcs, out):
+        np.dot(h, WT, zh)
+        cpu.lstm_forward(a_t, zh, c, c_t, tc_t, h_t, ws)
+        h, c = h_t, c_t
     out[T] = c
     return out, (gates, cs, tcs)
 
@@ -225,10 +230,10 @@ def _gru_forward(x, h0, U, W, b, b_hn, reverse=False):
     zh = xp.empty((B, 3 * H), x.dtype)
     WT = xp.ascontiguousarray(W.T)
     h = h0
-    for t in _steps(T, reverse):
-        np.matmul(h, WT, zh)
-        cpu.gru_forward(gates[t], zh, b_hn, h, hns[t], hs[t], ws)
-        h = hs[t]
+    for a_t, hn_t, h_t in per_step(_steps(T, reverse), gates, hns, hs):
+        np.dot(h, WT, zh)
+        cpu.gru_forward(a_t, zh, b_hn, h, hn_t, h_t, ws)
+        h = h_t
     return hs, (gates, hns)
 
 
