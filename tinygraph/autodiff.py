@@ -13,7 +13,7 @@ import contextlib
 import numpy as np
 
 from . import backend
-from .graph import STATE, _GradMode, _override_context, topological_order
+from .graph import STATE, _GradMode, _override_context, creation_order
 from .ops import SparseGrad, raw, sum_to
 from .tensor import Tensor
 
@@ -81,7 +81,7 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
     consumer releasing its inputs never takes a producer's ``out`` away).
     """
     root_nodes = [r._node for r in roots]
-    order = topological_order(root_nodes)
+    order = creation_order(root_nodes)
     # prune to nodes that lie on a path to something that needs a gradient
     wanted = set(targets) if targets is not None else None
     if wanted is None:
@@ -177,7 +177,10 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                     continue
                 shape = a.data.shape
                 if getattr(ig, "shape", ()) != shape:
-                    ig = sum_to(ig, shape)  # undo broadcasting once, here, for every rule
+                    if getattr(ig, "size", 0) == a.data.size:  # only size-1 axes differ: (1, H) -> (H,)
+                        ig = ig.reshape(shape)
+                    else:
+                        ig = sum_to(ig, shape)  # undo broadcasting once, here, for every rule
                 if anomaly:
                     check_finite(ig.values if type(ig) is SparseGrad else raw(ig),
                                  f"backward of {node.op}", node, "backward")
@@ -230,11 +233,11 @@ def _accumulate(grads, owned, key, g):
         if not sparse_g and not sparse_prev:
             grads[key] = prev + g
             return
-        dtype = np.result_type(prev.dtype, g.dtype)
+        dtype = prev.dtype if prev.dtype == g.dtype else np.result_type(prev.dtype, g.dtype)
         # prev may alias a forward buffer or another receiver's gradient: copy it once
         prev = prev.dense(dtype) if sparse_prev else prev.astype(dtype, copy=True)
         owned.add(key)
-    elif np.result_type(prev.dtype, g.dtype) != prev.dtype:
+    elif prev.dtype != g.dtype and np.result_type(prev.dtype, g.dtype) != prev.dtype:
         prev = prev.astype(np.result_type(prev.dtype, g.dtype))
     if sparse_g:
         g.add_to(prev)

@@ -21,10 +21,11 @@ import weakref
 import numpy as np
 
 from . import backend
-from .graph import STATE, Node
+from .graph import STATE, Node, op_node
 from .tensor import Tensor
 
 PRIMITIVES: dict = {}
+_new_tensor = object.__new__
 
 
 class Primitive:
@@ -141,14 +142,15 @@ def apply(prim, *args, **attrs):
     if needs_grad and st.grad_enabled:
         if all_tensors:  # the common case, kept short
             saved, literals = args, None
-            inputs = tuple([a._node or a._leaf_node() for a in args])
+            inputs = []
+            for a in args:
+                inputs.append(a._node or a._leaf_node())
+            inputs = tuple(inputs)
         else:
             saved, inputs, literals = _mixed_arguments(args, datas)
-        node = Node(prim.name, inputs, attrs, out.shape, out.dtype, prim=prim,
-                    saved=saved, literals=literals)
-        node.value = out
-        node.residuals = residuals
-        result = Tensor._from_op(out, node)
+        node = op_node(prim, inputs, attrs, out, saved, literals, residuals)
+        result = _new_tensor(Tensor)
+        result.data, result.grad, result._name, result._node, result.requires_grad = out, None, None, node, True
         node.out_ref = weakref.ref(result)
     else:
         result = Tensor._from_op(out, None)
@@ -464,8 +466,14 @@ MATMUL = register("matmul", _matmul_fwd, _matmul_vjp)
 
 
 def _is_basic_index(index):
-    items = index if isinstance(index, tuple) else (index,)
-    return all(i is None or i is Ellipsis or isinstance(i, (int, np.integer, slice)) for i in items)
+    """Slices, integers, None and Ellipsis only (no index array): z[index] += g is then exact."""
+    for i in (index if type(index) is tuple else (index,)):
+        kind = type(i)
+        if kind is slice or kind is int or i is None or i is Ellipsis:
+            continue
+        if not isinstance(i, (int, np.integer, slice)):
+            return False
+    return True
 
 
 def _scatter_add(z, index, g):
