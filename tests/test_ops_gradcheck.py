@@ -180,6 +180,10 @@ def test_sigmoid_keeps_relative_precision_in_the_negative_tail(dtype, rtol):
     np.testing.assert_allclose(got.astype(np.float64), expected, rtol=rtol, atol=0)
     raw = tg.ops.stable_sigmoid(x.data)  # the raw-array helper the fused cells use
     np.testing.assert_array_equal(raw, got)
+    # one value at a time: all but the far tail take the direct 1/(1+exp(-x)) branch,
+    # which must be just as precise (the whole array above took the e/(1+e) branch)
+    alone = np.array([tg.ops.stable_sigmoid(x.data[k:k + 1])[0] for k in range(len(values))])
+    np.testing.assert_allclose(alone.astype(np.float64), expected, rtol=rtol, atol=0)
 
 
 def test_fused_lstm_cell_gates_use_the_precise_sigmoid():

@@ -304,16 +304,28 @@ ABS = register("abs", lambda x: backend.array_module(x).abs(x), lambda g, out, n
 TANH = register("tanh", lambda x: backend.array_module(x).tanh(x), lambda g, out, needs, x: (g * (1 - out * out),))
 
 
+# below these inputs exp(-x) overflows (or 1 / (1 + e) leaves the normal range)
+_SIGMOID_DIRECT_FROM = {np.dtype(np.float16): -10.0, np.dtype(np.float32): -80.0, np.dtype(np.float64): -700.0}
+
+
 def stable_sigmoid(x):
     """The logistic function on a raw array, accurate in both tails.
 
-    exp(-|x|) never overflows, and for x < 0 the result is e/(1+e) rather than
-    1 - something close to 1 (0.5*(tanh(x/2)+1) cancels: float32 gives 0 at -20).
+    On the CPU, ``1 / (1 + exp(-x))``: it does not cancel anywhere (unlike
+    0.5*(tanh(x/2)+1), which gives 0 at -20 in float32) and takes four passes.
+    When some input lies so far left that exp(-x) would overflow, and always
+    on a GPU (no host sync for the check), it is e/(1+e) with e = exp(-|x|),
+    whose subnormal results are right too.
     """
     xp = backend.array_module(x)
-    e = xp.exp(-xp.abs(x))
-    r = 1 / (1 + e)
-    return xp.where(x >= 0, r, e * r)
+    start = _SIGMOID_DIRECT_FROM.get(getattr(x, "dtype", None)) if xp is np else None  # (min() would sync a GPU)
+    if start is None or x.size == 0 or x.min() < start:
+        e = xp.exp(-xp.abs(x))
+        r = 1 / (1 + e)
+        return xp.where(x >= 0, r, e * r)
+    e = np.exp(-x)
+    e += 1
+    return np.reciprocal(e, out=e) if type(e) is np.ndarray else 1 / e
 
 
 SIGMOID = register("sigmoid", stable_sigmoid, lambda g, out, needs, x: (g * out * (1 - out),))

@@ -20,6 +20,8 @@ into the schedule as an index). An input that ``fn`` never reads gets
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from .graph import STATE, Graph, enable_grad
@@ -62,7 +64,14 @@ class CompiledFunction:
             if any(kind == _SLOT and k in differentiable for kind, k in spec):
                 differentiable.add(out)
             needs = tuple(kind == _SLOT and k in differentiable for kind, k in spec)
-            self.schedule.append((n.prim, tuple(spec), n.attrs, out, needs))
+            self.schedule.append((n.prim, tuple(spec), n.attrs, out, needs, _arguments_getter(spec)))
+        # backward: the entries with something to differentiate, each with the slots
+        # and shapes of the arguments that need a gradient (computed once, here)
+        self.reverse = []
+        for prim, spec, attrs, out, needs, get in reversed(self.schedule):
+            receivers = tuple((k, v, self.shapes[v]) for k, ((_, v), need) in enumerate(zip(spec, needs)) if need)
+            if receivers:
+                self.reverse.append((prim, attrs, out, needs, get, receivers))
         self.values = self.residuals = None
 
     def __len__(self):
@@ -85,12 +94,11 @@ class CompiledFunction:
             if slot is not None:
                 values[slot] = x
         residuals = {}  # slot -> what a fused primitive kept for its VJP
-        for prim, spec, attrs, out, _ in self.schedule:
-            args = [values[v] if kind == _SLOT else v for kind, v in spec]
+        for prim, _, attrs, out, _, get in self.schedule:
             if prim.residuals:
-                values[out], residuals[out] = prim.forward(*args, **attrs)
+                values[out], residuals[out] = prim.forward(*get(values), **attrs)
             else:
-                values[out] = prim.forward(*args, **attrs)
+                values[out] = prim.forward(*get(values), **attrs)
         self.values, self.residuals = values, residuals
         outs = [values[s] for s in self.output_slots]
         return outs[0] if len(outs) == 1 else tuple(outs)
@@ -110,23 +118,29 @@ class CompiledFunction:
             _accumulate(grads, owned, slot, g.data if isinstance(g, Tensor) else g)
         old_sparse, STATE.sparse_grads = STATE.sparse_grads, True
         try:
-            for prim, spec, attrs, out, needs in reversed(self.schedule):
+            for prim, attrs, out, needs, get, receivers in self.reverse:
                 g = grads.get(out)
-                if g is None or not any(needs):
+                if g is None:
                     continue
                 if type(g) is SparseGrad:
                     g = grads[out] = g.dense()
-                args = [values[v] if kind == _SLOT else v for kind, v in spec]
                 if prim.residuals:
-                    in_grads = prim.vjp(g, values[out], needs, *args, residuals=self.residuals[out], **attrs)
+                    in_grads = prim.vjp(g, values[out], needs, *get(values), residuals=self.residuals[out], **attrs)
                 else:
-                    in_grads = prim.vjp(g, values[out], needs, *args, **attrs)
-                for (kind, slot), need, ig in zip(spec, needs, in_grads):
-                    if not need or ig is None:
+                    in_grads = prim.vjp(g, values[out], needs, *get(values), **attrs)
+                for k, slot, shape in receivers:
+                    ig = in_grads[k]
+                    if ig is None:
                         continue
-                    if tuple(ig.shape) != self.shapes[slot]:
-                        ig = sum_to(ig, self.shapes[slot])
-                    _accumulate(grads, owned, slot, ig)
+                    if ig.shape != shape:
+                        ig = ig.reshape(shape) if getattr(ig, "size", -1) == _size(shape) else sum_to(ig, shape)
+                    prev = grads.get(slot)
+                    if prev is None:
+                        grads[slot] = ig
+                    elif type(prev) is SparseGrad or type(ig) is SparseGrad or slot in owned:
+                        _accumulate(grads, owned, slot, ig)
+                    else:  # two dense gradients, the common case, inline as in the eager walk
+                        grads[slot] = prev + ig
         finally:
             STATE.sparse_grads = old_sparse
 
@@ -135,6 +149,24 @@ class CompiledFunction:
             return g.dense() if type(g) is SparseGrad else g
 
         return [result(s) for s in self.input_slots], [result(s) for s in self.param_slots]
+
+
+def _arguments_getter(spec):
+    """values -> the op's argument tuple: ``operator.itemgetter`` (C) when every argument is a slot."""
+    if all(kind == _SLOT for kind, _ in spec):
+        slots = [v for _, v in spec]
+        if len(slots) == 1:
+            only = slots[0]
+            return lambda values: (values[only],)
+        return operator.itemgetter(*slots)
+    return lambda values: tuple(values[v] if kind == _SLOT else v for kind, v in spec)
+
+
+def _size(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 
 def trace(fn, *example_inputs, params=()):
