@@ -159,7 +159,9 @@ def build_cpu_runners(workload, data, decomposed):
     runners["tinygraph traced"].set_weights(weights)
     if decomposed:
         runners["tinygraph decomposed"] = TinygraphRunner(workload, data, fused=False)
-        runners["tinygraph decomposed"].set_weights(weights)
+        runners["decomposed traced"] = TracedRunner(workload, data, fused=False)
+        for name in ("tinygraph decomposed", "decomposed traced"):
+            runners[name].set_weights(weights)
     runners["numpy"] = NumpyRunner(workload, data, weights)
     if torch_module() is not None:
         layer_state, readout_state = main.torch_state()
@@ -201,6 +203,7 @@ def run_cpu_workload(workload, rounds, repeat, decomposed):
                   goal=goal(results), notes=notes)
     if "tinygraph decomposed" in results:
         record["decomposed_over_fused"] = results["tinygraph decomposed"] / results["tinygraph"]
+        record["decomposed_traced_over_fused_traced"] = results["decomposed traced"] / results["tinygraph traced"]
     return record
 
 
@@ -218,6 +221,8 @@ def print_cpu_table(workload, record):
         extra = ""
         if name == "tinygraph decomposed":
             extra = f"   decomposed/fused {record['decomposed_over_fused']:.2f}"
+        elif name == "decomposed traced":
+            extra = f"   /tinygraph traced {record['decomposed_traced_over_fused_traced']:.2f}"
         log(f"  {shown:<22}{ms:>10.2f}{record['ratios'][name]:>16.2f}{extra}")
     g = record["goal"]
     verdict = "met" if g["met"] else "not met"
@@ -345,7 +350,8 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true", help="2 rounds of 1 call, no E: a few seconds")
     ap.add_argument("--skip-large", action="store_true", help="leave out workload E")
     ap.add_argument("--decomposed", action="store_true",
-                    help="also time tinygraph's decomposed layers (fused=False) and report decomposed/fused")
+                    help="also time tinygraph's decomposed layers (fused=False), eager and traced, "
+                         "and report decomposed/fused")
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU part (B and E)")
     ap.add_argument("--rounds", type=int, help="rounds per workload (default 7, 3 for E)")
     ap.add_argument("--repeat", type=int, help="calls per round (default 3, 1 for E)")

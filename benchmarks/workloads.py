@@ -175,7 +175,7 @@ class TinygraphRunner:
 
 
 class TracedRunner(TinygraphRunner):
-    """The same fused model and loss, traced once (``tinygraph.trace``) and replayed each step.
+    """The same model and loss, traced once (``tinygraph.trace``) and replayed each step.
 
     Replay runs the recorded primitives' forwards and VJP rules on raw arrays,
     with no Tensor or graph node per op: what is left of the engine's per-step
@@ -183,8 +183,8 @@ class TracedRunner(TinygraphRunner):
     replay; the parameters are read live, so an optimizer could update them.
     """
 
-    def __init__(self, workload, data, dtype="float32", seed=0, device="cpu"):
-        super().__init__(workload, data, fused=True, dtype=dtype, seed=seed, device=device)
+    def __init__(self, workload, data, fused=True, dtype="float32", seed=0, device="cpu"):
+        super().__init__(workload, data, fused=fused, dtype=dtype, seed=seed, device=device)
         from tinygraph.trace import trace
         self.targets_tensor = tg.Tensor(self.targets)
         self.param_list = list(self.params().values())

@@ -17,7 +17,7 @@ import pytest
 from benchmarks.__main__ import GradientMismatch, check_gradients
 from benchmarks.baselines import TorchRunner
 from benchmarks.reference import STEPS
-from benchmarks.workloads import NumpyRunner, TinygraphRunner, Workload, make_data, param_names
+from benchmarks.workloads import NumpyRunner, TinygraphRunner, TracedRunner, Workload, make_data, param_names
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("rnn_char", "lstm", "gru")
@@ -129,6 +129,30 @@ def test_jax_baseline_matches_reference(kind):
     jax_runner = JaxRunner(w, data, weights)
     jax_runner.step()
     assert max_rel_error(jax_runner.grads(), ref.grads()) <= 2e-3
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["decomposed", "fused"])
+def test_traced_runner_matches_reference(fused):
+    w = small("lstm")
+    data = make_data(w, dtype="float64", seed=7)
+    traced = TracedRunner(w, data, fused=fused, dtype="float64", seed=8)
+    traced.step()
+    ref = reference_after_step(w, data, traced.weights())
+    assert abs(traced.loss() - ref.loss()) <= TIGHT * abs(ref.loss())
+    assert max_rel_error(traced.grads(), ref.grads()) <= TIGHT
+
+
+def test_decomposed_rows_report_both_ratios():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--workloads", "D", "--decomposed",
+                           "--json", "-"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)["workloads"]["D"]
+    results = record["results"]
+    assert {"tinygraph decomposed", "decomposed traced"} <= set(results)
+    assert record["decomposed_over_fused"] == pytest.approx(results["tinygraph decomposed"] / results["tinygraph"])
+    assert record["decomposed_traced_over_fused_traced"] == pytest.approx(
+        results["decomposed traced"] / results["tinygraph traced"])
 
 
 def test_gradient_check_fails_loudly():
