@@ -213,7 +213,10 @@ class _RecurrentLayer(Module):
         return "h0" if self.state_tensors == 1 else "(h0, c0)"
 
     def _join_state(self, finals):
-        stacked = tuple(tg.stack([f[i] for f in finals], axis=0) for i in range(self.state_tensors))
+        if len(finals) == 1:  # one layer, one direction: a view with a leading axis, no copy
+            stacked = tuple(tg.reshape(f, (1,) + f.shape) for f in finals[0])
+        else:
+            stacked = tuple(tg.stack([f[i] for f in finals], axis=0) for i in range(self.state_tensors))
         return stacked[0] if self.state_tensors == 1 else stacked
 
     # -- PyTorch weights -------------------------------------------------

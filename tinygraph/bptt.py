@@ -289,12 +289,13 @@ class _NormTracker:
 def state_sources(tensor) -> list:
     """The tensors a state tensor is assembled from, where ∂L/∂h(t) has to be taken.
 
-    A layer returns ``h_n = stack([h of each layer])`` while its outputs are
-    built from those same h's, so the gradient at ``h_n`` would miss the
-    output path; the stacked inputs get the whole gradient.
+    A layer returns ``h_n = stack([h of each layer])`` (a reshape to (1, B, H)
+    for a single layer) while its outputs are built from those same h's, so
+    the gradient at ``h_n`` would miss the output path; the stacked inputs
+    get the whole gradient.
     """
     node = tensor._node
-    if node is not None and node.op in ("stack", "concat") and node.saved is not None:
+    if node is not None and node.op in ("stack", "concat", "reshape") and node.saved is not None:
         found = [a for a in node.saved if isinstance(a, Tensor) and a.requires_grad]
         if found:
             return found
