@@ -175,22 +175,18 @@ class TinygraphRunner:
 
 
 class TracedRunner(TinygraphRunner):
-    """The same model and loss, traced once (``tinygraph.trace``) and replayed each step.
+    """The same model and loss as a ``tinygraph.traced_step``: traced once, replayed each step.
 
     Replay runs the recorded primitives' forwards and VJP rules on raw arrays,
     with no Tensor or graph node per op: what is left of the engine's per-step
-    cost. Inputs and targets are inputs of the traced function, read at every
-    replay; the parameters are read live, so an optimizer could update them.
+    cost. Inputs and targets are read at every replay, the parameters live,
+    and the gradients land in ``.grad`` as after ``backward()``.
     """
 
     def __init__(self, workload, data, fused=True, dtype="float32", seed=0, device="cpu"):
         super().__init__(workload, data, fused=fused, dtype=dtype, seed=seed, device=device)
-        from tinygraph.trace import trace
-        self.targets_tensor = tg.Tensor(self.targets)
-        self.param_list = list(self.params().values())
-        self.compiled = trace(self._loss_of, self.x, self.targets_tensor, params=self.param_list)
-        self.one = backend.array_module(self.x.data).ones((), dtype=self.x.dtype)
-        self._loss, self._grads = None, None
+        self.traced = tg.traced_step(self._loss_of, list(self.params().values()))
+        self.traced(self.x, self.targets)  # the trace itself is not timed
 
     def _loss_of(self, x, targets):
         w = self.workload
@@ -201,15 +197,9 @@ class TracedRunner(TinygraphRunner):
         return tg.cross_entropy(logits, targets, reduction="sum")
 
     def step(self):
-        self._loss = self.compiled(self.x.data, self.targets)
-        _, self._grads = self.compiled.backward(self.one)
-
-    def loss(self):
-        return float(self._loss)
-
-    def grads(self):
-        names = list(self.params())
-        return {name: backend.as_host(g) for name, g in zip(names, self._grads)}
+        for module in self.modules():
+            module.zero_grad()
+        self.last_loss = self.traced(self.x, self.targets)
 
 
 class NumpyRunner:

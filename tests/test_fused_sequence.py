@@ -368,6 +368,10 @@ def test_performance_guide_code_runs():
     assert namespace["lstm"].cell(1, 1).W.grad is not None   # the fused backward reached every layer
     assert len(namespace["param_grads"]) == len(namespace["lstm"].parameters())
     assert all(g is not None and np.all(np.isfinite(g)) for g in namespace["param_grads"])
+    assert namespace["step"].traces == 1 and np.isfinite(namespace["loss"].item())
+    loss_ops = [n.op for n in Graph.from_outputs(namespace["fused"]).nodes]
+    assert loss_ops == ["leaf", "const", "cross_entropy", "mean"]
+    assert "log_softmax" in [n.op for n in Graph.from_outputs(namespace["textbook"]).nodes]
 
 
 @pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])

@@ -159,3 +159,76 @@ def test_cross_entropy_targets_given_as_a_tensor_are_read_at_every_replay():
     eager.backward()
     np.testing.assert_allclose(value, eager.item(), rtol=1e-12)
     np.testing.assert_allclose(dW, W.grad.numpy(), rtol=1e-10)
+
+
+def _lstm_model_and_loss(fused, dtype="float64"):
+    from tinygraph.models import LSTM
+    tg.manual_seed(3)
+    model = LSTM(3, 5, num_layers=2, fused=fused, dtype=dtype)
+
+    def loss_fn(x, y):
+        out, _ = model(x)
+        return tg.cross_entropy(out.reshape(-1, 5), y, reduction="sum")
+    return model, loss_fn
+
+
+def _batch(T, B, seed, dtype="float64"):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((T, B, 3)).astype(dtype), rng.integers(0, 5, T * B)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "decomposed"])
+def test_traced_step_equals_eager_backward_and_accumulates(fused):
+    model, loss_fn = _lstm_model_and_loss(fused)
+    step = tg.traced_step(loss_fn, model.parameters())
+    for seed in (4, 5):  # the second call replays with new data
+        x, y = _batch(6, 2, seed)
+        model.zero_grad()
+        loss_fn(tg.tensor(x), tg.tensor(y)).backward()
+        eager_loss = loss_fn(tg.tensor(x), tg.tensor(y)).item()
+        expected = [p.grad.numpy().copy() for p in model.parameters()]
+        model.zero_grad()
+        loss = step(x, y)
+        assert loss.requires_grad is False and loss.item() == pytest.approx(eager_loss, rel=1e-12)
+        for p, e in zip(model.parameters(), expected):
+            np.testing.assert_allclose(p.grad.numpy(), e, rtol=1e-11, atol=1e-13)
+    step(x, y)  # no zero_grad: gradients add up, as after two backward() calls
+    for p, e in zip(model.parameters(), expected):
+        np.testing.assert_allclose(p.grad.numpy(), 2 * e, rtol=1e-11, atol=1e-13)
+    assert step.traces == 1
+
+
+def test_traced_step_retraces_for_new_shapes_and_reads_updated_parameters():
+    model, loss_fn = _lstm_model_and_loss(True)
+    step = tg.traced_step(loss_fn, model.parameters())
+    opt = tg.optim.SGD(model.parameters(), lr=0.1)
+    shapes = [(6, 2), (6, 3), (6, 2)]  # a smaller last batch, then the first shape again
+    for k, (T, B) in enumerate(shapes):
+        x, y = _batch(T, B, 10 + k)
+        model.zero_grad()
+        traced_loss = step(x, y).item()
+        traced_grads = [p.grad.numpy().copy() for p in model.parameters()]
+        model.zero_grad()
+        eager = loss_fn(tg.tensor(x), tg.tensor(y))
+        eager.backward()
+        assert traced_loss == pytest.approx(eager.item(), rel=1e-12)
+        for p, g in zip(model.parameters(), traced_grads):
+            np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-11, atol=1e-13)
+        opt.step()  # the next call must see the new weights
+    assert step.traces == 2 and len(step.compiled) == 2
+
+
+def test_traced_step_skips_input_gradients_and_checks_its_loss():
+    model, loss_fn = _lstm_model_and_loss(True)
+    x, y = _batch(4, 2, 20)
+    step = tg.traced_step(loss_fn, model.parameters())
+    step(x, y)
+    compiled = next(iter(step.compiled.values()))
+    assert compiled.values is None  # buffers released after the step
+    compiled(x, y)
+    input_grads, _ = compiled.backward(np.ones((), dtype="float64"))
+    assert input_grads == [None, None]  # no dX work for a training step
+    with pytest.raises(ValueError, match="must return a scalar Tensor"):
+        tg.traced_step(lambda a, b: model(a)[0], model.parameters())(x, y)
+    with pytest.raises(ValueError, match="needs the parameters"):
+        tg.traced_step(loss_fn, [])

@@ -28,7 +28,7 @@ from .losses import cross_entropy, mse_loss, nll_loss  # noqa: E402
 from .checks import GradcheckError, gradcheck  # noqa: E402
 # eager, not lazy: importing the submodule tinygraph.trace (as tests and users do)
 # would otherwise leave the module, not the function, at tg.trace
-from .trace import trace  # noqa: E402
+from .trace import trace, traced_step  # noqa: E402
 
 __version__ = "0.1.0"
 

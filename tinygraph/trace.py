@@ -24,11 +24,13 @@ import operator
 
 import numpy as np
 
+from . import backend
+from .autodiff import _accumulate, _as_dtype, _owned
 from .graph import STATE, Graph, enable_grad
 from .ops import SparseGrad, sum_to
 from .tensor import Tensor
 
-__all__ = ["trace", "CompiledFunction"]
+__all__ = ["trace", "traced_step", "CompiledFunction", "TracedStep"]
 
 _SLOT, _SCALAR = 0, 1
 
@@ -36,7 +38,7 @@ _SLOT, _SCALAR = 0, 1
 class CompiledFunction:
     """A traced function: ``forward(*arrays)`` then ``backward(*grad_outputs)``."""
 
-    def __init__(self, graph, input_nodes, param_tensors, output_nodes, constants):
+    def __init__(self, graph, input_nodes, param_tensors, output_nodes, constants, input_grads=True):
         index = {n.id: k for k, n in enumerate(graph.nodes)}
         self.num_slots = len(graph.nodes)
         # an input fn never read is in no slot (None): it is checked and ignored
@@ -47,7 +49,9 @@ class CompiledFunction:
                             for p in self.params]
         self.output_slots = [index[n.id] for n in output_nodes]
         self.constants = [(index[nid], value) for nid, value in constants.items() if nid in index]
-        differentiable = {s for s, n in zip(self.input_slots, input_nodes) if s is not None and n.requires_grad}
+        # without input_grads only the parameters are differentiated: no dX GEMM for a training step
+        differentiable = {s for s, n in zip(self.input_slots, input_nodes)
+                          if input_grads and s is not None and n.requires_grad}
         differentiable |= {s for s in self.param_slots if s is not None}
         self.schedule = []
         self.shapes = [tuple(n.shape) for n in graph.nodes]
@@ -108,8 +112,6 @@ class CompiledFunction:
     def backward(self, *grad_outputs):
         """VJP of the last forward: returns (input grads, param grads) as arrays
         (``None`` for integer inputs and for inputs or parameters fn never read)."""
-        from .autodiff import _accumulate
-
         values = self.values
         if values is None:
             raise RuntimeError("compiled function: call forward() before backward()")
@@ -169,11 +171,13 @@ def _size(shape):
     return n
 
 
-def trace(fn, *example_inputs, params=()):
+def trace(fn, *example_inputs, params=(), input_grads=True):
     """Trace ``fn(*inputs)`` (Tensors in, Tensor or tuple of Tensors out) into a CompiledFunction.
 
     ``params`` are the Tensors (e.g. ``model.parameters()``) that ``fn`` reads
-    and that you want gradients for; they are read live at each replay.
+    and that you want gradients for; they are read live at each replay. With
+    ``input_grads=False`` backward returns ``None`` for every input and skips
+    the work that only the inputs' gradients need.
     """
     leaves = []
     for x in example_inputs:
@@ -196,4 +200,63 @@ def trace(fn, *example_inputs, params=()):
                  and not any(n is leaf._node for leaf in leaves)
                  and not any(n is p._node for p in params)}
     return CompiledFunction(graph, [x._node for x in leaves], params,
-                            [o._node for o in outputs], constants)
+                            [o._node for o in outputs], constants, input_grads=input_grads)
+
+
+class TracedStep:
+    """A loss function traced per input signature; each call is forward + backward.
+
+    ``step(*inputs)`` returns the loss (a Tensor without a graph) and adds the
+    gradients to every parameter's ``.grad``, exactly as ``loss.backward()``
+    would after an eager call, so optimizers and gradient clipping work
+    unchanged. The first call with new input shapes or dtypes traces the loss
+    again (``traces`` counts them); later calls replay a flat schedule.
+    """
+
+    def __init__(self, loss_fn, params):
+        self.loss_fn = loss_fn
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("traced_step: needs the parameters to differentiate, e.g. model.parameters()")
+        self.compiled = {}  # (shape, dtype) per input -> CompiledFunction
+        self.traces = 0
+
+    def __call__(self, *inputs):
+        arrays = [x.data if isinstance(x, Tensor) else x if hasattr(x, "dtype") else np.asarray(x)
+                  for x in inputs]
+        key = tuple((tuple(a.shape), a.dtype.str) for a in arrays)
+        compiled = self.compiled.get(key)
+        if compiled is None:
+            compiled = self.compiled[key] = self._trace(arrays)
+        loss = compiled(*arrays)
+        _, grads = compiled.backward(backend.array_module(loss).ones((), dtype=loss.dtype))
+        compiled.values = compiled.residuals = None  # the step's buffers go back to the allocator now
+        handed_out = set()
+        for p, g in zip(self.params, grads):
+            if g is None:
+                continue
+            if p.grad is None:
+                p.grad = Tensor(_owned(g, p.dtype, handed_out))
+            else:
+                p.grad = Tensor(p.grad.data + _as_dtype(g, p.dtype))
+        return Tensor(loss)
+
+    def _trace(self, arrays):
+        def checked(*leaves):
+            loss = self.loss_fn(*leaves)
+            if not isinstance(loss, Tensor) or loss.size != 1:
+                raise ValueError("traced_step: the loss function must return a scalar Tensor, got "
+                                 f"{type(loss).__name__}{getattr(loss, 'shape', '')}")
+            return loss
+        self.traces += 1
+        return trace(checked, *arrays, params=self.params, input_grads=False)
+
+
+def traced_step(loss_fn, params):
+    """Trace ``loss_fn(*inputs) -> scalar loss`` for training: see ``TracedStep``.
+
+    ``loss_fn`` must compute the same ops for every input of one shape (no
+    dropout masks drawn inside it, no branches on values): a trace freezes one
+    path through the Python code and bakes the constants made inside.
+    """
+    return TracedStep(loss_fn, params)
