@@ -18,8 +18,13 @@ keyword costs about 0.25 us more per call, a fifth of a small step's call.
 The per-step products use ``np.dot(a, b, out)``, which goes straight to BLAS:
 half the call overhead of ``np.matmul`` (0.55 against 1.04 us at B = 1).
 
-Layout: gate blocks are stacked along the last axis in PyTorch's order,
-LSTM ``[i, f, g, o]`` and GRU ``[r, z, n]``; ``H`` is the hidden size.
+Layout: gate blocks are stacked in PyTorch's order, LSTM ``[i, f, g, o]``
+and GRU ``[r, z, n]``; ``H`` is the hidden size. The RNN and GRU kernels are
+batch-major (a step is (B, G·H)); the LSTM kernels are feature-major (a step
+is (4H, B), its product W h), because at small batches OpenBLAS splits
+(4H x H) @ (H x B) over its threads far better than (B x H) @ (H x 4H):
+105 against 120-190 us at B = 32, H = 256 (``models.sequence`` transposes
+at the edges).
 """
 from __future__ import annotations
 
@@ -27,11 +32,11 @@ import functools
 
 import numpy as np
 
-__all__ = ["NumpyKernels", "per_step"]
+__all__ = ["NumpyKernels", "per_step", "lstm_gate_affine"]
 
 
 @functools.lru_cache(maxsize=64)
-def _lstm_affine(hidden, dtype):
+def lstm_gate_affine(hidden, dtype):
     """(k, m) of the LSTM's one-tanh activation, per hidden size; read-only, shared by calls."""
     half, one, zero = np.full(hidden, 0.5, dtype), np.ones(hidden, dtype), np.zeros(hidden, dtype)
     scale, shift = np.concatenate([half, half, one, half]), np.concatenate([half, half, zero, half])
@@ -49,16 +54,22 @@ def per_step(steps, *arrays):
     return zip(*[[views[t] for t in steps] for views in lists])
 
 
+@functools.lru_cache(maxsize=64)
+def _lstm_affine_columns(hidden, batch, dtype):
+    """(k, m) of the one-tanh activation as (4H, B) arrays for the feature-major layout; read-only."""
+    scale, shift = lstm_gate_affine(hidden, dtype)
+    scale, shift = np.repeat(scale[:, None], batch, axis=1), np.repeat(shift[:, None], batch, axis=1)
+    scale.flags.writeable = shift.flags.writeable = False
+    return scale, shift
+
+
 class NumpyKernels:
     """The step math as NumPy ufunc calls into caller-owned buffers."""
 
     @staticmethod
     def workspace(xp, batch, hidden, gates, dtype):
         """Scratch buffers for one sequence call (reused by every step)."""
-        ws = {"bh": xp.empty((batch, hidden), dtype), "bh2": xp.empty((batch, hidden), dtype)}
-        if gates == 4:
-            ws["lstm_scale"], ws["lstm_shift"] = _lstm_affine(hidden, np.dtype(dtype).str)
-        return ws
+        return {"bh": xp.empty((batch, hidden), dtype), "bh2": xp.empty((batch, hidden), dtype)}
 
     # -- vanilla RNN -------------------------------------------------------
     @staticmethod
@@ -91,44 +102,55 @@ class NumpyKernels:
 
     # -- LSTM ----------------------------------------------------------------
     @staticmethod
-    def lstm_forward(a, zh, c_prev, c, tc, h, ws):
-        """Gates in place in ``a``, then c, tanh(c), h.
-
-        All four gates in three passes over the row: [i, f, g, o] = k tanh(z') + m
-        with k = [1/2, 1/2, 1, 1/2], m = [1/2, 1/2, 0, 1/2] (sigmoid(z) =
-        (1 + tanh(z/2)) / 2). The caller folds k into the weights, so ``a`` and
-        ``zh`` already hold z' = k z (k U x + k b and k W h: scaling by a power
-        of two is exact), and a step makes 9 ufunc calls whatever its size.
-        """
-        H = c.shape[-1]
-        np.add(a, zh, a)
-        np.tanh(a, a)
-        np.multiply(a, ws["lstm_scale"], a)
-        np.add(a, ws["lstm_shift"], a)
-        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-        t = ws["bh"]
-        np.multiply(f, c_prev, c)
-        np.multiply(i, g, t)
-        np.add(c, t, c)
-        np.tanh(c, tc)
-        np.multiply(o, tc, h)
+    def lstm_workspace(batch, hidden, dtype):
+        """Scratch for the feature-major LSTM: (H, B) buffers and the gate affine (k, m) as full (4H, B) arrays."""
+        scale, shift = _lstm_affine_columns(hidden, batch, np.dtype(dtype).str)
+        return {"t": np.empty((hidden, batch), dtype), "t2": np.empty((hidden, batch), dtype),
+                "scale": scale, "shift": shift}
 
     @staticmethod
-    def lstm_backward_sweep(grad, gates, cs, tcs, c0, W, dZ, steps, prev, ws):
-        """dZ (gate pre-activation grads) for all steps; returns (grad of h0, grad of c0).
+    def lstm_forward(a, zh, c_prev, c, tc, h, ws):
+        """One step, feature-major: ``a`` and ``zh`` are (4H, B), the states (H, B).
 
-        With dh = grad(t) + dZ(t+1) W and dc = dc(t+1) f(t+1) + dh o (1 - tc^2):
+        Gates in place in ``a``, then c, tanh(c), h. All four gates in three
+        passes: [i, f, g, o] = k tanh(z') + m with k = [1/2, 1/2, 1, 1/2] and
+        m = [1/2, 1/2, 0, 1/2] per block (sigmoid(z) = (1 + tanh(z/2)) / 2).
+        The caller folds k into the weights, so ``a`` and ``zh`` already hold
+        z' = k z (k U x + k b and k W h: scaling by a power of two is exact).
+        k and m come as full (4H, B) arrays: a broadcast column would make
+        NumPy loop over rows of only B elements.
+        """
+        H = c.shape[0]
+        np.add(a, zh, a)
+        np.tanh(a, a)
+        np.multiply(a, ws["scale"], a)
+        np.add(a, ws["shift"], a)
+        t = ws["t"]
+        np.multiply(a[H:2 * H], c_prev, c)
+        np.multiply(a[:H], a[2 * H:3 * H], t)
+        np.add(c, t, c)
+        np.tanh(c, tc)
+        np.multiply(a[3 * H:], tc, h)
+
+    @staticmethod
+    def lstm_backward_sweep(grad, gates, cs, tcs, c0, WT, dZ, steps, prev, ws):
+        """dZ (gate pre-activation grads, (T, 4H, B)) for all steps; returns (grad of h0, grad of c0), (H, B).
+
+        Feature-major like the forward: ``grad`` (T + 1, H, B) holds the
+        output's gradient (the last row: the final c's), ``gates`` (T, 4H, B),
+        ``cs``/``tcs`` (T, H, B), ``c0`` (H, B), ``WT`` = W.T contiguous (H, 4H).
+        With dh = grad(t) + W.T dZ(t+1) and dc = dc(t+1) f(t+1) + dh o (1 - tc^2):
         dZ(t) = [dc, dc, dc, dh] * K(t), K = [g i(1-i), c_prev f(1-f), i (1-g^2), tc o(1-o)].
         K and o (1 - tc^2) do not depend on the recurrence: they are computed
         for all T at once (into dZ itself) before the loop, which then makes
         six ufunc calls and one GEMM per step.
         """
-        T, B, G = gates.shape
+        T, G, B = gates.shape
         H = G // 4
-        i, f, g, o = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:3 * H], gates[..., 3 * H:]
+        i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
         np.subtract(1, gates, dZ)        # s (1 - s) for every block; the g block is fixed next
         np.multiply(dZ, gates, dZ)
-        Ki, Kf, Kg, Ko = dZ[..., :H], dZ[..., H:2 * H], dZ[..., 2 * H:3 * H], dZ[..., 3 * H:]
+        Ki, Kf, Kg, Ko = dZ[:, :H], dZ[:, H:2 * H], dZ[:, 2 * H:3 * H], dZ[:, 3 * H:]
         np.multiply(g, g, Kg)
         np.subtract(1, Kg, Kg)
         np.multiply(Kg, i, Kg)
@@ -140,18 +162,18 @@ class NumpyKernels:
         do = np.multiply(tcs, tcs)           # o (1 - tc^2), the path from h(t) into c(t)
         np.subtract(1, do, do)
         np.multiply(do, o, do)
-        carry, dh, dc = np.zeros_like(ws["bh"]), ws["bh"], ws["bh2"]
+        carry, dh, dc = np.zeros((H, B), dZ.dtype), ws["t"], ws["t2"]
         dcf = np.array(grad[T])               # the final c's own gradient starts the chain
-        dc3 = dc[:, None, :]
-        dZ4 = dZ.reshape(T, B, 4, H)
-        for g_t, do_t, ifg_t, o_t, f_t, dZ_t in per_step(steps, grad, do, dZ4[:, :, :3], dZ4[:, :, 3], f, dZ):
+        dc3 = dc[None]
+        dZ4 = dZ.reshape(T, 4, H, B)
+        for g_t, do_t, ifg_t, o_t, f_t, dZ_t in per_step(steps, grad, do, dZ4[:, :3], dZ4[:, 3], f, dZ):
             np.add(g_t, carry, dh)
             np.multiply(dh, do_t, dc)
             np.add(dc, dcf, dc)
             np.multiply(ifg_t, dc3, ifg_t)
             np.multiply(o_t, dh, o_t)
             np.multiply(dc, f_t, dcf)   # what reaches c(t-1)
-            np.dot(dZ_t, W, carry)
+            np.dot(WT, dZ_t, carry)
         return carry, dcf
 
     # -- GRU -----------------------------------------------------------------
