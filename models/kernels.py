@@ -19,10 +19,10 @@ The per-step products use ``np.dot(a, b, out)``, which goes straight to BLAS:
 half the call overhead of ``np.matmul`` (0.55 against 1.04 us at B = 1).
 
 Layout: gate blocks are stacked in PyTorch's order, LSTM ``[i, f, g, o]``
-and GRU ``[r, z, n]``; ``H`` is the hidden size. The RNN and GRU kernels are
-batch-major (a step is (B, G·H)); the LSTM kernels are feature-major (a step
-is (4H, B), its product W h), because at small batches OpenBLAS splits
-(4H x H) @ (H x B) over its threads far better than (B x H) @ (H x 4H):
+and GRU ``[r, z, n]``; ``H`` is the hidden size. The RNN kernels are
+batch-major (a step is (B, H)); the LSTM and GRU kernels are feature-major
+(a step is (G·H, B), its product W h), because at small batches OpenBLAS
+splits (4H x H) @ (H x B) over its threads far better than (B x H) @ (H x 4H):
 105 against 120-190 us at B = 32, H = 256 (``models.sequence`` transposes
 at the edges).
 """
@@ -102,6 +102,11 @@ class NumpyKernels:
 
     # -- LSTM ----------------------------------------------------------------
     @staticmethod
+    def feature_major_workspace(batch, hidden, dtype):
+        """Two (H, B) scratch buffers for a feature-major step."""
+        return {"t": np.empty((hidden, batch), dtype), "t2": np.empty((hidden, batch), dtype)}
+
+    @staticmethod
     def lstm_workspace(batch, hidden, dtype):
         """Scratch for the feature-major LSTM: (H, B) buffers and the gate affine (k, m) as full (4H, B) arrays."""
         scale, shift = _lstm_affine_columns(hidden, batch, np.dtype(dtype).str)
@@ -179,17 +184,22 @@ class NumpyKernels:
     # -- GRU -----------------------------------------------------------------
     @staticmethod
     def gru_forward(a, zh, b_hn, h_prev, hn, h, ws):
-        """a (U x + b) becomes [r, z, n]; hn <- W_n h + b_hn; h <- n + z (h_prev - n)."""
-        H = h.shape[-1]
-        np.add(zh[:, 2 * H:], b_hn, hn)
-        rz = a[:, :2 * H]
-        np.add(rz, zh[:, :2 * H], rz)
+        """One step, feature-major: ``a`` (U x + b) and ``zh`` (W h) are (3H, B), the rest (H, B).
+
+        ``a`` becomes [r, z, n]; hn <- W_n h + b_hn; h <- n + z (h_prev - n).
+        ``b_hn`` comes as a full (H, B) array (a broadcast column would make
+        NumPy loop over rows of only B elements).
+        """
+        H = h.shape[0]
+        np.add(zh[2 * H:], b_hn, hn)
+        rz = a[:2 * H]
+        np.add(rz, zh[:2 * H], rz)
         np.multiply(rz, 0.5, rz)
         np.tanh(rz, rz)
         np.multiply(rz, 0.5, rz)
         np.add(rz, 0.5, rz)
-        r, z, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-        t = ws["bh"]
+        r, z, n = a[:H], a[H:2 * H], a[2 * H:]
+        t = ws["t"]
         np.multiply(r, hn, t)
         np.add(n, t, n)
         np.tanh(n, n)
@@ -198,21 +208,23 @@ class NumpyKernels:
         np.add(n, t, h)
 
     @staticmethod
-    def gru_backward_sweep(grad, gates, hns, hs, h0, W, dGX, dGH, steps, prev, ws):
-        """dGX, dGH (input- and recurrent-side pre-activation grads) for all steps; returns dh0.
+    def gru_backward_sweep(grad, gates, hns, hs, h0, WT, dGX, dGH, steps, prev, ws):
+        """dGX, dGH (input- and recurrent-side pre-activation grads, (T, 3H, B)) for all steps; returns dh0 (H, B).
 
-        With dh = grad(t) + dGH(t+1) W + dh(t+1) z(t+1):
+        Feature-major like the forward: ``grad``, ``hns``, ``hs`` are (T, H, B),
+        ``h0`` (H, B), ``WT`` = W.T contiguous (H, 3H).
+        With dh = grad(t) + W.T dGH(t+1) + dh(t+1) z(t+1):
         dGX(t) = dh [K_n hn r(1-r), (h_prev - n) z(1-z), K_n] with K_n = (1-z)(1-n^2),
         dGH(t) = dh [K_n hn r(1-r), (h_prev - n) z(1-z), K_n r].
         The bracketed factors do not depend on the recurrence: they are computed
         for all T at once (into dGX, dGH) before the loop, which then makes five
         ufunc calls and one GEMM per step.
         """
-        T, B, G = gates.shape
+        T, G, B = gates.shape
         H = G // 3
-        r, z, n = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:]
-        Xr, Xz, Xn = dGX[..., :H], dGX[..., H:2 * H], dGX[..., 2 * H:]
-        Hr, Hz, Hn = dGH[..., :H], dGH[..., H:2 * H], dGH[..., 2 * H:]
+        r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
+        Xr, Xz, Xn = dGX[:, :H], dGX[:, H:2 * H], dGX[:, 2 * H:]
+        Hr, Hn = dGH[:, :H], dGH[:, 2 * H:]
         np.multiply(n, n, Xn)            # K_n = (1 - z)(1 - n^2)
         np.subtract(1, Xn, Xn)
         np.subtract(1, z, Hn)            # Hn, Hr: scratch until the end
@@ -226,16 +238,16 @@ class NumpyKernels:
         np.multiply(Hr, r, Hr)
         np.multiply(Xn, hns, Xr)
         np.multiply(Xr, Hr, Xr)
-        np.copyto(dGH[..., :2 * H], dGX[..., :2 * H])
+        np.copyto(dGH[:, :2 * H], dGX[:, :2 * H])
         np.multiply(Xn, r, Hn)
-        carry, dh, direct = np.zeros_like(ws["bh"]), ws["bh"], np.zeros_like(ws["bh2"])
-        dh3 = dh[:, None, :]
-        for g_t, gx, gh, z_t, dGH_t in per_step(steps, grad, dGX.reshape(T, B, 3, H),
-                                                dGH.reshape(T, B, 3, H), z, dGH):
+        carry, dh, direct = np.zeros((H, B), dGX.dtype), ws["t"], np.zeros((H, B), dGX.dtype)
+        dh3 = dh[None]
+        for g_t, gx, gh, z_t, dGH_t in per_step(steps, grad, dGX.reshape(T, 3, H, B),
+                                                dGH.reshape(T, 3, H, B), z, dGH):
             np.add(g_t, carry, dh)
             np.add(dh, direct, dh)
             np.multiply(gx, dh3, gx)
             np.multiply(gh, dh3, gh)
             np.multiply(dh, z_t, direct)
-            np.dot(dGH_t, W, carry)
+            np.dot(WT, dGH_t, carry)
         return carry + direct

@@ -135,6 +135,8 @@ def _weight_grads_feature_major(dZ, x, hs, h0, U, need_x, need_U, need_W, need_b
     """
     T, B, D = x.shape
     G_H = dZ.shape[1]
+    if not (need_x or need_U or need_W or need_b):
+        return None, None, None, None
     Z = np.empty((G_H, T, B), dZ.dtype)
     np.copyto(Z, dZ.transpose(1, 0, 2))  # whole B-rows move: about 0.4 ms at B = 32, H = 256
     Z2 = Z.reshape(G_H, T * B)
@@ -275,21 +277,28 @@ def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False):
 def _gru_forward(x, h0, U, W, b, b_hn, reverse=False):
     T, B, D, H = _check("gru_sequence", 3, x, h0, U, W, b, b_hn)
     xp = backend.array_module(x, h0, U, W, b, b_hn)
-    gates = xp.empty((T, B, 3 * H), dtype=x.dtype)   # U x + b, then activations [r, z, n]
-    _input_projection(x, U, b, gates.reshape(T * B, 3 * H))
-    hs = xp.empty((T, B, H), dtype=x.dtype)
-    hns = xp.empty((T, B, H), dtype=x.dtype)          # W_n h(t-1) + b_hn, which r multiplies
     if xp is not np:
+        gates = xp.empty((T, B, 3 * H), dtype=x.dtype)   # U x + b, then activations [r, z, n]
+        _input_projection(x, U, b, gates.reshape(T * B, 3 * H))
+        hs = xp.empty((T, B, H), dtype=x.dtype)
+        hns = xp.empty((T, B, H), dtype=x.dtype)          # W_n h(t-1) + b_hn, which r multiplies
         cuda_kernels.gru_forward(gates, h0, W, b_hn, hs, hns, reverse)
         return hs, (gates, hns)
-    ws = cpu.workspace(xp, B, H, 3, x.dtype)
-    zh = xp.empty((B, 3 * H), x.dtype)
-    WT = _transposed(W)
-    h = h0
-    for a_t, hn_t, h_t in per_step(_steps(T, reverse), gates, hns, hs):
-        np.dot(h, WT, zh)
-        cpu.gru_forward(a_t, zh, b_hn, h, hn_t, h_t, ws)
+    # feature-major on the CPU, like the LSTM (see models.kernels): a step is (3H, B)
+    gates = np.empty((T, 3 * H, B), x.dtype)
+    np.matmul(U, np.ascontiguousarray(x.transpose(0, 2, 1)), out=gates)
+    gates += np.repeat(b[:, None], B, axis=1)
+    hns, hsT = np.empty((T, H, B), x.dtype), np.empty((T, H, B), x.dtype)
+    ws = cpu.feature_major_workspace(B, H, x.dtype)
+    b_hn_full = np.repeat(b_hn[:, None], B, axis=1)
+    zh = np.empty((3 * H, B), x.dtype)
+    h = np.ascontiguousarray(h0.T)
+    for a_t, hn_t, h_t in per_step(_steps(T, reverse), gates, hns, hsT):
+        np.dot(W, h, zh)
+        cpu.gru_forward(a_t, zh, b_hn_full, h, hn_t, h_t, ws)
         h = h_t
+    hs = np.empty((T, B, H), x.dtype)
+    np.copyto(hs, hsT.transpose(0, 2, 1))
     return hs, (gates, hns)
 
 
@@ -302,15 +311,18 @@ def _gru_vjp(grad, out, needs, x, h0, U, W, b, b_hn, reverse=False, residuals=No
     if xp is not np:
         # dGX: grads of the input-side pre-activations (U x + b); dGH: of the recurrent side (W h, b_hn)
         dGX, dGH, dh0 = cuda_kernels.gru_backward(grad, gates, hns, out, h0, W, reverse)
-    else:
-        dGX, dGH = xp.empty_like(gates), xp.empty_like(gates)
-        dh0 = cpu.gru_backward_sweep(grad, gates, hns, out, h0, W, dGX, dGH, _steps(T, not reverse),
-                                     _shifts(T, reverse), cpu.workspace(xp, B, H, 3, out.dtype))
-    dx, dU, _, db = _weight_grads(dGX, x, out, h0, U, needs[0], needs[2], False, needs[4], reverse)
-    dW = _weight_grads(dGH, x, out, h0, U, False, False, needs[3], False, reverse)[2]
-    dh0 = dh0 if needs[1] else None
-    db_hn = dGH[:, :, 2 * H:].sum(axis=(0, 1)) if needs[5] else None
-    return dx, dh0, dU, dW, db, db_hn
+        dx, dU, _, db = _weight_grads(dGX, x, out, h0, U, needs[0], needs[2], False, needs[4], reverse)
+        dW = _weight_grads(dGH, x, out, h0, U, False, False, needs[3], False, reverse)[2]
+        db_hn = dGH[:, :, 2 * H:].sum(axis=(0, 1)) if needs[5] else None
+        return dx, dh0 if needs[1] else None, dU, dW, db, db_hn
+    dGX, dGH = np.empty_like(gates), np.empty_like(gates)
+    dh0 = cpu.gru_backward_sweep(np.ascontiguousarray(grad.transpose(0, 2, 1)), gates, hns,
+                                 np.ascontiguousarray(out.transpose(0, 2, 1)), h0.T, _transposed(W), dGX, dGH,
+                                 _steps(T, not reverse), _shifts(T, reverse), cpu.feature_major_workspace(B, H, out.dtype))
+    dx, dU, _, db = _weight_grads_feature_major(dGX, x, out, h0, U, needs[0], needs[2], False, needs[4], reverse)
+    dW = _weight_grads_feature_major(dGH, x, out, h0, U, False, False, needs[3], False, reverse)[2]
+    db_hn = dGH[:, 2 * H:].sum(axis=(0, 2)) if needs[5] else None
+    return dx, dh0.T if needs[1] else None, dU, dW, db, db_hn
 
 
 GRU_SEQUENCE = ops.register(
