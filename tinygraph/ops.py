@@ -21,7 +21,7 @@ import weakref
 import numpy as np
 
 from . import backend
-from .graph import STATE, Node, op_node
+from .graph import STATE, op_node
 from .tensor import Tensor
 
 PRIMITIVES: dict = {}

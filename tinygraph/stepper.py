@@ -20,7 +20,6 @@ renderer used by ``Event.diagram()`` (the engine never imports viz).
 from __future__ import annotations
 
 import html
-from collections import deque
 
 from . import backend
 from .autodiff import run_backward
