@@ -45,13 +45,13 @@ def lstm_gate_affine(hidden, dtype):
 
 
 def per_step(steps, *arrays):
-    """Zip the (T, ...) ``arrays`` step by step in ``steps`` order: one view of each per step.
+    """Zip the (T, ...) ``arrays`` step by step in ``steps`` order (a range): one view of each per step.
 
-    ``list(array)`` makes the T views in C; indexing ``array[t]`` inside the
-    loop would cost a Python-level index per array per step.
+    Iterating an array makes its row views in C; indexing ``array[t]`` inside
+    the loop would cost a Python-level index per array per step.
     """
-    lists = [list(a) for a in arrays]
-    return zip(*[[views[t] for t in steps] for views in lists])
+    rows = slice(steps.start, steps.stop if steps.stop >= 0 else None, steps.step)
+    return zip(*[a[rows] for a in arrays])
 
 
 @functools.lru_cache(maxsize=64)

@@ -123,6 +123,21 @@ def _weight_grads(dZ, x, hs, h0, U, need_x, need_U, need_W, need_b, reverse):
     return dx, dU, dW, db
 
 
+def _feature_major_projection(x, U, b_column, out):
+    """out (T, G*H, B) <- U x(t) + b for all t, straight into the feature-major layout.
+
+    One batched GEMM (T products (G*H, D) @ (D, B)); at B = 1 the layout is the
+    batch-major one, so it is a single (T, D) @ (D, G*H) GEMM. The bias is
+    added as a full (G*H, B) block: contiguous rows, a fast broadcast over T.
+    """
+    T, B, D = x.shape
+    if B == 1:
+        _input_projection(x, U, b_column[:, 0], out.reshape(T, -1))
+        return
+    np.matmul(U, np.ascontiguousarray(x.transpose(0, 2, 1)), out=out)
+    out += np.repeat(b_column, B, axis=1)
+
+
 def _weight_grads_feature_major(dZ, x, hs, h0, U, need_x, need_U, need_W, need_b, reverse):
     """``_weight_grads`` for feature-major dZ (T, G*H, B): one cheap axis swap, then the same GEMMs.
 
@@ -217,9 +232,7 @@ def _lstm_forward(x, h0, c0, U, W, b, reverse=False):
     # copies of U, b and W once per call, exactly (a power of two).
     k = lstm_gate_affine(H, np.dtype(x.dtype).str)[0][:, None]
     gates = np.empty((T, 4 * H, B), x.dtype)       # k z, then the activations [i, f, g, o]
-    # (k U) x(t) for all t as one batched GEMM, straight into the feature-major layout
-    np.matmul(U * k, np.ascontiguousarray(x.transpose(0, 2, 1)), out=gates)
-    gates += np.repeat(b[:, None] * k, B, axis=1)  # a (4H, B) bias: contiguous rows, fast broadcast over T
+    _feature_major_projection(x, U * k, b[:, None] * k, gates)
     Wk = W * k
     cs, tcs, hs = (np.empty((T, H, B), x.dtype) for _ in range(3))
     ws = cpu.lstm_workspace(B, H, x.dtype)
@@ -282,8 +295,7 @@ def _gru_forward(x, h0, U, W, b, b_hn, reverse=False):
         return hs, (gates, hns)
     # feature-major on the CPU, like the LSTM (see models.kernels): a step is (3H, B)
     gates = np.empty((T, 3 * H, B), x.dtype)
-    np.matmul(U, np.ascontiguousarray(x.transpose(0, 2, 1)), out=gates)
-    gates += np.repeat(b[:, None], B, axis=1)
+    _feature_major_projection(x, U, b[:, None], gates)
     hns, hsT = np.empty((T, H, B), x.dtype), np.empty((T, H, B), x.dtype)
     ws = cpu.feature_major_workspace(B, H, x.dtype)
     b_hn_full = np.repeat(b_hn[:, None], B, axis=1)

@@ -56,6 +56,18 @@ def test_fused_layer_equals_decomposed_float64(name, make, layers, bidirectional
     assert_same(fused, reference, 1e-10)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
+def test_fused_layer_equals_decomposed_at_small_batches(name, make, batch):
+    # B = 1 takes the single-GEMM projection of the feature-major kernels
+    model = make(num_layers=1, bidirectional=True, fused=True, dtype="float64")
+    x = np.random.default_rng(4).standard_normal((6, batch, 4))
+    fused = run(model, x)
+    with decomposed():
+        reference = run(model, x)
+    assert_same(fused, reference, 1e-10)
+
+
 @pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
 def test_fused_layer_with_initial_state_and_batch_first(name, make):
     model = make(num_layers=2, batch_first=True, fused=True, dtype="float64")

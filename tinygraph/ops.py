@@ -795,7 +795,9 @@ def min(x, axis=None, keepdims=False):  # noqa: A001
 def reshape(x, *shape):
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(map(int, shape))
+    if type(x) is np.ndarray:  # a rule's raw interpretation: the forward itself, no dispatch
+        return x.reshape(shape)
     if tuple(raw(x).shape) == shape:
         return x
     return apply(RESHAPE, x, shape=shape)
@@ -820,6 +822,8 @@ def broadcast_to(x, shape):
     shape = tuple(shape)
     if tuple(raw(x).shape) == shape:
         return x
+    if type(x) is np.ndarray:  # a rule's raw interpretation: the forward itself, no dispatch
+        return np.broadcast_to(x, shape)
     return apply(BROADCAST_TO, x, shape=shape)
 
 
