@@ -67,8 +67,8 @@ class NumpyKernels:
     """The step math as NumPy ufunc calls into caller-owned buffers."""
 
     @staticmethod
-    def workspace(xp, batch, hidden, gates, dtype):
-        """Scratch buffers for one sequence call (reused by every step)."""
+    def workspace(xp, batch, hidden, dtype):
+        """Two (B, H) scratch buffers for one batch-major sequence call (reused by every step)."""
         return {"bh": xp.empty((batch, hidden), dtype), "bh2": xp.empty((batch, hidden), dtype)}
 
     # -- vanilla RNN -------------------------------------------------------

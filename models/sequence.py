@@ -158,7 +158,7 @@ def _weight_grads_feature_major(dZ, x, hs, h0, U, need_x, need_U, need_W, need_b
         H = h0.shape[-1]
         if T == 1:
             dW = Z2 @ h0
-        elif reverse:  # step t started from h(t+1); the last step of the sweep (t = 0) ... from h0
+        elif reverse:  # step t started from h(t+1); the sweep's first step (t = T-1) from h0
             dW = Z2[:, :(T - 1) * B] @ hs[1:T].reshape(-1, H) + Z2[:, (T - 1) * B:] @ h0
         else:
             dW = Z2[:, B:] @ hs[:T - 1].reshape(-1, H) + Z2[:, :B] @ h0
@@ -176,7 +176,7 @@ def _rnn_forward(x, h0, U, W, b, reverse=False, nonlinearity="tanh"):
     if xp is not np:
         cuda_kernels.rnn_forward(hs, h0, W, nonlinearity == "relu", reverse)
         return hs
-    ws = cpu.workspace(xp, B, H, 1, x.dtype)
+    ws = cpu.workspace(xp, B, H, x.dtype)
     WT, zh, relu = _transposed(W), xp.empty((B, H), x.dtype), nonlinearity == "relu"
     h = h0
     for h_t, in per_step(_steps(T, reverse), hs):
@@ -197,7 +197,7 @@ def _rnn_vjp(grad, out, needs, x, h0, U, W, b, reverse=False, nonlinearity="tanh
     else:
         dA = xp.empty((T, B, H), dtype=out.dtype)
         carry = cpu.rnn_backward_sweep(grad, out, W, dA, relu, _steps(T, not reverse),
-                                       cpu.workspace(xp, B, H, 1, out.dtype))
+                                       cpu.workspace(xp, B, H, out.dtype))
     dx, dU, dW, db = _weight_grads(dA, x, out, h0, U, *(needs[0], needs[2], needs[3], needs[4]), reverse)
     return dx, carry if needs[1] else None, dU, dW, db
 
@@ -255,16 +255,15 @@ def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, residuals=Non
     xp = backend.array_module(grad, out)
     if xp is not np:
         dZ, carry, dc = cuda_kernels.lstm_backward(grad, gates, cs, tcs, c0, W, reverse)
-    else:  # feature-major like the forward; dZ goes back to (T, B, 4H) for the weight GEMMs
-        dZ = np.empty_like(gates)
-        carry, dc = cpu.lstm_backward_sweep(np.ascontiguousarray(grad.transpose(0, 2, 1)), gates, cs, tcs,
-                                            c0.T, _transposed(W), dZ, _steps(T, not reverse),
-                                            _shifts(T, reverse), cpu.lstm_workspace(B, H, out.dtype))
-        dx, dU, dW, db = _weight_grads_feature_major(dZ, x, out, h0, U, needs[0], needs[3], needs[4],
-                                                     needs[5], reverse)
-        return dx, carry.T if needs[1] else None, dc.T if needs[2] else None, dU, dW, db
-    dx, dU, dW, db = _weight_grads(dZ, x, out, h0, U, *(needs[0], needs[3], needs[4], needs[5]), reverse)
-    return dx, carry if needs[1] else None, dc if needs[2] else None, dU, dW, db
+        dx, dU, dW, db = _weight_grads(dZ, x, out, h0, U, needs[0], needs[3], needs[4], needs[5], reverse)
+        return dx, carry if needs[1] else None, dc if needs[2] else None, dU, dW, db
+    # feature-major like the forward: the output's gradient turns once, dZ is (T, 4H, B)
+    dZ = np.empty_like(gates)
+    carry, dc = cpu.lstm_backward_sweep(np.ascontiguousarray(grad.transpose(0, 2, 1)), gates, cs, tcs, c0.T,
+                                        _transposed(W), dZ, _steps(T, not reverse), _shifts(T, reverse),
+                                        cpu.lstm_workspace(B, H, out.dtype))
+    dx, dU, dW, db = _weight_grads_feature_major(dZ, x, out, h0, U, needs[0], needs[3], needs[4], needs[5], reverse)
+    return dx, carry.T if needs[1] else None, dc.T if needs[2] else None, dU, dW, db
 
 
 LSTM_SEQUENCE = ops.register(
@@ -323,10 +322,12 @@ def _gru_vjp(grad, out, needs, x, h0, U, W, b, b_hn, reverse=False, residuals=No
         dW = _weight_grads(dGH, x, out, h0, U, False, False, needs[3], False, reverse)[2]
         db_hn = dGH[:, :, 2 * H:].sum(axis=(0, 1)) if needs[5] else None
         return dx, dh0 if needs[1] else None, dU, dW, db, db_hn
+    # feature-major like the forward: the output and its gradient turn once, dGX and dGH are (T, 3H, B)
     dGX, dGH = np.empty_like(gates), np.empty_like(gates)
     dh0 = cpu.gru_backward_sweep(np.ascontiguousarray(grad.transpose(0, 2, 1)), gates, hns,
                                  np.ascontiguousarray(out.transpose(0, 2, 1)), h0.T, _transposed(W), dGX, dGH,
-                                 _steps(T, not reverse), _shifts(T, reverse), cpu.feature_major_workspace(B, H, out.dtype))
+                                 _steps(T, not reverse), _shifts(T, reverse),
+                                 cpu.feature_major_workspace(B, H, out.dtype))
     dx, dU, _, db = _weight_grads_feature_major(dGX, x, out, h0, U, needs[0], needs[2], False, needs[4], reverse)
     dW = _weight_grads_feature_major(dGH, x, out, h0, U, False, False, needs[3], False, reverse)[2]
     db_hn = dGH[:, 2 * H:].sum(axis=(0, 2)) if needs[5] else None

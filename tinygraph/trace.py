@@ -20,6 +20,7 @@ into the schedule as an index). An input that ``fn`` never reads gets
 """
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -135,7 +136,7 @@ class CompiledFunction:
                     if ig is None:
                         continue
                     if ig.shape != shape:
-                        ig = ig.reshape(shape) if getattr(ig, "size", -1) == _size(shape) else sum_to(ig, shape)
+                        ig = ig.reshape(shape) if getattr(ig, "size", -1) == math.prod(shape) else sum_to(ig, shape)
                     prev = grads.get(slot)
                     if prev is None:
                         grads[slot] = ig
@@ -162,13 +163,6 @@ def _arguments_getter(spec):
             return lambda values: (values[only],)
         return operator.itemgetter(*slots)
     return lambda values: tuple(values[v] if kind == _SLOT else v for kind, v in spec)
-
-
-def _size(shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def trace(fn, *example_inputs, params=(), input_grads=True):
