@@ -75,12 +75,7 @@ class Node:
         st = STATE
         self.scope = st.scope_text if scope is None else scope
         self.timestep = st.timestep if timestep is None else timestep
-        counters = st.counters.get(self.timestep)
-        if counters is None:
-            counters = st.counters[self.timestep] = {}
-        key = (self.scope, is_leaf)
-        self.ordinal = counters.get(key, 0)
-        counters[key] = self.ordinal + 1
+        self.ordinal = _next_ordinal(st, self.scope, self.timestep, is_leaf)
 
     @property
     def is_leaf(self) -> bool:
@@ -131,13 +126,19 @@ def op_node(prim, inputs, attrs, value, saved, literals, residuals):
     st = STATE
     node.scope = scope = st.scope_text
     node.timestep = step = st.timestep
+    node.ordinal = _next_ordinal(st, scope, step, False)
+    return node
+
+
+def _next_ordinal(st, scope, step, is_leaf):
+    """The creation index of a new node within its (scope, time step), leaves counted apart."""
     counters = st.counters.get(step)
     if counters is None:
         counters = st.counters[step] = {}
-    key = (scope, False)
-    node.ordinal = ordinal = counters.get(key, 0)
+    key = (scope, is_leaf)
+    ordinal = counters.get(key, 0)
     counters[key] = ordinal + 1
-    return node
+    return ordinal
 
 
 _new_node = object.__new__

@@ -926,13 +926,18 @@ def pick(x, indices):
     what a loss does with its integer targets. Integer ``indices`` given as a
     Tensor stay in the graph, so a traced loss reads new targets at every replay.
     """
+    return apply(PICK, x, _row_indices(x, indices, "pick", "indices"))
+
+
+def _row_indices(x, indices, op, what):
+    """One integer index per row of ``x`` (..., K), as an op argument on x's device."""
     indices = _indices_argument(x, indices)
     if indices.dtype.kind not in "iu":
-        raise TypeError(f"pick: indices must be integers, got dtype {indices.dtype}")
+        raise TypeError(f"{op}: {what} must be integers, got dtype {indices.dtype}")
     if tuple(indices.shape) != tuple(x.shape[:-1]):
-        raise ValueError(f"pick: indices must have shape {tuple(x.shape[:-1])} (one per row of x), "
-                         f"got {tuple(indices.shape)}")
-    return apply(PICK, x, indices)
+        raise ValueError(f"{op}: {what} must have shape {tuple(x.shape[:-1])} (one per row of "
+                         f"{'logits' if what == 'targets' else 'x'}), got {tuple(indices.shape)}")
+    return indices
 
 
 def softmax_cross_entropy(logits, targets):
@@ -943,13 +948,7 @@ def softmax_cross_entropy(logits, targets):
     logits and no per-op overhead. ``tinygraph.decomposed()`` makes
     ``tg.cross_entropy`` record the three elementary ops instead.
     """
-    targets = _indices_argument(logits, targets)
-    if targets.dtype.kind not in "iu":
-        raise TypeError(f"softmax_cross_entropy: targets must be integers, got dtype {targets.dtype}")
-    if tuple(targets.shape) != tuple(logits.shape[:-1]):
-        raise ValueError(f"softmax_cross_entropy: targets must have shape {tuple(logits.shape[:-1])} "
-                         f"(one per row of logits), got {tuple(targets.shape)}")
-    return apply(CROSS_ENTROPY, logits, targets)
+    return apply(CROSS_ENTROPY, logits, _row_indices(logits, targets, "softmax_cross_entropy", "targets"))
 
 
 def _nonempty(tensors, op):
