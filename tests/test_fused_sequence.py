@@ -7,6 +7,8 @@ in float64 to rounding error, on the CPU always and on CUDA when present.
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tinygraph as tg
 from tinygraph import Graph
@@ -416,3 +418,54 @@ def test_drawing_a_fused_recording_says_how_to_see_the_steps():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         viz.draw_circuit(out.sum())   # the decomposed recording draws without the note
+
+
+@settings(max_examples=25, deadline=None)
+@given(cell=st.sampled_from(["lstm", "gru", "rnn"]), T=st.integers(1, 5), B=st.integers(1, 4),
+       D=st.integers(1, 4), H=st.integers(1, 5), reverse=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_sequence_primitives_equal_the_cells_at_any_shape(cell, T, B, D, H, reverse, seed):
+    """The CPU kernels (feature-major LSTM/GRU, batch-major RNN) against the textbook cells, float64.
+
+    Random shapes reach the edges the fixed tests might miss: T = 1, B = 1 (the
+    single-GEMM projection), H = 1, D = 1, and both directions.
+    """
+    from tinygraph.models import GRUCell, LSTMCell, RNNCell, gru_sequence, lstm_sequence, rnn_sequence
+    rng = np.random.default_rng(seed)
+    make = {"lstm": LSTMCell, "gru": GRUCell, "rnn": RNNCell}[cell]
+    tg.manual_seed(seed)
+    cellm = make(D, H, dtype="float64")
+    x = rng.standard_normal((T, B, D))
+    states = [rng.standard_normal((B, H)) for _ in range(2 if cell == "lstm" else 1)]
+    weight = rng.standard_normal((T, B, H))
+
+    def grads_of(run):
+        xt = tg.tensor(x, requires_grad=True)
+        st_t = [tg.tensor(s, requires_grad=True) for s in states]
+        for p in cellm.parameters():
+            p.grad = None
+        outs, last = run(xt, st_t)
+        loss = (outs * tg.tensor(weight)).sum() + sum((v * v).sum() for v in last)
+        loss.backward()
+        return [outs.numpy(), *[v.numpy() for v in last], xt.grad.numpy(), *[s.grad.numpy() for s in st_t],
+                *[p.grad.numpy() for p in cellm.parameters()]]
+
+    def fused(xt, st_t):
+        if cell == "lstm":
+            outs, h_n, c_n = lstm_sequence(xt, st_t[0], st_t[1], cellm.U, cellm.W, cellm.b, reverse=reverse)
+            return outs, [h_n, c_n]
+        if cell == "gru":
+            outs = gru_sequence(xt, st_t[0], cellm.U, cellm.W, cellm.b, cellm.b_hn, reverse=reverse)
+        else:
+            outs = rnn_sequence(xt, st_t[0], cellm.U, cellm.W, cellm.b, reverse=reverse)
+        return outs, [outs[0] if reverse else outs[T - 1]]
+
+    def stepwise(xt, st_t):
+        state = tuple(st_t) if cell == "lstm" else st_t[0]
+        outs = [None] * T
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            state = cellm(xt[t], state)
+            outs[t] = state[0] if cell == "lstm" else state
+        return tg.stack(outs, axis=0), list(state) if cell == "lstm" else [state]
+
+    for a, b in zip(grads_of(fused), grads_of(stepwise)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
