@@ -232,3 +232,14 @@ def test_traced_step_skips_input_gradients_and_checks_its_loss():
         tg.traced_step(lambda a, b: model(a)[0], model.parameters())(x, y)
     with pytest.raises(ValueError, match="needs the parameters"):
         tg.traced_step(loss_fn, [])
+
+
+def test_traced_step_keeps_a_bounded_cache_and_warns_about_changing_shapes():
+    model, loss_fn = _lstm_model_and_loss(True)
+    step = tg.traced_step(loss_fn, model.parameters(), max_traces=3)
+    with pytest.warns(UserWarning, match="input signatures so far"):
+        for T in range(2, 7):  # five different sequence lengths
+            x, y = _batch(T, 2, T)
+            step(x, y)
+    assert step.traces == 5 and len(step.compiled) == 3
+    assert {key[0][0][0] for key in step.compiled} == {4, 5, 6}  # the oldest were dropped

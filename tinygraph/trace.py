@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 
 import numpy as np
 
@@ -203,24 +204,35 @@ class TracedStep:
     ``step(*inputs)`` returns the loss (a Tensor without a graph) and adds the
     gradients to every parameter's ``.grad``, exactly as ``loss.backward()``
     would after an eager call, so optimizers and gradient clipping work
-    unchanged. The first call with new input shapes or dtypes traces the loss
-    again (``traces`` counts them); later calls replay a flat schedule.
+    unchanged. The first call with new input shapes, dtypes or devices traces
+    the loss again (``traces`` counts them); later calls replay a flat
+    schedule. At most ``max_traces`` schedules are kept (the oldest goes
+    first), with a warning the first time: inputs whose shape changes at every
+    call re-trace every call and are better run eagerly or padded.
     """
 
-    def __init__(self, loss_fn, params):
+    def __init__(self, loss_fn, params, max_traces=16):
         self.loss_fn = loss_fn
         self.params = list(params)
         if not self.params:
             raise ValueError("traced_step: needs the parameters to differentiate, e.g. model.parameters()")
-        self.compiled = {}  # (shape, dtype) per input -> CompiledFunction
+        self.max_traces = int(max_traces)
+        self.compiled = {}  # (shape, dtype, device) per input -> CompiledFunction, oldest first
         self.traces = 0
 
     def __call__(self, *inputs):
         arrays = [x.data if isinstance(x, Tensor) else x if hasattr(x, "dtype") else np.asarray(x)
                   for x in inputs]
-        key = tuple((tuple(a.shape), a.dtype.str) for a in arrays)
+        key = tuple((tuple(a.shape), a.dtype.str, backend.device_of(a)) for a in arrays)
         compiled = self.compiled.get(key)
         if compiled is None:
+            if len(self.compiled) >= self.max_traces:
+                if self.traces == self.max_traces:
+                    warnings.warn(
+                        f"traced_step: {self.traces + 1} input signatures so far (shapes {key[0][0]}, ...); "
+                        "inputs whose shapes keep changing re-trace at every call. Pad batches to a few "
+                        "fixed shapes, or call the loss eagerly", UserWarning, stacklevel=2)
+                del self.compiled[next(iter(self.compiled))]
             compiled = self.compiled[key] = self._trace(arrays)
         loss = compiled(*arrays)
         _, grads = compiled.backward(backend.array_module(loss).ones((), dtype=loss.dtype))
@@ -246,11 +258,11 @@ class TracedStep:
         return trace(checked, *arrays, params=self.params, input_grads=False)
 
 
-def traced_step(loss_fn, params):
+def traced_step(loss_fn, params, max_traces=16):
     """Trace ``loss_fn(*inputs) -> scalar loss`` for training: see ``TracedStep``.
 
     ``loss_fn`` must compute the same ops for every input of one shape (no
     dropout masks drawn inside it, no branches on values): a trace freezes one
     path through the Python code and bakes the constants made inside.
     """
-    return TracedStep(loss_fn, params)
+    return TracedStep(loss_fn, params, max_traces=max_traces)
