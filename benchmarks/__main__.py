@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 import tinygraph as tg
+from tinygraph.fileio import atomic_write_text
 
 from .baselines import JaxRunner, TorchRunner, jax_modules, torch_cuda_available, torch_module
 from .workloads import WORKLOADS, NumpyRunner, TinygraphRunner, TracedRunner, make_data
@@ -234,6 +235,23 @@ def print_cpu_table(workload, record):
             f"(tinygraph traced {record['results']['tinygraph traced']:.2f} ms)")
 
 
+def print_summary(records):
+    """One line per workload: eager and traced against the best baseline, and decomposed/fused."""
+    log()
+    log("summary: tinygraph / best baseline in this run (goal: at most 1.00)")
+    decomposed = any("decomposed_over_fused" in r for r in records.values())
+    log(f"  {'workload':<10}{'best baseline':>22}{'eager':>8}{'traced':>8}"
+        + (f"{'decomposed/fused':>18}" if decomposed else ""))
+    for key, record in records.items():
+        g, results = record["goal"], record["results"]
+        best = f"{g['best_baseline']} {g['best_baseline_ms']:.2f} ms"
+        line = (f"  {key:<10}{best:>22}{results['tinygraph'] / g['best_baseline_ms']:>8.2f}"
+                f"{results['tinygraph traced'] / g['best_baseline_ms']:>8.2f}")
+        if decomposed:
+            line += f"{record.get('decomposed_over_fused', float('nan')):>18.2f}"
+        log(line)
+
+
 # -- GPU -------------------------------------------------------------------------
 
 def gpu_unavailable_reason():
@@ -395,14 +413,15 @@ def main(argv=None):
             record = run_cpu_workload(workload, rounds, repeat, args.decomposed)
             output["workloads"][key] = record
             print_cpu_table(workload, record)
+        if len(output["workloads"]) > 1:
+            print_summary(output["workloads"])
     output["gpu"] = run_gpu(args.selected, settings, output["workloads"])
     if args.json:
         text = json.dumps(output, indent=2)
         if args.json == "-":
             print(text)
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            atomic_write_text(args.json, text + "\n")
             log(f"\nwrote {args.json}")
     return 0
 

@@ -180,3 +180,9 @@ def test_quick_run_prints_json():
         assert record["gradients_agree"]
         assert record["ratios"]["tinygraph"] == pytest.approx(1.0)
     assert "goal: tinygraph <= min(" in proc.stderr  # the tables went to stderr
+    summary = proc.stderr.split("summary: tinygraph / best baseline")[1].splitlines()
+    rows = {line.split()[0]: line for line in summary[2:6]}
+    assert set(rows) == {"A", "B", "C", "D"}
+    for key, record in result["workloads"].items():  # the summary's eager ratio is the JSON's
+        ratio = record["results"]["tinygraph"] / record["goal"]["best_baseline_ms"]
+        assert f"{ratio:.2f}" in rows[key]
