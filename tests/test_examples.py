@@ -161,3 +161,19 @@ def test_doc_code_runs(doc, expect, tmp_path, monkeypatch, capsys):
         exec(compile(block, f"docs/{doc} block {i}", "exec"), namespace)
     for name in expect:
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_adding_problem_traced_training_matches_eager(tmp_path, capsys):
+    """--traced (tg.traced_step) makes the same updates as the eager loop: same losses, same weights."""
+    module = load_example("adding_problem")
+    runs = {}
+    for traced in (False, True):
+        args = module.build_parser().parse_args(["--quick", "--seed", "0", "-o", str(tmp_path)]
+                                                + (["--traced"] if traced else []))
+        args.T, args.steps, args.hidden, args.batch, args.eval_size, args.lr = 8, 12, 8, 6, 20, 1e-2
+        module.tg.manual_seed(0)
+        model, history = module.train_one("lstm", args, np.random.default_rng(3))
+        runs[traced] = (history["train_mse"], [p.numpy() for p in model.parameters()])
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
+    for a, b in zip(runs[True][1], runs[False][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
