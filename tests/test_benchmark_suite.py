@@ -186,3 +186,11 @@ def test_quick_run_prints_json():
     for key, record in result["workloads"].items():  # the summary's eager ratio is the JSON's
         ratio = record["results"]["tinygraph"] / record["goal"]["best_baseline_ms"]
         assert f"{ratio:.2f}" in rows[key]
+
+
+def test_kernel_times_script_runs():
+    """benchmarks/kernel_times.py (the per-change A/B tool) times a kernel from a given checkout."""
+    proc = subprocess.run([sys.executable, "benchmarks/kernel_times.py", "C", "--rounds", "1", "--calls", "1",
+                           "--root", str(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("C (gru T=50 B=32 D=64 H=256)") and "vjp" in proc.stdout
