@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from _timing import best_of
+
 
 def load_models(root):
     """Import ``tinygraph`` and its ``models`` package from the checkout at ``root``."""
@@ -77,16 +79,6 @@ def kernel_calls(S, kind, T, B, D, H, seed=0):
     return (lambda: forward(*args)), (lambda: vjp(grad, out, needs, *args, **extra))
 
 
-def best_ms(fn, calls, rounds):
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e3
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workload", choices=sorted(SIZES), help="one of the suite's workloads")
@@ -99,7 +91,7 @@ def main(argv=None):
     kind, T, B, D, H = SIZES[args.workload]
     forward, vjp = kernel_calls(S, kind, T, B, D, H)
     calls = args.calls or {"A": 20, "B": 10, "C": 10, "D": 300, "E": 1}[args.workload]
-    fwd, bwd = best_ms(forward, calls, args.rounds), best_ms(vjp, calls, args.rounds)
+    fwd, bwd = (1e3 * best_of(fn, args.rounds, calls, clock=time.perf_counter) for fn in (forward, vjp))
     print(f"{args.workload} ({kind} T={T} B={B} D={D} H={H}) at {args.root}: "
           f"forward {fwd:.3f} ms, vjp {bwd:.3f} ms (best of {args.rounds} rounds of {calls})")
     return fwd, bwd

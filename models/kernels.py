@@ -109,9 +109,9 @@ class NumpyKernels:
     @staticmethod
     def lstm_workspace(batch, hidden, dtype):
         """Scratch for the feature-major LSTM: (H, B) buffers and the gate affine (k, m) as full (4H, B) arrays."""
-        scale, shift = _lstm_affine_columns(hidden, batch, np.dtype(dtype).str)
-        return {"t": np.empty((hidden, batch), dtype), "t2": np.empty((hidden, batch), dtype),
-                "scale": scale, "shift": shift}
+        ws = NumpyKernels.feature_major_workspace(batch, hidden, dtype)
+        ws["scale"], ws["shift"] = _lstm_affine_columns(hidden, batch, np.dtype(dtype).str)
+        return ws
 
     @staticmethod
     def lstm_forward(a, zh, c_prev, c, tc, h, ws):
