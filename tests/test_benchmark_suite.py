@@ -194,3 +194,15 @@ def test_kernel_times_script_runs():
                            "--root", str(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("C (gru T=50 B=32 D=64 H=256)") and "vjp" in proc.stdout
+
+
+def test_batch_threads_script_compares_the_split_with_the_full_batch():
+    """benchmarks/batch_threads.py (why the fused layers do not split the batch over threads) runs and checks itself."""
+    proc = subprocess.run([sys.executable, "benchmarks/batch_threads.py", "--hidden", "32", "--batch", "8",
+                           "--steps", "3", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if "openblas_set_num_threads_local" in proc.stderr:
+        pytest.skip("this NumPy's BLAS cannot be told a thread count per thread")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("cores usable:") and "control" in lines[0]
+    assert lines[1].startswith("LSTM forward loop H=32 B=8 T=3: full batch ") and "full/split" in lines[1]
