@@ -30,13 +30,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     workload = WORKLOADS[args.workload]
     runner = TinygraphRunner(workload, make_data(workload), fused=not args.decomposed, device=args.device)
-    step = runner.step
     if args.device != "cpu":
         import cupy
 
         def step():
             runner.step()
             cupy.cuda.Device().synchronize()
+    else:
+        step = runner.step
     step()
     start = time.perf_counter()
     for _ in range(args.steps):

@@ -91,13 +91,18 @@ def _transposed(W):
 
     The per-step GEMMs run about 10-20% faster on a contiguous W.T than on the
     transposed view. NumPy copies a transposed view element by element across
-    rows; blocks of 64 rows keep both sides in cache (16 against 27 ms for a
-    4096 x 1024 W).
+    rows, so a large W is copied in tiles of 16 rows x 512 columns: each
+    output row then takes 16 consecutive floats (one 64-byte cache line) from
+    rows that stay in cache (5.6-7.8 against 13.8 ms with 64-row blocks and
+    30 ms whole, at 4096 x 1024). A small W fits in cache whole: one call.
     """
     G, H = W.shape
+    if W.size <= 1 << 16:
+        return np.ascontiguousarray(W.T)
     out = np.empty((H, G), W.dtype)
-    for start in range(0, G, 64):
-        np.copyto(out[:, start:start + 64], W[start:start + 64].T)
+    for r in range(0, G, 16):
+        for c in range(0, H, 512):
+            np.copyto(out[c:c + 512, r:r + 16], W[r:r + 16, c:c + 512].T)
     return out
 
 

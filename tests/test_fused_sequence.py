@@ -469,3 +469,15 @@ def test_sequence_primitives_equal_the_cells_at_any_shape(cell, T, B, D, H, reve
 
     for a, b in zip(grads_of(fused), grads_of(stepwise)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(128, 32), (4096, 1024), (1000, 333), (513, 1030)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_copy_equals_the_transpose_for_whole_and_ragged_tiles(shape, dtype):
+    """The kernels' W.T copy (one call when small, 16 x 512 tiles when large, ragged at the edges)."""
+    from tinygraph.models.sequence import _transposed
+
+    W = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    WT = _transposed(W)
+    assert WT.flags.c_contiguous and WT.dtype == dtype
+    np.testing.assert_array_equal(WT, W.T)

@@ -36,7 +36,12 @@ Nodes outside any recurrence (parameters, a total loss) stay themselves.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .graph import Graph, Node
+
+if TYPE_CHECKING:  # networkx is imported where a view is built: the engine does not need it to import
+    import networkx as nx
 
 __all__ = [
     "node_kind", "unfolded", "variables", "fold", "circuit", "elide_steps",
