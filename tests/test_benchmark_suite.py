@@ -206,3 +206,22 @@ def test_batch_threads_script_compares_the_split_with_the_full_batch():
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("cores usable:") and "control" in lines[0]
     assert lines[1].startswith("LSTM forward loop H=32 B=8 T=3: full batch ") and "full/split" in lines[1]
+
+
+def test_tinygraph_bench_runs_the_suite_from_the_command(tmp_path):
+    """`tinygraph bench ARGS` is `python -m benchmarks ARGS` (the suite's options pass through)."""
+    from tinygraph import cli
+
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--quick", "--workloads", "D", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["settings"]["quick"] is True
+    assert list(record["workloads"]) == ["D"]
+
+
+def test_tinygraph_bench_without_a_checkout_says_where_the_suite_is(monkeypatch, capsys):
+    from tinygraph.apps import bench
+
+    monkeypatch.setattr(bench, "checkout_root", lambda: None)
+    assert bench.run_argv(["--quick"]) == 2
+    assert "source checkout" in capsys.readouterr().err

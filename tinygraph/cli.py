@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "demo": ("tinygraph.apps.demo", "train a char-level LSTM on embedded text and write every picture"),
     "draw": ("tinygraph.viz.draw_command", "draw a model's folded circuit and/or unfolded graph"),
     "step": ("tinygraph.viz.step_command", "step through backprop of a small recurrent model"),
+    "bench": ("tinygraph.apps.bench", "time training steps against NumPy/PyTorch/JAX baselines (python -m benchmarks)"),
 }
 
 
@@ -39,6 +40,9 @@ def build_parser():
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the suite parses its own options (tinygraph bench --help)
+        return importlib.import_module(SUBCOMMANDS["bench"][0]).run_argv(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
