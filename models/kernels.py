@@ -63,6 +63,20 @@ def _lstm_affine_columns(hidden, batch, dtype):
     return scale, shift
 
 
+def _segments_before(steps, ends):
+    """Cut the sweep ``steps`` (a range) where columns end: [(sub-range, columns joining before it), ...].
+
+    The columns whose ``ends`` value is t join just before step t runs;
+    steps before the first such t run with nothing joining (None).
+    """
+    cuts = sorted({int(t) for t in ends}, reverse=steps.step < 0)
+    out = [] if cuts and cuts[0] == steps.start else [(range(steps.start, cuts[0] if cuts else steps.stop, steps.step), None)]
+    for k, t in enumerate(cuts):
+        stop = cuts[k + 1] if k + 1 < len(cuts) else steps.stop
+        out.append((range(t, stop, steps.step), np.flatnonzero(ends == t)))
+    return out
+
+
 class NumpyKernels:
     """The step math as NumPy ufunc calls into caller-owned buffers."""
 
@@ -138,7 +152,7 @@ class NumpyKernels:
         np.multiply(a[3 * H:], tc, h)
 
     @staticmethod
-    def lstm_backward_sweep(grad, gates, cs, tcs, c0, WT, dZ, steps, prev, ws):
+    def lstm_backward_sweep(grad, gates, cs, tcs, c0, WT, dZ, steps, prev, ws, ends=None):
         """dZ (gate pre-activation grads, (T, 4H, B)) for all steps; returns (grad of h0, grad of c0), (H, B).
 
         Feature-major like the forward: ``grad`` (T + 1, H, B) holds the
@@ -149,6 +163,10 @@ class NumpyKernels:
         K and o (1 - tc^2) do not depend on the recurrence: they are computed
         for all T at once (into dZ itself) before the loop, which then makes
         six ufunc calls and one GEMM per step.
+
+        ``ends`` (B,) ints, for a padded batch: the final c of column b is
+        c(ends[b]), so its gradient (the last row of ``grad``) joins the chain
+        just before step ends[b] instead of at the sweep's first step.
         """
         T, G, B = gates.shape
         H = G // 4
@@ -168,17 +186,25 @@ class NumpyKernels:
         np.subtract(1, do, do)
         np.multiply(do, o, do)
         carry, dh, dc = np.zeros((H, B), dZ.dtype), ws["t"], ws["t2"]
-        dcf = np.array(grad[T])               # the final c's own gradient starts the chain
         dc3 = dc[None]
         dZ4 = dZ.reshape(T, 4, H, B)
-        for g_t, do_t, ifg_t, o_t, f_t, dZ_t in per_step(steps, grad, do, dZ4[:, :3], dZ4[:, 3], f, dZ):
-            np.add(g_t, carry, dh)
-            np.multiply(dh, do_t, dc)
-            np.add(dc, dcf, dc)
-            np.multiply(ifg_t, dc3, ifg_t)
-            np.multiply(o_t, dh, o_t)
-            np.multiply(dc, f_t, dcf)   # what reaches c(t-1)
-            np.dot(WT, dZ_t, carry)
+        if ends is None:
+            dcf = np.array(grad[T])           # the final c's own gradient starts the chain
+            segments = [(steps, None)]
+        else:
+            dcf = np.zeros((H, B), dZ.dtype)
+            segments = _segments_before(steps, ends)
+        for segment, joining in segments:
+            if joining is not None:           # the columns whose final c is the one of the next step
+                dcf[:, joining] += grad[T][:, joining]
+            for g_t, do_t, ifg_t, o_t, f_t, dZ_t in per_step(segment, grad, do, dZ4[:, :3], dZ4[:, 3], f, dZ):
+                np.add(g_t, carry, dh)
+                np.multiply(dh, do_t, dc)
+                np.add(dc, dcf, dc)
+                np.multiply(ifg_t, dc3, ifg_t)
+                np.multiply(o_t, dh, o_t)
+                np.multiply(dc, f_t, dcf)   # what reaches c(t-1)
+                np.dot(WT, dZ_t, carry)
         return carry, dcf
 
     # -- GRU -----------------------------------------------------------------

@@ -120,7 +120,8 @@ class _RecurrentLayer(Module):
         initial = self._split_state(x, state, batch)
         keep = keep_float = None
         if lengths is not None:
-            mask = lengths_to_mask(check_lengths(lengths, steps, batch), steps)[:, :, None]
+            lengths = check_lengths(lengths, steps, batch)
+            mask = lengths_to_mask(lengths, steps)[:, :, None]
             keep = backend.to_device(mask, x.device)
             keep_float = backend.to_device(mask.astype(x.dtype), x.device)
 
@@ -129,11 +130,14 @@ class _RecurrentLayer(Module):
         # cell: the gradient diagnostics run one step per call and take dL/dh(t),
         # dL/dc(t) at the returned state, which must then lie upstream of the output
         # (in a fused node h_n, c_n and the output are sibling slices).
-        use_kernel = self.fused and keep is None and steps > 1 and not _DECOMPOSED[0]
+        # Padded batches run the fused kernels on the CPU (``_sweep_fused_padded``); on
+        # CUDA they run step by step.
+        use_kernel = (self.fused and steps > 1 and not _DECOMPOSED[0]
+                      and (keep is None or backend.array_module(x.data) is np))
         with decomposed() if self.fused and steps == 1 else contextlib.nullcontext():
-            return self._run_layers(x, initial, keep, keep_float, use_kernel)
+            return self._run_layers(x, initial, keep, keep_float, use_kernel, lengths)
 
-    def _run_layers(self, x, initial, keep, keep_float, use_kernel):
+    def _run_layers(self, x, initial, keep, keep_float, use_kernel, lengths=None):
         layer_input, finals = x, []
         for layer in range(self.num_layers):
             outputs = []
@@ -141,7 +145,10 @@ class _RecurrentLayer(Module):
                 label = f"layer{layer}." + ("backward" if direction else "forward")
                 state = initial[layer * self.num_directions + direction]
                 with tg.scope(label):
-                    if use_kernel:
+                    if use_kernel and keep is not None:
+                        out, final = self._sweep_fused_padded(self.cell(layer, direction), layer_input, state,
+                                                              bool(direction), lengths, keep_float)
+                    elif use_kernel:
                         out, final = self._sweep_fused(self.cell(layer, direction), layer_input, state,
                                                        reverse=bool(direction))
                     else:
@@ -183,11 +190,38 @@ class _RecurrentLayer(Module):
     def _step(self, cell, x_t, state, weights):
         return (cell.step(x_t, state[0], weights),)
 
-    def _sweep_fused(self, cell, x, state, reverse):
-        """One direction of one layer as a single fused node (``models.sequence``)."""
+    def _sweep_fused(self, cell, x, state, reverse, ends=None):
+        """One direction of one layer as a single fused node (``models.sequence``).
+
+        ``ends`` (B,) ints: each row's final state is the one after its step
+        ``ends[b]`` (a padded batch, see ``_sweep_fused_padded``).
+        """
         hs = rnn_sequence(x, state[0], cell.U, cell.W, cell.b, nonlinearity=cell.nonlinearity, reverse=reverse)
         hs.name = "h"
-        return hs, (hs[0] if reverse else hs[hs.shape[0] - 1],)
+        return hs, (_final_rows(hs, ends, reverse),)
+
+    def _sweep_fused_padded(self, cell, x, state, reverse, lengths, keep_float):
+        """A padded batch through the fused kernel, with the step-by-step path's numbers.
+
+        Forward direction: all T steps run, since the padding after a
+        sequence's end changes nothing before it. Each row's final state is
+        taken at its own last step, and the outputs at padded steps are
+        zeroed. Backward direction: each sequence's valid prefix is reversed
+        in place (a permutation of the steps, its own inverse), the forward
+        direction runs on it, and its outputs are put back in time order. That
+        is what the step-by-step path computes when it holds the initial
+        state through the padding.
+        """
+        steps, batch = x.shape[0], x.shape[1]
+        if reverse:
+            t = np.arange(steps)[:, None]
+            order = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+            columns = np.arange(batch)[None, :]
+            x = x[order, columns]
+        out, final = self._sweep_fused(cell, x, state, reverse=False, ends=lengths - 1)
+        if reverse:
+            out = out[order, columns]
+        return out * keep_float, final
 
     # -- state layout --------------------------------------------------------
     def _state_shape(self, batch):
@@ -316,8 +350,8 @@ class LSTM(_RecurrentLayer):
 
     ``forget_bias`` sets the forget-gate bias; ``fused=True`` records each
     direction of each layer as one fused sequence kernel (``models.sequence``;
-    same numbers, training speed) -- and, for padded batches (``lengths=``),
-    the fused per-step cell.
+    same numbers, training speed), padded batches (``lengths=``) included on
+    the CPU; on CUDA padded batches run the fused per-step cell.
     """
 
     cell_class = LSTMCell
@@ -334,8 +368,9 @@ class LSTM(_RecurrentLayer):
     def _step(self, cell, x_t, state, weights):
         return cell.step(x_t, state, weights)
 
-    def _sweep_fused(self, cell, x, state, reverse):
-        outputs, h_n, c_n = lstm_sequence(x, state[0], state[1], cell.U, cell.W, cell.b, reverse=reverse)
+    def _sweep_fused(self, cell, x, state, reverse, ends=None):
+        outputs, h_n, c_n = lstm_sequence(x, state[0], state[1], cell.U, cell.W, cell.b, reverse=reverse,
+                                          ends=ends)
         return outputs, (h_n, c_n)
 
 
@@ -343,16 +378,23 @@ class GRU(_RecurrentLayer):
     """Stacked GRU in PyTorch's formulation (see ``GRUCell``).
 
     ``fused=True`` records each direction of each layer as one fused sequence
-    kernel (``models.sequence``) for training speed; padded batches run the
-    decomposed cells.
+    kernel (``models.sequence``) for training speed, padded batches
+    (``lengths=``) included on the CPU; on CUDA those run the decomposed cells.
     """
 
     cell_class = GRUCell
 
-    def _sweep_fused(self, cell, x, state, reverse):
+    def _sweep_fused(self, cell, x, state, reverse, ends=None):
         hs = gru_sequence(x, state[0], cell.U, cell.W, cell.b, cell.b_hn, reverse=reverse)
         hs.name = "h"
-        return hs, (hs[0] if reverse else hs[hs.shape[0] - 1],)
+        return hs, (_final_rows(hs, ends, reverse),)
+
+
+def _final_rows(hs, ends, reverse):
+    """The final state from a fused sweep's outputs: the last step's, or row b's at step ends[b]."""
+    if ends is not None:
+        return hs[np.asarray(ends), np.arange(len(ends))]
+    return hs[0] if reverse else hs[hs.shape[0] - 1]
 
 
 _LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "irnn": IRNN}

@@ -221,11 +221,14 @@ def rnn_sequence(x, h0, U, W, b=None, *, nonlinearity="tanh", reverse=False):
 
 # -- LSTM ------------------------------------------------------------------------
 
-def _lstm_forward(x, h0, c0, U, W, b, reverse=False):
+def _lstm_forward(x, h0, c0, U, W, b, reverse=False, ends=None):
     T, B, D, H = _check("lstm_sequence", 4, x, h0, U, W, c0, b)
     xp = backend.array_module(x, h0, c0, U, W, b)
     out = xp.empty((T + 1, B, H), dtype=x.dtype)      # h(0..T-1), then the final c
     if xp is not np:
+        if ends is not None:
+            raise NotImplementedError("lstm_sequence: ends= (a padded batch) runs on the CPU only; "
+                                      "on CUDA the layers record padded batches step by step")
         gates = xp.empty((T, B, 4 * H), dtype=x.dtype)   # pre-activations, then activations [i, f, g, o]
         cs = xp.empty((T, B, H), dtype=x.dtype)
         tcs = xp.empty((T, B, H), dtype=x.dtype)
@@ -248,11 +251,11 @@ def _lstm_forward(x, h0, c0, U, W, b, reverse=False):
         cpu.lstm_forward(a_t, zh, c, c_t, tc_t, h_t, ws)
         h, c = h_t, c_t
     np.copyto(out[:T], hs.transpose(0, 2, 1))
-    out[T] = c.T
+    out[T] = c.T if ends is None else cs[np.asarray(ends), :, np.arange(B)]   # (B, H) either way
     return out, (gates, cs, tcs)
 
 
-def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, residuals=None):
+def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, ends=None, residuals=None):
     gates, cs, tcs = residuals
     T, B, _ = x.shape
     H = h0.shape[-1]
@@ -266,7 +269,8 @@ def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, residuals=Non
     dZ = np.empty_like(gates)
     carry, dc = cpu.lstm_backward_sweep(np.ascontiguousarray(grad.transpose(0, 2, 1)), gates, cs, tcs, c0.T,
                                         _transposed(W), dZ, _steps(T, not reverse), _shifts(T, reverse),
-                                        cpu.lstm_workspace(B, H, out.dtype))
+                                        cpu.lstm_workspace(B, H, out.dtype),
+                                        None if ends is None else np.asarray(ends))
     dx, dU, dW, db = _weight_grads_feature_major(dZ, x, out, h0, U, needs[0], needs[3], needs[4], needs[5], reverse)
     return dx, carry.T if needs[1] else None, dc.T if needs[2] else None, dU, dW, db
 
@@ -276,12 +280,25 @@ LSTM_SEQUENCE = ops.register(
     doc="fused LSTM over a sequence, gates [i, f, g, o]: (T + 1, B, H) = h(0..T-1) and the final c")
 
 
-def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False):
-    """One fused LSTM sweep over ``x`` (T, B, D): returns (outputs (T, B, H), h_n, c_n)."""
-    packed = ops.apply(LSTM_SEQUENCE, x, h0, c0, U, W, _bias(b, U), reverse=bool(reverse))
-    T = packed.shape[0] - 1
+def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False, ends=None):
+    """One fused LSTM sweep over ``x`` (T, B, D): returns (outputs (T, B, H), h_n, c_n).
+
+    ``ends`` (B ints, CPU only), for a padded batch: row b's final state is
+    the one after step ``ends[b]`` (its last valid step), not after the
+    sweep's last step. The steps after it still run, and nothing reads them.
+    """
+    T = ops.raw(x).shape[0]
+    if ends is not None:
+        ends = tuple(int(e) for e in backend.as_host(ends.data if isinstance(ends, tg.Tensor) else ends))
+        if len(ends) != ops.raw(x).shape[1] or not all(0 <= e < T for e in ends):
+            raise ValueError(f"lstm_sequence: ends must be one step in [0, {T}) per batch row, got {ends}")
+    padded = {} if ends is None else {"ends": ends}
+    packed = ops.apply(LSTM_SEQUENCE, x, h0, c0, U, W, _bias(b, U), reverse=bool(reverse), **padded)
     outputs, c_n = packed[:T], packed[T]
-    h_n = packed[0] if reverse else packed[T - 1]
+    if ends is not None:
+        h_n = outputs[np.asarray(ends), np.arange(len(ends))]
+    else:
+        h_n = packed[0] if reverse else packed[T - 1]
     return _named(outputs, "h"), h_n, _named(c_n, "c")
 
 

@@ -225,3 +225,13 @@ def test_tinygraph_bench_without_a_checkout_says_where_the_suite_is(monkeypatch,
     monkeypatch.setattr(bench, "checkout_root", lambda: None)
     assert bench.run_argv(["--quick"]) == 2
     assert "source checkout" in capsys.readouterr().err
+
+
+def test_padded_batches_script_times_the_fused_and_step_by_step_paths():
+    proc = subprocess.run([sys.executable, "benchmarks/padded_batches.py", "--steps", "4", "--batch", "3",
+                           "--input", "2", "--hidden", "3", "--rounds", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("padded batch T=4 B=3 D=2 H=3") and len(lines) == 7
+    assert all("fused" in line and "step-by-step/fused" in line for line in lines[1:])

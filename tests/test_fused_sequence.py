@@ -131,15 +131,111 @@ def test_primitives_pass_gradcheck(reverse):
                         [x, h0, p(3 * H, D), p(3 * H, H), p(3 * H), p(H)])
 
 
-def test_padded_batches_fall_back_and_match_the_decomposed_layer():
-    model = GRU(4, 5, fused=True, dtype="float64")
-    x = np.random.default_rng(5).standard_normal((6, 3, 4))
-    lengths = [6, 2, 4]
-    out_f, h_f = model(tg.tensor(x), lengths=lengths)
+def run_padded(model, x, lengths, state=None, device="cpu"):
+    """``run`` for a padded batch: outputs, final states, input and initial-state grads, parameter grads."""
+    xt = tg.tensor(x, requires_grad=True, device=device)
+    states = None if state is None else tuple(tg.tensor(s, requires_grad=True, device=device) for s in state)
+    out, final = model(xt, None if states is None else (states[0] if len(states) == 1 else states),
+                       lengths=lengths)
+    finals = final if isinstance(final, tuple) else (final,)
+    weight = tg.tensor(np.linspace(-1.0, 1.5, out.size).reshape(out.shape), device=device)
+    loss = (out * weight).sum() + sum((f * f * 0.7).sum() for f in finals)
+    for p in model.parameters():
+        p.grad = None
+    loss.backward()
+    arrays = [out, *finals, xt.grad, *(s.grad for s in states or ()), *[p.grad for p in model.parameters()]]
+    return [tg.backend.as_host(a.data) for a in arrays]
+
+
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True), (2, True)])
+@pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
+def test_padded_batches_run_the_fused_kernel_and_match_the_step_by_step_layer(name, make, layers, bidirectional):
+    """lengths=: the fused path (final state at each row's last step, reversed prefixes for the backward
+    direction) gives the step-by-step path's outputs, final states and every gradient, in float64."""
+    model = make(num_layers=layers, bidirectional=bidirectional, fused=True, dtype="float64")
+    rng = np.random.default_rng(7)
+    T, B = 6, 5
+    x = rng.standard_normal((T, B, 4))
+    lengths = [6, 2, 1, 4, 6]
+    shape = (layers * (2 if bidirectional else 1), B, 6)
+    state = [rng.standard_normal(shape) * 0.5 for _ in range(model.state_tensors)]
+    fused = run_padded(model, x, lengths, state)
     with decomposed():
-        out_d, h_d = model(tg.tensor(x), lengths=lengths)
-    np.testing.assert_allclose(out_f.numpy(), out_d.numpy(), atol=1e-12)
-    np.testing.assert_allclose(h_f.numpy(), h_d.numpy(), atol=1e-12)
+        reference = run_padded(model, x, lengths, state)
+    assert_same(fused, reference, 1e-10)
+    assert np.all(fused[0][2, 1:3] == 0.0)   # the outputs at padded steps are zeros, exactly
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
+def test_cuda_padded_batches_match_the_cpu_fused_path(name, make):
+    """On CUDA padded batches run step by step; the CPU runs them through the fused kernel: same numbers."""
+    model = make(num_layers=2, bidirectional=True, fused=True, dtype="float64")
+    x = np.random.default_rng(9).standard_normal((6, 4, 4))
+    lengths = [6, 3, 1, 5]
+    on_cpu = run_padded(model, x, lengths)
+    on_gpu = run_padded(model.to("cuda"), x, lengths, device="cuda")
+    assert_same(on_gpu, on_cpu, 1e-10)
+
+
+def test_padded_fused_layer_records_sequence_kernels_not_steps():
+    model = LSTM(4, 5, bidirectional=True, fused=True)
+    out, _ = model(tg.tensor(np.ones((6, 3, 4), np.float32)), lengths=[6, 2, 4])
+    ops_recorded = [n.op for n in Graph.from_outputs(out.sum()).nodes]
+    assert ops_recorded.count("lstm_sequence") == 2
+    assert "lstm_cell" not in ops_recorded and "sigmoid" not in ops_recorded
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_sequence_ends_gives_each_row_the_state_after_its_own_last_step(reverse):
+    """ends[b]: h_n and c_n of row b are those after step ends[b] of the sweep; gradients included."""
+    rng = np.random.default_rng(8)
+    T, B, D, H = 5, 4, 3, 2
+    x, h0, c0 = rng.standard_normal((T, B, D)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    U, W, b = rng.standard_normal((4 * H, D)), rng.standard_normal((4 * H, H)), rng.standard_normal(4 * H)
+    ends = [4, 0, 2, 2] if not reverse else [0, 4, 1, 3]
+
+    def finals(x, h0, c0, U, W, b):
+        _, h_n, c_n = lstm_sequence(x, h0, c0, U, W, b, reverse=reverse, ends=ends)
+        return tg.concat([h_n.reshape(-1), c_n.reshape(-1) * 1.3], axis=0)
+
+    args = [tg.tensor(a, requires_grad=True) for a in (x, h0, c0, U, W, b)]
+    assert tg.gradcheck(finals, args)
+    got = finals(*[tg.tensor(a) for a in (x, h0, c0, U, W, b)]).numpy()
+    for row, end in enumerate(ends):   # the same row alone, over the steps its sweep ran
+        steps = slice(end, T) if reverse else slice(0, end + 1)
+        _, h_n, c_n = lstm_sequence(tg.tensor(x[steps, row:row + 1]), tg.tensor(h0[row:row + 1]),
+                                    tg.tensor(c0[row:row + 1]), tg.tensor(U), tg.tensor(W), tg.tensor(b),
+                                    reverse=reverse)
+        np.testing.assert_allclose(got[row * H:(row + 1) * H], h_n.numpy()[0], atol=1e-12)
+        np.testing.assert_allclose(got[B * H + row * H:B * H + (row + 1) * H], c_n.numpy()[0] * 1.3, atol=1e-12)
+
+
+def test_lstm_sequence_ends_checks_its_steps():
+    x, s = tg.tensor(np.ones((3, 2, 1))), tg.tensor(np.zeros((2, 2)))
+    U, W = tg.tensor(np.ones((8, 1))), tg.tensor(np.ones((8, 2)))
+    with pytest.raises(ValueError, match=r"ends must be one step in \[0, 3\) per batch row"):
+        lstm_sequence(x, s, s, U, W, ends=[3, 0])
+    with pytest.raises(ValueError, match="per batch row"):
+        lstm_sequence(x, s, s, U, W, ends=[1])
+
+
+@settings(max_examples=25, deadline=None)
+@given(cell=st.sampled_from(["lstm", "gru", "rnn"]), T=st.integers(2, 6), B=st.integers(1, 4),
+       bidirectional=st.booleans(), seed=st.integers(0, 2**16))
+def test_padded_fused_layers_equal_the_step_by_step_layer_at_any_lengths(cell, T, B, bidirectional, seed):
+    rng = np.random.default_rng(seed)
+    model = {"lstm": LSTM, "gru": GRU, "rnn": RNN}[cell](3, 4, bidirectional=bidirectional, fused=True,
+                                                         dtype="float64")
+    for p in model.parameters():
+        p.data[...] = rng.standard_normal(p.shape) * 0.5
+    x = rng.standard_normal((T, B, 3))
+    lengths = rng.integers(1, T + 1, size=B)
+    fused = run_padded(model, x, lengths)
+    with decomposed():
+        reference = run_padded(model, x, lengths)
+    assert_same(fused, reference, 1e-10)
 
 
 def test_create_graph_through_a_fused_layer_says_what_to_do():
