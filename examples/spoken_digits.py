@@ -116,9 +116,10 @@ def main(argv=None):
     tg.manual_seed(args.seed)
     if per_frame:  # a frame's label depends on what comes after it too: read both ways
         model = SequenceTagger(train_feats.shape[1], num_classes, cell=args.cell, hidden_size=args.hidden,
-                               bidirectional=True)
+                               bidirectional=True, fused=True)   # fused kernels, padded batches included
     else:
-        model = SequenceClassifier(train_feats.shape[1], num_classes, cell=args.cell, hidden_size=args.hidden)
+        model = SequenceClassifier(train_feats.shape[1], num_classes, cell=args.cell, hidden_size=args.hidden,
+                                   fused=True)
     opt = optim.Adam(model.parameters(), lr=args.lr)
     def loss_fn(b):
         return tg.cross_entropy(predict(model, b), b.targets, mask=b.mask if per_frame else None)

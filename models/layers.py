@@ -20,7 +20,8 @@ output is zero. So the forward direction's final state is the one at each
 sequence's own last step, and the backward direction, which sweeps
 t = T-1 .. 0 holding its initial state through the padding, effectively
 starts at each sequence's own last step -- the same as PyTorch's packed
-sequences.
+sequences. With ``fused=True`` on the CPU a padded batch runs through the
+fused kernels instead, with the same numbers (``_sweep_fused_padded``).
 
 Parameters are named ``layer{l}.U`` / ``layer{l}_reverse.U`` etc. (see
 ``models.cells`` for each cell's parameters and gate order);
