@@ -123,7 +123,8 @@ def main(argv=None):
         parser.error("give one --batch per --hidden")
     setter = openblas_local_setter()
     if setter is None:
-        raise SystemExit("this NumPy's BLAS has no openblas_set_num_threads_local (OpenBLAS 0.3.27+): nothing to compare")
+        raise SystemExit("this NumPy's BLAS has no openblas_set_num_threads_local (OpenBLAS 0.3.27+): "
+                         "nothing to compare")
     print(f"cores usable: {len(os.sched_getaffinity(0))}; control (two long tanh calls on two threads): "
           f"{control_tanh():.2f}x the serial speed")
     with ThreadPoolExecutor(1, initializer=lambda: setter(1)) as pool:

@@ -67,8 +67,9 @@ def main(argv=None):
                 times["fused"] = min(times["fused"], best_of(step, 1, 3, time.perf_counter))
                 times["step by step"] = min(times["step by step"], best_of(step_by_step, 1, 1, time.perf_counter))
             name = layer.__name__ + (" bidirectional" if bidirectional else "")
+            ratio = times["step by step"] / times["fused"]
             print(f"  {name:18s} fused {times['fused'] * 1e3:8.2f} ms   step by step "
-                  f"{times['step by step'] * 1e3:8.2f} ms   step-by-step/fused {times['step by step'] / times['fused']:5.2f}")
+                  f"{times['step by step'] * 1e3:8.2f} ms   step-by-step/fused {ratio:5.2f}")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def _segments_before(steps, ends):
     steps before the first such t run with nothing joining (None).
     """
     cuts = sorted({int(t) for t in ends}, reverse=steps.step < 0)
-    out = [] if cuts and cuts[0] == steps.start else [(range(steps.start, cuts[0] if cuts else steps.stop, steps.step), None)]
+    first = cuts[0] if cuts else steps.stop
+    out = [] if first == steps.start else [(range(steps.start, first, steps.step), None)]
     for k, t in enumerate(cuts):
         stop = cuts[k + 1] if k + 1 < len(cuts) else steps.stop
         out.append((range(t, stop, steps.step), np.flatnonzero(ends == t)))

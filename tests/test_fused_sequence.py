@@ -179,6 +179,26 @@ def test_cuda_padded_batches_match_the_cpu_fused_path(name, make):
     assert_same(on_gpu, on_cpu, 1e-10)
 
 
+@pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
+def test_padded_fused_layer_with_batch_first_and_a_mask(name, make):
+    model = make(num_layers=2, bidirectional=True, batch_first=True, fused=True, dtype="float64")
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((4, 6, 4))
+    mask = np.arange(6)[None, :] < np.array([6, 2, 3, 1])[:, None]   # (B, T) with batch_first
+
+    def outputs_and_grads():
+        xt = tg.tensor(x, requires_grad=True)
+        out, final = model(xt, mask=mask)
+        finals = final if isinstance(final, tuple) else (final,)
+        ((out * out).sum() + sum((f * f).sum() for f in finals)).backward()
+        return [out.numpy(), xt.grad.numpy(), *(f.numpy() for f in finals)]
+
+    fused = outputs_and_grads()
+    with decomposed():
+        reference = outputs_and_grads()
+    assert_same(fused, reference, 1e-10)
+
+
 def test_padded_fused_layer_records_sequence_kernels_not_steps():
     model = LSTM(4, 5, bidirectional=True, fused=True)
     out, _ = model(tg.tensor(np.ones((6, 3, 4), np.float32)), lengths=[6, 2, 4])
