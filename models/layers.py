@@ -122,6 +122,9 @@ class _RecurrentLayer(Module):
         keep = keep_float = None
         if lengths is not None:
             lengths = check_lengths(lengths, steps, batch)
+        if lengths is not None and lengths.size and lengths.min() == steps:
+            lengths = None   # nothing is padded: the same numbers without masks
+        if lengths is not None:
             mask = lengths_to_mask(lengths, steps)[:, :, None]
             keep = backend.to_device(mask, x.device)
             keep_float = backend.to_device(mask.astype(x.dtype), x.device)
