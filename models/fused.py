@@ -6,12 +6,13 @@ once per step. The primitive's output is ``concat([h', c'], axis=-1)``;
 ``lstm_cell`` splits it. Gate order is PyTorch's ``[i, f, g, o]``, like
 ``LSTMCell``.
 
-The VJP is written with tinygraph's own functions, so like every rule it
-runs on raw arrays (plain backward) and on Tensors (``create_graph=True``,
-differentiable again). It recomputes the gates from the saved inputs rather
-than reading the output, which may already be freed. With
-``z = U x + W h + b``, ``tc = tanh(c')`` and incoming gradients ``dh'``,
-``dc'``::
+The forward keeps the gate activations and ``tanh(c')`` as the node's
+residuals (``ops.register(..., residuals=True)``), so the plain backward is
+the closed form on them: no second forward. The VJP is written with
+tinygraph's own functions, so it also runs on Tensors (``create_graph=True``,
+differentiable again): that call gets no residuals and recomputes the gates
+from the saved inputs with ops. With ``z = U x + W h + b``, ``tc = tanh(c')``
+and incoming gradients ``dh'``, ``dc'``::
 
     dc  = dc' + dh' * o * (1 - tc^2)        do = dh' * tc
     di  = dc * g    df = dc * c    dg = dc * i    dc_prev = dc * f
@@ -30,20 +31,31 @@ def _forward(x, h, c, U, W, b):
     xp = backend.array_module(x, h, c, U, W, b)
     z = x @ U.T + h @ W.T + b
     H = h.shape[-1]
-    i = ops.stable_sigmoid(z[:, :H])   # the same logistic function as ops.sigmoid
-    f = ops.stable_sigmoid(z[:, H:2 * H])
-    g = xp.tanh(z[:, 2 * H:3 * H])
-    o = ops.stable_sigmoid(z[:, 3 * H:])
+    act = xp.empty_like(z)                          # [i, f, g, o]: the residuals, with tanh(c')
+    act[:, :2 * H] = ops.stable_sigmoid(z[:, :2 * H])   # the same logistic function as ops.sigmoid
+    act[:, 2 * H:3 * H] = xp.tanh(z[:, 2 * H:3 * H])
+    act[:, 3 * H:] = ops.stable_sigmoid(z[:, 3 * H:])
+    i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
     c_new = f * c + i * g
-    return xp.concatenate([o * xp.tanh(c_new), c_new], axis=-1)
+    tc = xp.tanh(c_new)
+    return xp.concatenate([o * tc, c_new], axis=-1), (act, tc)
 
 
-def _vjp(grad, out, needs, x, h, c, U, W, b):
-    H = ops.raw(h).shape[-1]
+def _gates(x, h, c, U, W, b):
+    """(i, f, g, o, tanh(c')) recomputed with ops: the recorded (create_graph) VJP has no residuals."""
     z = ops.matmul(x, ops.transpose(U)) + ops.matmul(h, ops.transpose(W)) + b
     zi, zf, zg, zo = ops.split(z, 4, axis=-1)
     i, f, g, o = ops.sigmoid(zi), ops.sigmoid(zf), ops.tanh(zg), ops.sigmoid(zo)
-    tc = ops.tanh(f * c + i * g)
+    return i, f, g, o, ops.tanh(f * c + i * g)
+
+
+def _vjp(grad, out, needs, x, h, c, U, W, b, residuals=None):
+    H = ops.raw(h).shape[-1]
+    if residuals is None:
+        i, f, g, o, tc = _gates(x, h, c, U, W, b)
+    else:
+        act, tc = residuals
+        i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
     grad_h, grad_c = ops.split(grad, [H], axis=-1)
     dc = grad_c + grad_h * o * (1 - tc * tc)
     do = grad_h * tc
@@ -59,7 +71,7 @@ def _vjp(grad, out, needs, x, h, c, U, W, b):
     )
 
 
-LSTM_CELL = ops.register("lstm_cell", _forward, _vjp,
+LSTM_CELL = ops.register("lstm_cell", _forward, _vjp, residuals=True, second_order=True,
                          doc="fused LSTM step: concat([h', c']) from (x, h, c, U, W, b), gates [i, f, g, o]")
 
 
