@@ -129,13 +129,12 @@ class _RecurrentLayer(Module):
             keep = backend.to_device(mask, x.device)
             keep_float = backend.to_device(mask.astype(x.dtype), x.device)
 
-        # the fused sequence kernels cover full-length batches; padded ones (and
-        # decomposed() blocks) run step by step. A single step records the textbook
-        # cell: the gradient diagnostics run one step per call and take dL/dh(t),
-        # dL/dc(t) at the returned state, which must then lie upstream of the output
-        # (in a fused node h_n, c_n and the output are sibling slices).
-        # Padded batches run the fused kernels on the CPU (``_sweep_fused_padded``); on
-        # CUDA they run step by step.
+        # The fused sequence kernels run full-length batches, and padded ones on the
+        # CPU (``_sweep_fused_padded``); padded batches on CUDA and decomposed()
+        # blocks run step by step. A single step records the textbook cell: the
+        # gradient diagnostics run one step per call and take dL/dh(t), dL/dc(t) at
+        # the returned state, which must then lie upstream of the output (in a fused
+        # node h_n, c_n and the output are sibling slices).
         use_kernel = (self.fused and steps > 1 and not _DECOMPOSED[0]
                       and (keep is None or backend.array_module(x.data) is np))
         with decomposed() if self.fused and steps == 1 else contextlib.nullcontext():
