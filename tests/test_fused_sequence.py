@@ -25,10 +25,10 @@ LAYERS = [
 ]
 
 
-def run(model, x, state=None, device="cpu"):
+def run(model, x, state=None, device="cpu", lengths=None):
     """Outputs, final states, the input's grad and every parameter grad of a fixed loss."""
     xt = tg.tensor(x, requires_grad=True, device=device)
-    out, final = model(xt, state)
+    out, final = model(xt, state) if lengths is None else model(xt, state, lengths=lengths)
     finals = final if isinstance(final, tuple) else (final,)
     weight = tg.tensor(np.linspace(-1.0, 1.5, out.size).reshape(out.shape), device=device)
     loss = (out * weight).sum() + sum((f * f * 0.7).sum() for f in finals)
@@ -132,19 +132,10 @@ def test_primitives_pass_gradcheck(reverse):
 
 
 def run_padded(model, x, lengths, state=None, device="cpu"):
-    """``run`` for a padded batch: outputs, final states, input and initial-state grads, parameter grads."""
-    xt = tg.tensor(x, requires_grad=True, device=device)
-    states = None if state is None else tuple(tg.tensor(s, requires_grad=True, device=device) for s in state)
-    out, final = model(xt, None if states is None else (states[0] if len(states) == 1 else states),
-                       lengths=lengths)
-    finals = final if isinstance(final, tuple) else (final,)
-    weight = tg.tensor(np.linspace(-1.0, 1.5, out.size).reshape(out.shape), device=device)
-    loss = (out * weight).sum() + sum((f * f * 0.7).sum() for f in finals)
-    for p in model.parameters():
-        p.grad = None
-    loss.backward()
-    arrays = [out, *finals, xt.grad, *(s.grad for s in states or ()), *[p.grad for p in model.parameters()]]
-    return [tg.backend.as_host(a.data) for a in arrays]
+    """``run`` on a padded batch, plus the initial state's grads when ``state`` (arrays) is given."""
+    states = () if state is None else tuple(tg.tensor(s, requires_grad=True, device=device) for s in state)
+    arrays = run(model, x, (states[0] if len(states) == 1 else states) if states else None, device, lengths)
+    return arrays + [tg.backend.as_host(s.grad.data) for s in states]
 
 
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (1, True), (2, True)])
