@@ -310,6 +310,35 @@ def test_fused_layer_matches_torch():
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_padded_fused_layer_matches_torch_packed_sequences(kind):
+    """lengths= through the fused kernels equals PyTorch's pack_padded_sequence: outputs, final states, grads."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    layer = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}[kind]
+    model = layer(4, 6, num_layers=2, bidirectional=True, fused=True, dtype="float64")
+    reference = getattr(torch.nn, kind)(4, 6, num_layers=2, bidirectional=True).double()
+    reference.load_state_dict({k: torch.from_numpy(v) for k, v in model.torch_state_dict().items()})
+    x, lengths = np.random.default_rng(11).standard_normal((7, 4, 4)), np.array([7, 3, 1, 5])
+    xt = tg.tensor(x, requires_grad=True)
+    out, final = model(xt, lengths=lengths)
+    finals = final if isinstance(final, tuple) else (final,)
+    (out.sum() + sum((f * f).sum() for f in finals)).backward()
+    tx = torch.tensor(x, requires_grad=True)
+    tout, tfinal = reference(pack_padded_sequence(tx, torch.from_numpy(lengths), enforce_sorted=False))
+    tout, _ = pad_packed_sequence(tout, total_length=7)
+    tfinals = tfinal if isinstance(tfinal, tuple) else (tfinal,)
+    (tout.sum() + sum((f * f).sum() for f in tfinals)).backward()
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), atol=1e-12)
+    for ours, theirs in zip(finals, tfinals):
+        np.testing.assert_allclose(ours.numpy(), theirs.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(xt.grad.numpy(), tx.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(model.cell(1, 1).W.grad.numpy(), reference.weight_hh_l1_reverse.grad.numpy(),
+                               atol=1e-12)
+    np.testing.assert_allclose(model.cell(0, 0).U.grad.numpy(), reference.weight_ih_l0.grad.numpy(), atol=1e-12)
+
+
 def test_bad_shapes_and_options_are_clear_errors():
     with pytest.raises(ValueError, match="layer norm"):
         GRU(3, 4, fused=True, layer_norm=True)
