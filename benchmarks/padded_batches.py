@@ -74,6 +74,7 @@ def main(argv=None):
             times = {name: float("inf") for name in runners}
             for _ in range(args.rounds):   # alternate, so a drift of the machine hits every runner
                 for name, run in runners.items():
+                    run()   # untimed: the previous runner's spinning BLAS/OpenMP threads settle first
                     times[name] = min(times[name], best_of(run, 1, 1 if name == "step by step" else 3,
                                                            time.perf_counter))
             name = layer.__name__ + (" bidirectional" if bidirectional else "")
