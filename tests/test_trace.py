@@ -243,3 +243,42 @@ def test_traced_step_keeps_a_bounded_cache_and_warns_about_changing_shapes():
             step(x, y)
     assert step.traces == 5 and len(step.compiled) == 3
     assert {key[0][0][0] for key in step.compiled} == {4, 5, 6}  # the oldest were dropped
+
+
+def _padded_lstm_loss():
+    from tinygraph.models import LSTM
+
+    model = LSTM(3, 4, bidirectional=True, fused=True, dtype="float64")
+
+    def loss_fn(x, targets, lengths):
+        out, _ = model(x, lengths=lengths)
+        return tg.cross_entropy(out[..., :4], targets, reduction="sum")
+
+    rng = np.random.default_rng(12)
+    return model, loss_fn, rng.standard_normal((6, 3, 3)), rng.integers(0, 4, size=(6, 3))
+
+
+def test_traced_step_retraces_for_new_lengths_read_on_the_host():
+    """lengths= are read on the host (they shape the schedule): each new value gets its own trace, and every
+    call equals the eager loss and gradients."""
+    model, loss_fn, x, targets = _padded_lstm_loss()
+    step = tg.traced_step(loss_fn, model.parameters())
+    for lengths, traces in (([6, 2, 4], 1), ([3, 6, 1], 2), ([6, 2, 4], 2)):
+        model.zero_grad()
+        traced = step(x, targets, np.array(lengths)).item()
+        traced_grads = [p.grad.numpy().copy() for p in model.parameters()]
+        model.zero_grad()
+        eager = loss_fn(tg.tensor(x), targets, np.array(lengths))
+        eager.backward()
+        assert traced == pytest.approx(eager.item(), rel=1e-12)
+        for got, p in zip(traced_grads, model.parameters()):
+            np.testing.assert_allclose(got, p.grad.numpy(), atol=1e-12)
+        assert step.traces == traces
+
+
+def test_a_compiled_function_refuses_new_values_of_an_input_it_read_as_a_constant():
+    model, loss_fn, x, targets = _padded_lstm_loss()
+    compiled = trace(loss_fn, x, targets, np.array([6, 2, 4]), params=model.parameters())
+    compiled(x, targets, np.array([6, 2, 4]))   # the traced values: fine
+    with pytest.raises(ValueError, match="input 2 .* was read as a constant while tracing"):
+        compiled(x, targets, np.array([3, 6, 1]))

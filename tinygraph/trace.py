@@ -17,6 +17,11 @@ plain inputs with gradient ``None``, read at every replay when ``fn`` passes
 them to an op as Tensors (``tg.take(table, ids)``; ``x[ids]`` bakes the ids
 into the schedule as an index). An input that ``fn`` never reads gets
 ``None`` from ``backward``.
+
+An integer or boolean input that no op consumes but whose values ``fn``
+reads on the host (sequence ``lengths=``, a mask turned into lengths) shapes
+the schedule itself. Its traced values are kept: a compiled function refuses
+other values, and ``traced_step`` traces again for each new value.
 """
 from __future__ import annotations
 
@@ -40,12 +45,19 @@ _SLOT, _SCALAR = 0, 1
 class CompiledFunction:
     """A traced function: ``forward(*arrays)`` then ``backward(*grad_outputs)``."""
 
-    def __init__(self, graph, input_nodes, param_tensors, output_nodes, constants, input_grads=True):
+    def __init__(self, graph, input_nodes, param_tensors, output_nodes, constants, input_grads=True,
+                 example_inputs=None):
         index = {n.id: k for k, n in enumerate(graph.nodes)}
         self.num_slots = len(graph.nodes)
         # an input fn never read is in no slot (None): it is checked and ignored
         self.input_slots = [index.get(n.id) for n in input_nodes]
         self.input_shapes = [tuple(n.shape) for n in input_nodes]
+        # integer/bool inputs no op consumed may have been read on the host (lengths): their
+        # values are part of the schedule, so forward() checks them
+        self.value_inputs = {k: backend.as_host(example_inputs[k]).copy()
+                             for k, (slot, n) in enumerate(zip(self.input_slots, input_nodes))
+                             if slot is None and example_inputs is not None
+                             and np.dtype(n.dtype).kind in "iub"}
         self.params = list(param_tensors)
         self.param_slots = [index[p._node.id] if p._node is not None and p._node.id in index else None
                             for p in self.params]
@@ -96,9 +108,16 @@ class CompiledFunction:
         for slot, shape, x in zip(self.input_slots, self.input_shapes, inputs):
             x = x.data if isinstance(x, Tensor) else x
             if tuple(x.shape) != shape:
-                raise ValueError(f"compiled function: input has shape {tuple(x.shape)}, traced with {shape}; trace again for new shapes")
+                raise ValueError(f"compiled function: input has shape {tuple(x.shape)}, traced with {shape}; "
+                                 "trace again for new shapes")
             if slot is not None:
                 values[slot] = x
+        for k, traced in self.value_inputs.items():
+            x = inputs[k].data if isinstance(inputs[k], Tensor) else inputs[k]
+            if not np.array_equal(backend.as_host(x), traced):
+                raise ValueError(f"compiled function: input {k} ({traced.dtype}{traced.shape}) was read as a constant "
+                                 "while tracing (its values, e.g. sequence lengths, shaped the schedule) and now "
+                                 "differs; trace again, or use traced_step, which traces once per value")
         residuals = {}  # slot -> what a fused primitive kept for its VJP
         for prim, _, attrs, out, _, get in self.schedule:
             if prim.residuals:
@@ -195,7 +214,8 @@ def trace(fn, *example_inputs, params=(), input_grads=True):
                  and not any(n is leaf._node for leaf in leaves)
                  and not any(n is p._node for p in params)}
     return CompiledFunction(graph, [x._node for x in leaves], params,
-                            [o._node for o in outputs], constants, input_grads=input_grads)
+                            [o._node for o in outputs], constants, input_grads=input_grads,
+                            example_inputs=[x.data for x in leaves])
 
 
 class TracedStep:
@@ -206,7 +226,8 @@ class TracedStep:
     would after an eager call, so optimizers and gradient clipping work
     unchanged. The first call with new input shapes, dtypes or devices traces
     the loss again (``traces`` counts them); later calls replay a flat
-    schedule. At most ``max_traces`` schedules are kept (the oldest goes
+    schedule. So does a new value of an integer input that the loss reads on
+    the host rather than in an op (sequence ``lengths=``: see ``trace``). At most ``max_traces`` schedules are kept (the oldest goes
     first), with a warning the first time: inputs whose shape changes at every
     call re-trace every call and are better run eagerly or padded.
     """
@@ -217,23 +238,28 @@ class TracedStep:
         if not self.params:
             raise ValueError("traced_step: needs the parameters to differentiate, e.g. model.parameters()")
         self.max_traces = int(max_traces)
-        self.compiled = {}  # (shape, dtype, device) per input -> CompiledFunction, oldest first
+        self.compiled = {}  # (shape, dtype, device) per input [+ values read as constants] -> CompiledFunction
+        self.value_positions = {}  # signature -> the inputs whose values the schedule depends on
         self.traces = 0
 
     def __call__(self, *inputs):
         arrays = [x.data if isinstance(x, Tensor) else x if hasattr(x, "dtype") else np.asarray(x)
                   for x in inputs]
-        key = tuple((tuple(a.shape), a.dtype.str, backend.device_of(a)) for a in arrays)
+        signature = tuple((tuple(a.shape), a.dtype.str, backend.device_of(a)) for a in arrays)
+        key = self._key(signature, arrays)
         compiled = self.compiled.get(key)
         if compiled is None:
             if len(self.compiled) >= self.max_traces:
                 if self.traces == self.max_traces:
                     warnings.warn(
                         f"traced_step: {self.traces + 1} input signatures so far (shapes {key[0][0]}, ...); "
-                        "inputs whose shapes keep changing re-trace at every call. Pad batches to a few "
-                        "fixed shapes, or call the loss eagerly", UserWarning, stacklevel=2)
+                        "inputs whose shapes (or values read as constants, such as lengths) keep changing "
+                        "re-trace at every call. Pad batches to a few fixed shapes and lengths, or call the "
+                        "loss eagerly", UserWarning, stacklevel=2)
                 del self.compiled[next(iter(self.compiled))]
-            compiled = self.compiled[key] = self._trace(arrays)
+            compiled = self._trace(arrays)
+            self.value_positions[signature] = tuple(sorted(compiled.value_inputs))
+            self.compiled[self._key(signature, arrays)] = compiled
         loss = compiled(*arrays)
         _, grads = compiled.backward(backend.array_module(loss).ones((), dtype=loss.dtype))
         compiled.values = compiled.residuals = None  # the step's buffers go back to the allocator now
@@ -246,6 +272,13 @@ class TracedStep:
             else:
                 p.grad = Tensor(p.grad.data + _as_dtype(g, p.dtype))
         return Tensor(loss)
+
+    def _key(self, signature, arrays):
+        """The cache key: the signature, plus the values of the inputs its schedule read as constants."""
+        positions = self.value_positions.get(signature, ())
+        if not positions:
+            return signature
+        return signature + tuple(backend.as_host(arrays[k]).tobytes() for k in positions)
 
     def _trace(self, arrays):
         def checked(*leaves):
