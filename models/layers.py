@@ -122,7 +122,7 @@ class _RecurrentLayer(Module):
         keep = keep_float = None
         if lengths is not None:
             lengths = check_lengths(lengths, steps, batch)
-        if lengths is not None and lengths.size and lengths.min() == steps:
+        if lengths is not None and (lengths.size == 0 or lengths.min() == steps):
             lengths = None   # nothing is padded: the same numbers without masks
         if lengths is not None:
             mask = lengths_to_mask(lengths, steps)[:, :, None]
@@ -396,7 +396,7 @@ class GRU(_RecurrentLayer):
 def _final_rows(hs, ends, reverse):
     """The final state from a fused sweep's outputs: the last step's, or row b's at step ends[b]."""
     if ends is not None:
-        return hs[np.asarray(ends), np.arange(len(ends))]
+        return hs[np.asarray(ends, dtype=np.intp), np.arange(len(ends))]
     return hs[0] if reverse else hs[hs.shape[0] - 1]
 
 

@@ -251,7 +251,7 @@ def _lstm_forward(x, h0, c0, U, W, b, reverse=False, ends=None):
         cpu.lstm_forward(a_t, zh, c, c_t, tc_t, h_t, ws)
         h, c = h_t, c_t
     np.copyto(out[:T], hs.transpose(0, 2, 1))
-    out[T] = c.T if ends is None else cs[np.asarray(ends), :, np.arange(B)]   # (B, H) either way
+    out[T] = c.T if ends is None else cs[np.asarray(ends, dtype=np.intp), :, np.arange(B)]   # (B, H) either way
     return out, (gates, cs, tcs)
 
 
@@ -270,7 +270,7 @@ def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, ends=None, re
     carry, dc = cpu.lstm_backward_sweep(np.ascontiguousarray(grad.transpose(0, 2, 1)), gates, cs, tcs, c0.T,
                                         _transposed(W), dZ, _steps(T, not reverse), _shifts(T, reverse),
                                         cpu.lstm_workspace(B, H, out.dtype),
-                                        None if ends is None else np.asarray(ends))
+                                        None if ends is None else np.asarray(ends, dtype=np.intp))
     dx, dU, dW, db = _weight_grads_feature_major(dZ, x, out, h0, U, needs[0], needs[3], needs[4], needs[5], reverse)
     return dx, carry.T if needs[1] else None, dc.T if needs[2] else None, dU, dW, db
 
@@ -287,16 +287,19 @@ def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False, ends=None):
     the one after step ``ends[b]`` (its last valid step), not after the
     sweep's last step. The steps after it still run, and nothing reads them.
     """
-    T = ops.raw(x).shape[0]
+    T, B = ops.raw(x).shape[:2]
     if ends is not None:
-        ends = tuple(int(e) for e in backend.as_host(ends.data if isinstance(ends, tg.Tensor) else ends))
-        if len(ends) != ops.raw(x).shape[1] or not all(0 <= e < T for e in ends):
-            raise ValueError(f"lstm_sequence: ends must be one step in [0, {T}) per batch row, got {ends}")
+        given = np.asarray(backend.as_host(ends.data if isinstance(ends, tg.Tensor) else ends))
+        if given.shape != (B,) or (given.size and given.dtype.kind not in "iu") \
+                or not ((given >= 0) & (given < T)).all():
+            raise ValueError(f"lstm_sequence: ends must be one integer step in [0, {T}) per batch row ({B}), "
+                             f"got {given.tolist()}")
+        ends = tuple(int(e) for e in given)
     padded = {} if ends is None else {"ends": ends}
     packed = ops.apply(LSTM_SEQUENCE, x, h0, c0, U, W, _bias(b, U), reverse=bool(reverse), **padded)
     outputs, c_n = packed[:T], packed[T]
     if ends is not None:
-        h_n = outputs[np.asarray(ends), np.arange(len(ends))]
+        h_n = outputs[np.asarray(ends, dtype=np.intp), np.arange(len(ends))]
     else:
         h_n = packed[0] if reverse else packed[T - 1]
     return _named(outputs, "h"), h_n, _named(c_n, "c")

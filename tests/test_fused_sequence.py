@@ -226,10 +226,15 @@ def test_lstm_sequence_ends_gives_each_row_the_state_after_its_own_last_step(rev
 def test_lstm_sequence_ends_checks_its_steps():
     x, s = tg.tensor(np.ones((3, 2, 1))), tg.tensor(np.zeros((2, 2)))
     U, W = tg.tensor(np.ones((8, 1))), tg.tensor(np.ones((8, 2)))
-    with pytest.raises(ValueError, match=r"ends must be one step in \[0, 3\) per batch row"):
-        lstm_sequence(x, s, s, U, W, ends=[3, 0])
-    with pytest.raises(ValueError, match="per batch row"):
-        lstm_sequence(x, s, s, U, W, ends=[1])
+    for bad in ([3, 0], [1], [1.5, 0], [[1, 0]], [-1, 0]):
+        with pytest.raises(ValueError, match=r"ends must be one integer step in \[0, 3\) per batch row \(2\)"):
+            lstm_sequence(x, s, s, U, W, ends=bad)
+
+
+def test_padded_fused_layers_take_an_empty_batch():
+    for layer in (LSTM, GRU, RNN):
+        out, _ = layer(3, 4, fused=True)(tg.tensor(np.zeros((4, 0, 3), np.float32)), lengths=np.zeros(0, np.int64))
+        assert out.shape == (4, 0, 4)
 
 
 @settings(max_examples=25, deadline=None)

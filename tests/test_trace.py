@@ -282,3 +282,35 @@ def test_a_compiled_function_refuses_new_values_of_an_input_it_read_as_a_constan
     compiled(x, targets, np.array([6, 2, 4]))   # the traced values: fine
     with pytest.raises(ValueError, match="input 2 .* was read as a constant while tracing"):
         compiled(x, targets, np.array([3, 6, 1]))
+
+
+def test_integer_inputs_reshaped_inside_the_loss_are_read_at_every_replay():
+    """Ops on integer inputs (targets.reshape(-1), embedding ids) are recorded while tracing, so a traced
+    step reads new targets and ids every call, with one trace (they used to be baked into the schedule)."""
+    from tinygraph.models import SequenceTagger
+
+    rng = np.random.default_rng(13)
+    tagger = SequenceTagger(20, 3, cell="lstm", hidden_size=5, embedding_dim=4, fused=True).double()
+
+    def loss_fn(tokens, tags):
+        logits, _ = tagger(tokens)
+        return tg.cross_entropy(logits.reshape(-1, 3), tags.reshape(-1), reduction="sum")
+
+    step = tg.traced_step(loss_fn, tagger.parameters())
+    for _ in range(4):
+        tokens, tags = rng.integers(0, 20, (6, 3)), rng.integers(0, 3, (6, 3))
+        tagger.zero_grad()
+        traced = step(tokens, tags).item()
+        traced_grads = [p.grad.numpy().copy() for p in tagger.parameters()]
+        tagger.zero_grad()
+        eager = loss_fn(tg.tensor(tokens), tg.tensor(tags))
+        eager.backward()
+        assert traced == pytest.approx(eager.item(), rel=1e-12)
+        for got, p in zip(traced_grads, tagger.parameters()):
+            np.testing.assert_allclose(got, p.grad.numpy(), atol=1e-12)
+    assert step.traces == 1
+
+
+def test_compiled_function_takes_lists_like_trace_does():
+    compiled = trace(lambda x: (x * 2).sum(), [1.0, 2.0])
+    assert float(compiled([3.0, 4.0])) == 14.0

@@ -240,8 +240,10 @@ class Embedding(Module):
                 f"Embedding: ids must lie in [0, {self.num_embeddings}), got min {int(arr.min())}, "
                 f"max {int(arr.max())}"
             )
-        arr = backend.to_device(arr, self.weight.device)
-        return ops.take(self.weight, arr, axis=0)
+        if isinstance(ids, Tensor):
+            # the ids stay a graph input, so a traced function reads new ids at every replay
+            return ops.take(self.weight, ids, axis=0)
+        return ops.take(self.weight, backend.to_device(arr, self.weight.device), axis=0)
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"

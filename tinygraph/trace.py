@@ -12,16 +12,20 @@ that depends on values is frozen, and constants that ``fn`` creates inside
 (masks, initial zeros) are baked into the schedule. Parameters are read live
 at every replay, so an optimizer can update them between calls.
 
-Floating-point inputs are differentiated; integer inputs (token ids) are
-plain inputs with gradient ``None``, read at every replay when ``fn`` passes
-them to an op as Tensors (``tg.take(table, ids)``; ``x[ids]`` bakes the ids
-into the schedule as an index). An input that ``fn`` never reads gets
-``None`` from ``backward``.
+Floating-point inputs are differentiated; integer inputs (token ids,
+targets) are plain inputs with gradient ``None``. Every op applied to an
+input is recorded while tracing, integers included (``targets.reshape(-1)``,
+an ``Embedding`` lookup, ``tg.take(table, ids)``), so each replay reads the new
+values. Only ``x[ids]`` bakes the ids into the schedule, as an index. An
+input that ``fn`` never reads gets ``None`` from ``backward``.
 
 An integer or boolean input that no op consumes but whose values ``fn``
 reads on the host (sequence ``lengths=``, a mask turned into lengths) shapes
 the schedule itself. Its traced values are kept: a compiled function refuses
-other values, and ``traced_step`` traces again for each new value.
+other values, and ``traced_step`` traces again for each new value. (A tracer
+cannot tell such an input from an integer input ``fn`` ignores, so an
+ignored integer input is held to its traced values too; a float input
+``fn`` never reads is ignored.)
 """
 from __future__ import annotations
 
@@ -65,7 +69,7 @@ class CompiledFunction:
         self.constants = [(index[nid], value) for nid, value in constants.items() if nid in index]
         # without input_grads only the parameters are differentiated: no dX GEMM for a training step
         differentiable = {s for s, n in zip(self.input_slots, input_nodes)
-                          if input_grads and s is not None and n.requires_grad}
+                          if input_grads and s is not None and np.dtype(n.dtype).kind in "fc"}
         differentiable |= {s for s in self.param_slots if s is not None}
         self.schedule = []
         self.shapes = [tuple(n.shape) for n in graph.nodes]
@@ -105,16 +109,15 @@ class CompiledFunction:
         for slot, p in zip(self.param_slots, self.params):
             if slot is not None:
                 values[slot] = p.data
+        inputs = [x.data if isinstance(x, Tensor) else x if hasattr(x, "shape") else np.asarray(x) for x in inputs]
         for slot, shape, x in zip(self.input_slots, self.input_shapes, inputs):
-            x = x.data if isinstance(x, Tensor) else x
             if tuple(x.shape) != shape:
                 raise ValueError(f"compiled function: input has shape {tuple(x.shape)}, traced with {shape}; "
                                  "trace again for new shapes")
             if slot is not None:
                 values[slot] = x
         for k, traced in self.value_inputs.items():
-            x = inputs[k].data if isinstance(inputs[k], Tensor) else inputs[k]
-            if not np.array_equal(backend.as_host(x), traced):
+            if not np.array_equal(backend.as_host(inputs[k]), traced):
                 raise ValueError(f"compiled function: input {k} ({traced.dtype}{traced.shape}) was read as a constant "
                                  "while tracing (its values, e.g. sequence lengths, shaped the schedule) and now "
                                  "differs; trace again, or use traced_step, which traces once per value")
@@ -198,7 +201,11 @@ def trace(fn, *example_inputs, params=(), input_grads=True):
         data = x.data if isinstance(x, Tensor) else x
         if not hasattr(data, "dtype"):
             data = np.asarray(data)
-        leaf = Tensor(data, requires_grad=data.dtype.kind in "fc")  # integer ids are not differentiated
+        leaf = Tensor(data)
+        # Every input is marked as needing a gradient while tracing, integers too, so that
+        # each op on it is recorded (targets.reshape(-1) included) and replays with new
+        # values; only floating inputs are differentiated (CompiledFunction).
+        leaf.requires_grad = True
         leaf._leaf_node()  # every input gets a node, even one fn never reads
         leaves.append(leaf)
     with enable_grad():
