@@ -314,3 +314,26 @@ def test_integer_inputs_reshaped_inside_the_loss_are_read_at_every_replay():
 def test_compiled_function_takes_lists_like_trace_does():
     compiled = trace(lambda x: (x * 2).sum(), [1.0, 2.0])
     assert float(compiled([3.0, 4.0])) == 14.0
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_a_loss_mask_given_as_an_input_is_read_at_every_replay(reduction):
+    rng = np.random.default_rng(14)
+    W = tg.tensor(rng.standard_normal((4, 3)), requires_grad=True)
+
+    def loss_fn(x, targets, mask):
+        return tg.cross_entropy(x @ W, targets, mask=mask, reduction=reduction)
+
+    step = tg.traced_step(loss_fn, [W])
+    x, targets = rng.standard_normal((5, 4)), rng.integers(0, 3, 5)
+    for mask in ([1, 1, 0, 1, 0], [0, 1, 1, 1, 1], [1, 0, 0, 0, 0]):
+        mask = np.array(mask, dtype=bool)
+        W.grad = None
+        traced = step(x, targets, mask).item()
+        traced_grad = W.grad.numpy().copy()
+        W.grad = None
+        eager = loss_fn(tg.tensor(x), targets, mask)
+        eager.backward()
+        assert traced == pytest.approx(eager.item(), rel=1e-12)
+        np.testing.assert_allclose(traced_grad, W.grad.numpy(), atol=1e-12)
+    assert step.traces == 1

@@ -52,11 +52,14 @@ def _masked(losses, reduction, mask, op):
     if mask is not None:
         lv = losses.data if isinstance(losses, Tensor) else losses
         xp = backend.array_module(lv)
-        m = xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(lv.dtype)
+        if isinstance(mask, Tensor) and backend.device_of(mask.data) == backend.device_of(lv):
+            m = ops.astype(mask, lv.dtype)   # a Tensor mask stays in the graph: a traced loss reads new ones
+        else:
+            m = xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(lv.dtype)
         losses = ops.mul(losses, m)
         if reduction == "mean":
             # the count stays on the device: no host sync
-            return ops.div(ops.sum(losses), xp.maximum(m.sum(), 1))
+            return ops.div(ops.sum(losses), ops.maximum(ops.sum(m), 1))
     return _reduce(losses, reduction, op)
 
 
