@@ -109,7 +109,8 @@ class CompiledFunction:
         for slot, p in zip(self.param_slots, self.params):
             if slot is not None:
                 values[slot] = p.data
-        inputs = [x.data if isinstance(x, Tensor) else x if hasattr(x, "shape") else np.asarray(x) for x in inputs]
+        inputs = [x.data if isinstance(x, Tensor) else x if hasattr(x, "shape") else np.asarray(x)
+                  for x in inputs]
         for slot, shape, x in zip(self.input_slots, self.input_shapes, inputs):
             if tuple(x.shape) != shape:
                 raise ValueError(f"compiled function: input has shape {tuple(x.shape)}, traced with {shape}; "
@@ -118,9 +119,9 @@ class CompiledFunction:
                 values[slot] = x
         for k, traced in self.value_inputs.items():
             if not np.array_equal(backend.as_host(inputs[k]), traced):
-                raise ValueError(f"compiled function: input {k} ({traced.dtype}{traced.shape}) was read as a constant "
-                                 "while tracing (its values, e.g. sequence lengths, shaped the schedule) and now "
-                                 "differs; trace again, or use traced_step, which traces once per value")
+                raise ValueError(f"compiled function: input {k} ({traced.dtype}{traced.shape}) was read as a "
+                                 "constant while tracing (its values, e.g. sequence lengths, shaped the schedule) "
+                                 "and now differs; trace again, or use traced_step, which traces once per value")
         residuals = {}  # slot -> what a fused primitive kept for its VJP
         for prim, _, attrs, out, _, get in self.schedule:
             if prim.residuals:
@@ -234,9 +235,10 @@ class TracedStep:
     unchanged. The first call with new input shapes, dtypes or devices traces
     the loss again (``traces`` counts them); later calls replay a flat
     schedule. So does a new value of an integer input that the loss reads on
-    the host rather than in an op (sequence ``lengths=``: see ``trace``). At most ``max_traces`` schedules are kept (the oldest goes
-    first), with a warning the first time: inputs whose shape changes at every
-    call re-trace every call and are better run eagerly or padded.
+    the host rather than in an op (sequence ``lengths=``: see ``trace``). At
+    most ``max_traces`` schedules are kept (the oldest goes first), with a
+    warning the first time: inputs whose shape changes at every call re-trace
+    every call and are better run eagerly or padded.
     """
 
     def __init__(self, loss_fn, params, max_traces=16):
