@@ -10,8 +10,11 @@ __all__ = ["lengths_to_mask", "mask_to_lengths", "check_lengths"]
 
 
 def _host(values):
-    """A NumPy array from a Tensor, a NumPy/CuPy array or a list (np.asarray refuses CuPy)."""
-    return backend.as_host(values.data if isinstance(values, tg.Tensor) else values)
+    """A NumPy array from a Tensor, a NumPy/CuPy array or a list (np.asarray refuses CuPy).
+
+    ``Tensor.numpy()`` tells a running trace that these values were read on the host.
+    """
+    return values.numpy() if isinstance(values, tg.Tensor) else backend.as_host(values)
 
 
 def check_lengths(lengths, steps, batch):

@@ -337,3 +337,70 @@ def test_a_loss_mask_given_as_an_input_is_read_at_every_replay(reduction):
         assert traced == pytest.approx(eager.item(), rel=1e-12)
         np.testing.assert_allclose(traced_grad, W.grad.numpy(), atol=1e-12)
     assert step.traces == 1
+
+
+def _no_grad_weight(t):
+    with tg.no_grad():
+        return t.astype("float64") * 2 + 1
+
+
+def _padding_losses():
+    """Loss functions (x float (5, 4), t int (5,), m bool (5,)) that read integer/bool inputs in many ways."""
+    from tinygraph.models import masks
+
+    rng = np.random.default_rng(15)
+    W = tg.tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    losses = {
+        "mask from a comparison": lambda x, t, m: tg.cross_entropy(x @ W, t, mask=(t != 0)),
+        "comparison times the losses": lambda x, t, m: (tg.cross_entropy(x @ W, t, reduction="none")
+                                                       * (t != 0)).sum(),
+        "where on a bool input": lambda x, t, m: tg.where(m, (x @ W).sum(axis=1), 0.0).sum(),
+        "a Tensor index that also feeds a loss": lambda x, t, m: (((x @ W)[t]) ** 2).sum()
+                                                                 + tg.cross_entropy(x @ W, t),
+        "a value read with int()": lambda x, t, m: tg.cross_entropy(x @ W, t) * int(t.max()),
+        "a value read with numpy()": lambda x, t, m: tg.cross_entropy(x @ W, t)
+                                                     / float(1 + (t != 0).numpy().sum()),
+        "a mask turned into lengths and given as mask=": lambda x, t, m: tg.cross_entropy(
+            x @ W, t, mask=m) * float(masks.mask_to_lengths(m[:, None]).sum()),
+        "a weight computed under no_grad": lambda x, t, m: (tg.cross_entropy(x @ W, t, reduction="none")
+                                                            * _no_grad_weight(t)).sum(),
+    }
+    return W, losses
+
+
+@pytest.mark.parametrize("name", list(_padding_losses()[1]))
+def test_integer_and_bool_inputs_are_never_silently_frozen(name):
+    """Comparisons, where-conditions, Tensor indices and values read on the host: every traced call equals
+    eager (the recorded ones replay with new values; the ones read on the host key a new trace)."""
+    W, losses = _padding_losses()
+    loss_fn = losses[name]
+    step = tg.traced_step(loss_fn, [W])
+    rng = np.random.default_rng(16)
+    for _ in range(4):
+        x, t = rng.standard_normal((5, 4)), rng.integers(0, 3, 5)
+        m = rng.random(5) < 0.6
+        m[0] = True   # a prefix mask for mask_to_lengths needs no gaps: one row of length 1
+        m[1:] = m[1:] & (name != "a mask turned into lengths and given as mask=")
+        W.grad = None
+        traced = step(x, t, m).item()
+        traced_grad = W.grad.numpy().copy()
+        W.grad = None
+        eager = loss_fn(tg.tensor(x), tg.tensor(t), tg.tensor(m))
+        eager.backward()
+        assert traced == pytest.approx(eager.item(), rel=1e-12)
+        np.testing.assert_allclose(traced_grad, W.grad.numpy(), atol=1e-12)
+
+
+def test_recorded_comparisons_and_tensor_indices_replay_without_retracing():
+    W, losses = _padding_losses()
+    rng = np.random.default_rng(17)
+    # an integer or bool input a loss ignores is held to its traced value: keep those fixed
+    fixed_t, fixed_m = np.array([0, 1, 2, 1, 0]), np.ones(5, bool)
+    for name in ("mask from a comparison", "where on a bool input", "a Tensor index that also feeds a loss"):
+        step = tg.traced_step(losses[name], [W])
+        for _ in range(3):
+            uses_mask = name == "where on a bool input"
+            t = fixed_t if uses_mask else rng.integers(0, 3, 5)
+            m = rng.random(5) < 0.5 if uses_mask else fixed_m
+            step(rng.standard_normal((5, 4)), t, m)
+        assert step.traces == 1, name

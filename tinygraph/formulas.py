@@ -57,6 +57,7 @@ FORMULAS = {
                  ("min mask", "min mask")),
     "where": F("where({x0}, {x1}, {x2})", ("0", "{g} where {x0}", "{g} where not {x0}"),
                ("mask", "mask", "mask")),
+    "compare": F("{x0} {how} {x1}", ("0", "0"), ("no gradient", "no gradient")),
     # elementwise unary
     "neg": F("−{x0}", ("−{g}",), ("negation",)),
     "exp": F("exp({x0})", ("{g} ⊙ {out}",), ("exp",)),

@@ -34,10 +34,25 @@ class _RecordingState(threading.local):
         # set by the raw backward walk: getitem's rule may then return a SparseGrad
         # (index, values) instead of a dense array of the input's shape
         self.sparse_grads = False
+        # while ``trace`` runs: the nodes whose values were read on the host
+        # (``.numpy()``, ``.item()``, lengths), whose inputs then key the trace; else None
+        self.host_reads = None
 
 
 STATE = _RecordingState()
 _ids = itertools.count()
+
+
+def note_host_read(tensor):
+    """Tell a running ``trace`` that ``tensor``'s values were read on the host (no-op otherwise).
+
+    A value read on the host (``int(t.max())``, lengths turned into masks)
+    is frozen into the traced schedule, so the trace inputs it came from
+    become part of the trace's key.
+    """
+    reads = STATE.host_reads
+    if reads is not None and getattr(tensor, "_node", None) is not None:
+        reads.append(tensor._node)
 
 
 class Node:

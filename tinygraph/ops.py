@@ -21,7 +21,7 @@ import weakref
 import numpy as np
 
 from . import backend
-from .graph import STATE, op_node
+from .graph import STATE, note_host_read, op_node
 from .tensor import Tensor
 
 PRIMITIVES: dict = {}
@@ -154,6 +154,12 @@ def apply(prim, *args, **attrs):
         node.out_ref = weakref.ref(result)
     else:
         result = Tensor._from_op(out, None)
+        if needs_grad and st.host_reads is not None:
+            # under no_grad inside a trace: the result is a constant of the schedule, so
+            # the values it came from key the trace
+            for a in args:
+                if isinstance(a, Tensor):
+                    note_host_read(a)
     if st.anomaly:
         from .autodiff import check_finite
         check_finite(out, prim.name, result._node, phase="forward")
@@ -767,8 +773,13 @@ def clip(x, lo=None, hi=None):
 
 
 def where(cond, a, b):
-    """``a`` where ``cond`` holds, else ``b`` (``cond`` is not differentiated)."""
-    cond = raw(cond)
+    """``a`` where ``cond`` holds, else ``b`` (``cond`` is not differentiated).
+
+    A Tensor ``cond`` stays an input of the node, so a traced function reads
+    a new mask at every replay.
+    """
+    if isinstance(cond, Tensor):
+        return apply(WHERE, cond, a, b)
     if isinstance(a, Tensor) or isinstance(b, Tensor):
         return apply(WHERE, Tensor(cond), a, b)
     return apply(WHERE, cond, a, b)
@@ -856,6 +867,7 @@ def matmul(a, b):
 
 def _normalize_index(index):
     if isinstance(index, Tensor):
+        note_host_read(index)   # an index is baked into a traced schedule: its values key the trace
         return index.data
     if isinstance(index, list):
         return np.asarray(index)
@@ -877,7 +889,14 @@ def _index_on_device_of(x, index):
 
 
 def getitem(x, index):
-    """x[index] for slices, integers, integer arrays (gradients scatter-add)."""
+    """x[index] for slices, integers, integer arrays (gradients scatter-add).
+
+    An integer Tensor index (``x[ids]``) is a ``take`` along the first axis,
+    with the ids as an input of the node: a traced function reads new ids at
+    every replay.
+    """
+    if isinstance(index, Tensor) and index.dtype.kind in "iu" and isinstance(x, Tensor):
+        return take(x, index, axis=0)
     return apply(GETITEM, x, index=_index_on_device_of(x, _normalize_index(index)))
 
 
@@ -1015,8 +1034,22 @@ _COMPARE = {"lt": "less", "le": "less_equal", "gt": "greater", "ge": "greater_eq
             "eq": "equal", "ne": "not_equal"}
 
 
+def _compare_fwd(a, b, how):
+    return getattr(backend.array_module(a, b), _COMPARE[how])(a, b)
+
+
+COMPARE = register("compare", _compare_fwd, lambda g, out, needs, a, b, how: (None, None),
+                   doc="elementwise comparison (how: lt, le, gt, ge, eq, ne); no gradient")
+
+
 def compare(a, b, how):
-    """Elementwise comparison; the result is a boolean Tensor with no gradient."""
+    """Elementwise comparison; the result is a boolean Tensor with no gradient.
+
+    Recorded only while ``trace`` runs (so a traced mask such as
+    ``targets != 0`` is computed again at every replay); eagerly the result is
+    a plain constant, outside the graph.
+    """
+    if STATE.host_reads is not None and (isinstance(a, Tensor) or isinstance(b, Tensor)):
+        return apply(COMPARE, a, b, how=how)
     ra, rb = raw(a), raw(b)
-    xp = backend.array_module(ra, rb)
-    return Tensor(getattr(xp, _COMPARE[how])(ra, rb))
+    return Tensor(_compare_fwd(ra, rb, how))

@@ -6,7 +6,7 @@ import weakref
 import numpy as np
 
 from . import backend
-from .graph import Node
+from .graph import STATE, Node, note_host_read
 
 __all__ = ["Tensor"]
 
@@ -119,11 +119,15 @@ class Tensor:
     # -- conversions ------------------------------------------------------
     def numpy(self):
         """A host (NumPy) copy of the data."""
+        if STATE.host_reads is not None:
+            note_host_read(self)
         return backend.as_host(self.data)
 
     def item(self):
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        if STATE.host_reads is not None:
+            note_host_read(self)
         return self.data.reshape(()).item()
 
     def tolist(self):

@@ -15,17 +15,19 @@ at every replay, so an optimizer can update them between calls.
 Floating-point inputs are differentiated; integer inputs (token ids,
 targets) are plain inputs with gradient ``None``. Every op applied to an
 input is recorded while tracing, integers included (``targets.reshape(-1)``,
-an ``Embedding`` lookup, ``tg.take(table, ids)``), so each replay reads the new
-values. Only ``x[ids]`` bakes the ids into the schedule, as an index. An
-input that ``fn`` never reads gets ``None`` from ``backward``.
+``targets != 0``, ``tg.where(mask, ...)``, ``x[ids]`` with a Tensor ``ids``,
+an ``Embedding`` lookup), so each replay reads the new values. An input that
+``fn`` never reads gets ``None`` from ``backward``.
 
-An integer or boolean input that no op consumes but whose values ``fn``
-reads on the host (sequence ``lengths=``, a mask turned into lengths) shapes
-the schedule itself. Its traced values are kept: a compiled function refuses
-other values, and ``traced_step`` traces again for each new value. (A tracer
-cannot tell such an input from an integer input ``fn`` ignores, so an
-ignored integer input is held to its traced values too; a float input
-``fn`` never reads is ignored.)
+Values read on the host shape the schedule itself: ``int(t.max())``,
+``.numpy()``, ``.item()``, sequence ``lengths=`` turned into masks, a Tensor
+inside a tuple index, an op run under ``no_grad``. The inputs such a value
+came from are held to their traced values: a compiled function refuses
+others, and ``traced_step`` traces again for each new value. So is an
+integer or boolean input that no op consumes (a tracer cannot tell it from
+one read through ``.data``); a float input ``fn`` never reads is ignored.
+Reading ``.data`` directly is not seen. The range checks of ids and targets
+run at trace time only: on replay a negative id wraps around as in NumPy.
 """
 from __future__ import annotations
 
@@ -50,18 +52,20 @@ class CompiledFunction:
     """A traced function: ``forward(*arrays)`` then ``backward(*grad_outputs)``."""
 
     def __init__(self, graph, input_nodes, param_tensors, output_nodes, constants, input_grads=True,
-                 example_inputs=None):
+                 example_inputs=None, host_read=()):
         index = {n.id: k for k, n in enumerate(graph.nodes)}
         self.num_slots = len(graph.nodes)
         # an input fn never read is in no slot (None): it is checked and ignored
         self.input_slots = [index.get(n.id) for n in input_nodes]
         self.input_shapes = [tuple(n.shape) for n in input_nodes]
-        # integer/bool inputs no op consumed may have been read on the host (lengths): their
-        # values are part of the schedule, so forward() checks them
+        # inputs whose values were read on the host while tracing (``host_read``: .numpy(),
+        # .item(), lengths, a Tensor index), and integer/bool inputs no op consumed (read
+        # on the host some other way, or ignored): their values are part of the schedule,
+        # so forward() checks them
         self.value_inputs = {k: backend.as_host(example_inputs[k]).copy()
                              for k, (slot, n) in enumerate(zip(self.input_slots, input_nodes))
-                             if slot is None and example_inputs is not None
-                             and np.dtype(n.dtype).kind in "iub"}
+                             if example_inputs is not None
+                             and (k in host_read or (slot is None and np.dtype(n.dtype).kind in "iub"))}
         self.params = list(param_tensors)
         self.param_slots = [index[p._node.id] if p._node is not None and p._node.id in index else None
                             for p in self.params]
@@ -209,8 +213,13 @@ def trace(fn, *example_inputs, params=(), input_grads=True):
         leaf.requires_grad = True
         leaf._leaf_node()  # every input gets a node, even one fn never reads
         leaves.append(leaf)
-    with enable_grad():
-        outputs = fn(*leaves)
+    old_reads, STATE.host_reads = STATE.host_reads, []
+    try:
+        with enable_grad():
+            outputs = fn(*leaves)
+        host_read = _inputs_behind(STATE.host_reads, [leaf._node for leaf in leaves])
+    finally:
+        STATE.host_reads = old_reads
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
     graph = Graph.from_outputs(*outputs)
     input_ids = {x._node.id for x in leaves}
@@ -223,7 +232,22 @@ def trace(fn, *example_inputs, params=(), input_grads=True):
                  and not any(n is p._node for p in params)}
     return CompiledFunction(graph, [x._node for x in leaves], params,
                             [o._node for o in outputs], constants, input_grads=input_grads,
-                            example_inputs=[x.data for x in leaves])
+                            example_inputs=[x.data for x in leaves], host_read=host_read)
+
+
+def _inputs_behind(nodes, input_nodes):
+    """Positions of the ``input_nodes`` that any of ``nodes`` was computed from (an iterative walk)."""
+    position = {n.id: k for k, n in enumerate(input_nodes)}
+    found, seen, stack = set(), set(), list(nodes)
+    while stack:
+        node = stack.pop()
+        if node.id in seen:
+            continue
+        seen.add(node.id)
+        if node.id in position:
+            found.add(position[node.id])
+        stack.extend(node.inputs)
+    return found
 
 
 class TracedStep:
