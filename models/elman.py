@@ -28,6 +28,7 @@ import numpy as np
 
 import tinygraph as tg
 from tinygraph import backend, init
+from tinygraph.graph import note_host_read
 from tinygraph.nn import Module, empty_parameter
 
 from .cells import _DECOMPOSED, as_tensor, zeros_state
@@ -157,6 +158,8 @@ class JordanRNN(_TextbookRNN):
 
     def _one_hots(self, targets, like):
         """(T, B, K) one-hot targets on ``like``'s device, built once per forward."""
+        if isinstance(targets, tg.Tensor):
+            note_host_read(targets)   # the one-hots are built on the raw ids: a trace keys on them
         classes = targets.data if isinstance(targets, tg.Tensor) else targets
         if not hasattr(classes, "dtype"):
             classes = np.asarray(classes)

@@ -107,7 +107,7 @@ class _RecurrentLayer(Module):
         if mask is not None:
             if lengths is not None:
                 raise ValueError(f"{type(self).__name__}: pass lengths= or mask=, not both")
-            mask = backend.as_host(mask.data if isinstance(mask, tg.Tensor) else mask)
+            mask = mask.numpy() if isinstance(mask, tg.Tensor) else backend.as_host(mask)  # (a trace sees the read)
             lengths = mask_to_lengths(mask.T if self.batch_first else mask)
         x = as_tensor(x, self.cell(0).U)
         if x.ndim != 3:

@@ -289,7 +289,7 @@ def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False, ends=None):
     """
     T, B = ops.raw(x).shape[:2]
     if ends is not None:
-        given = np.asarray(backend.as_host(ends.data if isinstance(ends, tg.Tensor) else ends))
+        given = np.asarray(ends.numpy() if isinstance(ends, tg.Tensor) else backend.as_host(ends))
         if given.shape != (B,) or (given.size and given.dtype.kind not in "iu") \
                 or not ((given >= 0) & (given < T)).all():
             raise ValueError(f"lstm_sequence: ends must be one integer step in [0, {T}) per batch row ({B}), "

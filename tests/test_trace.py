@@ -404,3 +404,25 @@ def test_recorded_comparisons_and_tensor_indices_replay_without_retracing():
             m = rng.random(5) < 0.5 if uses_mask else fixed_m
             step(rng.standard_normal((5, 4)), t, m)
         assert step.traces == 1, name
+
+
+def test_a_layer_mask_that_the_loss_also_reads_keys_the_trace():
+    from tinygraph.models import LSTM
+
+    model = LSTM(3, 4, bidirectional=True, fused=True, dtype="float64")
+
+    def loss_fn(x, targets, mask):
+        out, _ = model(x, mask=mask)
+        return tg.cross_entropy(out[..., :4], targets, mask=mask, reduction="sum")
+
+    step = tg.traced_step(loss_fn, model.parameters())
+    rng = np.random.default_rng(18)
+    x, targets = rng.standard_normal((5, 3, 3)), rng.integers(0, 4, (5, 3))
+    for lengths in ([5, 2, 3], [1, 5, 4], [5, 2, 3]):
+        mask = np.arange(5)[:, None] < np.array(lengths)[None, :]
+        model.zero_grad()
+        traced = step(x, targets, mask).item()
+        model.zero_grad()
+        eager = loss_fn(tg.tensor(x), tg.tensor(targets), tg.tensor(mask))
+        assert traced == pytest.approx(eager.item(), rel=1e-12)
+    assert step.traces == 2
