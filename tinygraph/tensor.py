@@ -172,7 +172,8 @@ class Tensor:
             extra.append("requires_grad=True" if op in ("leaf",) else f"grad_fn={op}")
         if self.device != "cpu":
             extra.append(f"device={self.device!r}")
-        body = np.array2string(self.numpy(), precision=4, separator=", ", threshold=50)
+        # (not self.numpy(): printing inside a traced function does not make the values part of the trace)
+        body = np.array2string(backend.as_host(self.data), precision=4, separator=", ", threshold=50)
         tail = (", " + ", ".join(extra)) if extra else ""
         return f"tensor({body}, dtype={self.dtype}{tail})"
 
