@@ -39,12 +39,8 @@ from _timing import best_of  # noqa: E402
 
 def openblas_local_setter():
     """``openblas_set_num_threads_local`` of the OpenBLAS that NumPy loaded (OpenBLAS 0.3.27+), or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split(None, 5)[-1].strip() for line in maps if "openblas" in line.lower()})
-    except OSError:
-        return None
-    for path in paths:
+    from tinygraph.backend import openblas_libraries
+    for path in openblas_libraries():
         try:
             setter = ctypes.CDLL(path).openblas_set_num_threads_local
         except (OSError, AttributeError):

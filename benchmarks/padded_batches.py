@@ -50,7 +50,9 @@ def main(argv=None):
     targets = rng.integers(0, args.hidden, size=(T, B))
     print(f"padded batch T={T} B={B} D={args.input} H={args.hidden}, lengths {lengths.min()}-{lengths.max()} "
           f"(mean {lengths.mean():.1f}); tinygraph from {Path(tg.__file__).resolve().parent.parent}")
-    torch = _torch()
+    sys.path.append(str(Path(__file__).resolve().parent.parent))   # the benchmarks package, for its baselines
+    from benchmarks.baselines import torch_module
+    torch = torch_module()
     for layer in (LSTM, GRU, RNN):
         for bidirectional in (False, True):
             model = layer(args.input, args.hidden, bidirectional=bidirectional, fused=True)
@@ -85,18 +87,6 @@ def main(argv=None):
                 line += (f"   torch packed {times['torch packed'] * 1e3:8.2f} ms   "
                          f"fused/torch {times['fused'] / times['torch packed']:5.2f}")
             print(line)
-
-
-def _torch():
-    """``torch`` with as many threads as cores, or None."""
-    try:
-        import os
-
-        import torch
-    except Exception:
-        return None
-    torch.set_num_threads(os.cpu_count() or 1)
-    return torch
 
 
 def _torch_step(torch, kind, model, x, lengths, mask, targets, hidden, expected_loss):

@@ -41,7 +41,7 @@ from tinygraph.nn import Dropout, Module
 
 from .cells import _DECOMPOSED, GRUCell, LSTMCell, RNNCell, as_tensor, decomposed, zeros_state
 from .masks import check_lengths, lengths_to_mask, mask_to_lengths
-from .sequence import gru_sequence, lstm_sequence, rnn_sequence
+from .sequence import final_rows, gru_sequence, lstm_sequence, rnn_sequence
 
 __all__ = ["RNN", "LSTM", "GRU", "IRNN", "make_layer", "decomposed"]
 
@@ -122,8 +122,8 @@ class _RecurrentLayer(Module):
         keep = keep_float = None
         if lengths is not None:
             lengths = check_lengths(lengths, steps, batch)
-        if lengths is not None and (lengths.size == 0 or lengths.min() == steps):
-            lengths = None   # nothing is padded: the same numbers without masks
+            if lengths.size == 0 or lengths.min() == steps:
+                lengths = None   # nothing is padded: the same numbers without masks
         if lengths is not None:
             mask = lengths_to_mask(lengths, steps)[:, :, None]
             keep = backend.to_device(mask, x.device)
@@ -201,7 +201,7 @@ class _RecurrentLayer(Module):
         """
         hs = rnn_sequence(x, state[0], cell.U, cell.W, cell.b, nonlinearity=cell.nonlinearity, reverse=reverse)
         hs.name = "h"
-        return hs, (_final_rows(hs, ends, reverse),)
+        return hs, (final_rows(hs, ends, reverse),)
 
     def _sweep_fused_padded(self, cell, x, state, reverse, lengths, keep_float):
         """A padded batch through the fused kernel, with the step-by-step path's numbers.
@@ -390,14 +390,7 @@ class GRU(_RecurrentLayer):
     def _sweep_fused(self, cell, x, state, reverse, ends=None):
         hs = gru_sequence(x, state[0], cell.U, cell.W, cell.b, cell.b_hn, reverse=reverse)
         hs.name = "h"
-        return hs, (_final_rows(hs, ends, reverse),)
-
-
-def _final_rows(hs, ends, reverse):
-    """The final state from a fused sweep's outputs: the last step's, or row b's at step ends[b]."""
-    if ends is not None:
-        return hs[np.asarray(ends, dtype=np.intp), np.arange(len(ends))]
-    return hs[0] if reverse else hs[hs.shape[0] - 1]
+        return hs, (final_rows(hs, ends, reverse),)
 
 
 _LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "irnn": IRNN}

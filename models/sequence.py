@@ -298,11 +298,14 @@ def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False, ends=None):
     padded = {} if ends is None else {"ends": ends}
     packed = ops.apply(LSTM_SEQUENCE, x, h0, c0, U, W, _bias(b, U), reverse=bool(reverse), **padded)
     outputs, c_n = packed[:T], packed[T]
+    return _named(outputs, "h"), final_rows(outputs, ends, reverse), _named(c_n, "c")
+
+
+def final_rows(hs, ends, reverse):
+    """A sweep's final state from its outputs ``hs`` (T, B, H): the last step's, or row b's at step ends[b]."""
     if ends is not None:
-        h_n = outputs[np.asarray(ends, dtype=np.intp), np.arange(len(ends))]
-    else:
-        h_n = packed[0] if reverse else packed[T - 1]
-    return _named(outputs, "h"), h_n, _named(c_n, "c")
+        return hs[np.asarray(ends, dtype=np.intp), np.arange(len(ends))]
+    return hs[0] if reverse else hs[hs.shape[0] - 1]
 
 
 # -- GRU ---------------------------------------------------------------------------

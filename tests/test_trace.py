@@ -245,6 +245,22 @@ def test_traced_step_keeps_a_bounded_cache_and_warns_about_changing_shapes():
     assert {key[0][0][0] for key in step.compiled} == {4, 5, 6}  # the oldest were dropped
 
 
+def _assert_step_equals_eager(step, loss_fn, params, *arrays):
+    """One traced_step call on ``arrays`` gives the eager loss and the eager gradients of ``params``."""
+    params = list(params)
+    for p in params:
+        p.grad = None
+    traced = step(*arrays).item()
+    traced_grads = [p.grad.numpy().copy() for p in params]
+    for p in params:
+        p.grad = None
+    eager = loss_fn(*[tg.tensor(a) for a in arrays])
+    eager.backward()
+    assert traced == pytest.approx(eager.item(), rel=1e-12)
+    for got, p in zip(traced_grads, params):
+        np.testing.assert_allclose(got, p.grad.numpy(), atol=1e-12)
+
+
 def _padded_lstm_loss():
     from tinygraph.models import LSTM
 
@@ -264,15 +280,7 @@ def test_traced_step_retraces_for_new_lengths_read_on_the_host():
     model, loss_fn, x, targets = _padded_lstm_loss()
     step = tg.traced_step(loss_fn, model.parameters())
     for lengths, traces in (([6, 2, 4], 1), ([3, 6, 1], 2), ([6, 2, 4], 2)):
-        model.zero_grad()
-        traced = step(x, targets, np.array(lengths)).item()
-        traced_grads = [p.grad.numpy().copy() for p in model.parameters()]
-        model.zero_grad()
-        eager = loss_fn(tg.tensor(x), targets, np.array(lengths))
-        eager.backward()
-        assert traced == pytest.approx(eager.item(), rel=1e-12)
-        for got, p in zip(traced_grads, model.parameters()):
-            np.testing.assert_allclose(got, p.grad.numpy(), atol=1e-12)
+        _assert_step_equals_eager(step, loss_fn, model.parameters(), x, targets, np.array(lengths))
         assert step.traces == traces
 
 
@@ -299,15 +307,7 @@ def test_integer_inputs_reshaped_inside_the_loss_are_read_at_every_replay():
     step = tg.traced_step(loss_fn, tagger.parameters())
     for _ in range(4):
         tokens, tags = rng.integers(0, 20, (6, 3)), rng.integers(0, 3, (6, 3))
-        tagger.zero_grad()
-        traced = step(tokens, tags).item()
-        traced_grads = [p.grad.numpy().copy() for p in tagger.parameters()]
-        tagger.zero_grad()
-        eager = loss_fn(tg.tensor(tokens), tg.tensor(tags))
-        eager.backward()
-        assert traced == pytest.approx(eager.item(), rel=1e-12)
-        for got, p in zip(traced_grads, tagger.parameters()):
-            np.testing.assert_allclose(got, p.grad.numpy(), atol=1e-12)
+        _assert_step_equals_eager(step, loss_fn, tagger.parameters(), tokens, tags)
     assert step.traces == 1
 
 
@@ -327,15 +327,7 @@ def test_a_loss_mask_given_as_an_input_is_read_at_every_replay(reduction):
     step = tg.traced_step(loss_fn, [W])
     x, targets = rng.standard_normal((5, 4)), rng.integers(0, 3, 5)
     for mask in ([1, 1, 0, 1, 0], [0, 1, 1, 1, 1], [1, 0, 0, 0, 0]):
-        mask = np.array(mask, dtype=bool)
-        W.grad = None
-        traced = step(x, targets, mask).item()
-        traced_grad = W.grad.numpy().copy()
-        W.grad = None
-        eager = loss_fn(tg.tensor(x), targets, mask)
-        eager.backward()
-        assert traced == pytest.approx(eager.item(), rel=1e-12)
-        np.testing.assert_allclose(traced_grad, W.grad.numpy(), atol=1e-12)
+        _assert_step_equals_eager(step, loss_fn, [W], x, targets, np.array(mask, dtype=bool))
     assert step.traces == 1
 
 
@@ -381,14 +373,7 @@ def test_integer_and_bool_inputs_are_never_silently_frozen(name):
         m = rng.random(5) < 0.6
         m[0] = True   # a prefix mask for mask_to_lengths needs no gaps: one row of length 1
         m[1:] = m[1:] & (name != "a mask turned into lengths and given as mask=")
-        W.grad = None
-        traced = step(x, t, m).item()
-        traced_grad = W.grad.numpy().copy()
-        W.grad = None
-        eager = loss_fn(tg.tensor(x), tg.tensor(t), tg.tensor(m))
-        eager.backward()
-        assert traced == pytest.approx(eager.item(), rel=1e-12)
-        np.testing.assert_allclose(traced_grad, W.grad.numpy(), atol=1e-12)
+        _assert_step_equals_eager(step, loss_fn, [W], x, t, m)
 
 
 def test_recorded_comparisons_and_tensor_indices_replay_without_retracing():
@@ -420,9 +405,5 @@ def test_a_layer_mask_that_the_loss_also_reads_keys_the_trace():
     x, targets = rng.standard_normal((5, 3, 3)), rng.integers(0, 4, (5, 3))
     for lengths in ([5, 2, 3], [1, 5, 4], [5, 2, 3]):
         mask = np.arange(5)[:, None] < np.array(lengths)[None, :]
-        model.zero_grad()
-        traced = step(x, targets, mask).item()
-        model.zero_grad()
-        eager = loss_fn(tg.tensor(x), tg.tensor(targets), tg.tensor(mask))
-        assert traced == pytest.approx(eager.item(), rel=1e-12)
+        _assert_step_equals_eager(step, loss_fn, model.parameters(), x, targets, mask)
     assert step.traces == 2

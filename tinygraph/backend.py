@@ -117,6 +117,15 @@ def module_for_device(device):
     return np if kind == "cpu" else get_cupy()
 
 
+def openblas_libraries():
+    """Paths of the OpenBLAS shared libraries loaded in this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    except OSError:
+        return []
+
+
 def limit_blas_threads(n=1):
     """Ask a loaded OpenBLAS to use ``n`` threads; returns True when it could.
 
@@ -127,11 +136,9 @@ def limit_blas_threads(n=1):
     OPENBLAS_NUM_THREADS, when set, wins.
     """
     import ctypes
-    if os.environ.get("OPENBLAS_NUM_THREADS") or not os.path.exists("/proc/self/maps"):
+    if os.environ.get("OPENBLAS_NUM_THREADS"):
         return False
-    with open("/proc/self/maps") as f:
-        libraries = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
-    for path in libraries:
+    for path in openblas_libraries():
         lib = ctypes.CDLL(path)
         for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
                      "scipy_openblas_set_num_threads", "openblas_set_num_threads64_"):
