@@ -407,3 +407,39 @@ def test_a_layer_mask_that_the_loss_also_reads_keys_the_trace():
         mask = np.arange(5)[:, None] < np.array(lengths)[None, :]
         _assert_step_equals_eager(step, loss_fn, model.parameters(), x, targets, mask)
     assert step.traces == 2
+
+
+@pytest.mark.parametrize("weight_form", ["leaf", "transposed", "also_elementwise"])
+def test_shared_matmul_weight_gradient_is_one_batched_product(weight_form):
+    """A weight read by a matmul at every step gets its gradient from one stacked product,
+    equal to eager's sum of per-step products, whether it is a leaf, an op's output, or
+    also read by a non-matmul op (whose contribution adds to the batch)."""
+    tg.manual_seed(3)
+    D, H, T = 3, 4, 5
+    U = tg.randn(H, D, dtype="float64", requires_grad=True)
+    W = tg.randn(H, H, dtype="float64", requires_grad=True)
+
+    def loss_fn(xs, h0):
+        w = W if weight_form == "leaf" else tg.transpose(W)
+        u = tg.transpose(U)
+        h = h0
+        for t in range(T):
+            h = tg.tanh(xs[t] @ u + h @ w)
+            if weight_form == "also_elementwise":
+                h = h * w[0]
+        return (h * h).sum()
+
+    rng = np.random.default_rng(4)
+    xs, h0 = rng.standard_normal((T, 2, D)), rng.standard_normal((2, H))
+    compiled = trace(loss_fn, xs, h0, params=[U, W])
+    deferred = [entry for entry in compiled.reverse if entry[-1] is not None]
+    assert len(deferred) == 2 * T  # both weights, every step
+    value = compiled(xs, h0)
+    (gx, gh), (gU, gW) = compiled.backward(np.ones(()))
+    X, Hs = tg.tensor(xs, requires_grad=True), tg.tensor(h0, requires_grad=True)
+    U.grad = W.grad = None
+    ref = loss_fn(X, Hs)
+    ref.backward()
+    assert float(value) == pytest.approx(ref.item(), rel=1e-12)
+    for got, want in ((gx, X.grad), (gh, Hs.grad), (gU, U.grad), (gW, W.grad)):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-11, atol=1e-12)

@@ -40,7 +40,7 @@ import numpy as np
 from . import backend
 from .autodiff import _accumulate, _as_dtype, _owned
 from .graph import STATE, Graph, enable_grad
-from .ops import SparseGrad, sum_to
+from .ops import MATMUL, SparseGrad, sum_to
 from .tensor import Tensor
 
 __all__ = ["trace", "traced_step", "CompiledFunction", "TracedStep"]
@@ -91,13 +91,7 @@ class CompiledFunction:
                 differentiable.add(out)
             needs = tuple(kind == _SLOT and k in differentiable for kind, k in spec)
             self.schedule.append((n.prim, tuple(spec), n.attrs, out, needs, _arguments_getter(spec)))
-        # backward: the entries with something to differentiate, each with the slots
-        # and shapes of the arguments that need a gradient (computed once, here)
-        self.reverse = []
-        for prim, spec, attrs, out, needs, get in reversed(self.schedule):
-            receivers = tuple((k, v, self.shapes[v]) for k, ((_, v), need) in enumerate(zip(spec, needs)) if need)
-            if receivers:
-                self.reverse.append((prim, attrs, out, needs, get, receivers))
+        self.reverse = self._backward_plan()
         self.values = self.residuals = None
 
     def __len__(self):
@@ -138,6 +132,40 @@ class CompiledFunction:
 
     __call__ = forward
 
+    def _backward_plan(self):
+        """The reverse schedule: the entries with something to differentiate, last first.
+
+        Each entry carries the slots and shapes of the arguments that receive a
+        gradient (found once, here). One rewrite: when two or more matmuls
+        ``a_t @ b`` share a 2-D right operand ``b`` that needs a gradient (a
+        weight read at every time step), their gradients for ``b`` are not
+        formed one by one (T small products and T - 1 adds). The pairs
+        ``(a_t, g_t)`` are kept, and once every consumer of ``b`` has run the
+        same matmul VJP runs once on the stacked pairs, because
+        ``sum_t a_t^T g_t = [a_1; ...; a_T]^T [g_1; ...; g_T]``: one GEMM.
+        """
+        shapes = self.shapes
+        right_uses = {}  # slot b -> positions of the matmuls a @ b that need b's gradient
+        for k, (prim, spec, attrs, out, needs, get) in enumerate(self.schedule):
+            if prim is MATMUL and needs[1] and len(shapes[spec[0][1]]) == 2 and len(shapes[spec[1][1]]) == 2:
+                right_uses.setdefault(spec[1][1], []).append(k)
+        batched = {b for b, uses in right_uses.items() if len(uses) >= 2}
+        produced = {out for _, _, _, out, _, _ in self.schedule}
+        reverse = []
+        for k in range(len(self.schedule) - 1, -1, -1):
+            prim, spec, attrs, out, needs, get = self.schedule[k]
+            if out in batched:  # every consumer of ``out`` has run: add its batched gradient first
+                reverse.append((None, None, out, None, None, None, None))
+            deferred = None
+            if prim is MATMUL and spec[1][1] in batched and needs[1]:
+                deferred, needs = (spec[0][1], spec[1][1]), (needs[0], False)
+            receivers = tuple((i, v, shapes[v]) for i, ((_, v), need) in enumerate(zip(spec, needs)) if need)
+            if receivers or deferred:
+                reverse.append((prim, attrs, out, needs, get, receivers, deferred))
+        # a batched leaf (a parameter, an input) has no producer: its gradient is added at the end
+        reverse.extend((None, None, b, None, None, None, None) for b in sorted(batched - produced))
+        return reverse
+
     def backward(self, *grad_outputs):
         """VJP of the last forward: returns (input grads, param grads) as arrays
         (``None`` for integer inputs and for inputs or parameters fn never read)."""
@@ -147,14 +175,29 @@ class CompiledFunction:
         grads, owned = {}, set()  # slot -> gradient, as in the eager walk
         for slot, g in zip(self.output_slots, grad_outputs):
             _accumulate(grads, owned, slot, g.data if isinstance(g, Tensor) else g)
+        pending = {}  # slot b -> [(a_t, g_t)] of its deferred matmuls a_t @ b
         old_sparse, STATE.sparse_grads = STATE.sparse_grads, True
         try:
-            for prim, attrs, out, needs, get, receivers in self.reverse:
+            for prim, attrs, out, needs, get, receivers, deferred in self.reverse:
+                if prim is None:  # slot ``out`` has all its deferred matmul pairs: one GEMM
+                    pairs = pending.pop(out, None)
+                    if pairs:
+                        _accumulate(grads, owned, out, _batched_right_grad(pairs, values[out]))
+                    continue
                 g = grads.get(out)
                 if g is None:
                     continue
                 if type(g) is SparseGrad:
                     g = grads[out] = g.dense()
+                if deferred is not None:  # a @ b: b's gradient comes from the batch (see _backward_plan)
+                    a_slot, b_slot = deferred
+                    pair = (values[a_slot], g)
+                    if b_slot in pending:
+                        pending[b_slot].append(pair)
+                    else:
+                        pending[b_slot] = [pair]
+                    if not receivers:
+                        continue
                 if prim.residuals:
                     in_grads = prim.vjp(g, values[out], needs, *get(values), residuals=self.residuals[out], **attrs)
                 else:
@@ -180,6 +223,17 @@ class CompiledFunction:
             return g.dense() if type(g) is SparseGrad else g
 
         return [result(s) for s in self.input_slots], [result(s) for s in self.param_slots]
+
+
+def _batched_right_grad(pairs, b):
+    """sum_t a_t^T g_t for the pairs of matmuls a_t @ b: matmul's VJP once, on the stacked pairs."""
+    if len(pairs) == 1:
+        a, g = pairs[0]
+    else:
+        xp = backend.array_module(b)
+        a = xp.concatenate([a for a, _ in pairs])
+        g = xp.concatenate([g for _, g in pairs])
+    return MATMUL.vjp(g, None, (False, True), a, b)[1]
 
 
 def _arguments_getter(spec):
