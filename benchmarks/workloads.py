@@ -177,15 +177,18 @@ class TinygraphRunner:
 class TracedRunner(TinygraphRunner):
     """The same model and loss as a ``tinygraph.traced_step``: traced once, replayed each step.
 
+    A decomposed layer (``fused=False``) is swapped for its fused kernel at
+    trace time (``tinygraph.fusion``) unless ``fuse=False``.
     Replay runs the recorded primitives' forwards and VJP rules on raw arrays,
     with no Tensor or graph node per op: what is left of the engine's per-step
     cost. Inputs and targets are read at every replay, the parameters live,
     and the gradients land in ``.grad`` as after ``backward()``.
     """
 
-    def __init__(self, workload, data, fused=True, dtype="float32", seed=0, device="cpu"):
+    def __init__(self, workload, data, fused=True, dtype="float32", seed=0, device="cpu", fuse=True):
         super().__init__(workload, data, fused=fused, dtype=dtype, seed=seed, device=device)
-        self.traced = tg.traced_step(self._loss_of, list(self.params().values()))
+        # fuse=False: no trace-time fusion, so a decomposed layer replays every gate op
+        self.traced = tg.traced_step(self._loss_of, list(self.params().values()), fuse=fuse)
         self.traced(self.x, self.targets)  # the trace itself is not timed
 
     def _loss_of(self, x, targets):

@@ -37,6 +37,7 @@ import numpy as np
 
 import tinygraph as tg
 from tinygraph import backend
+from tinygraph.fusion import register_fusion
 from tinygraph.nn import Dropout, Module
 
 from .cells import _DECOMPOSED, GRUCell, LSTMCell, RNNCell, as_tensor, decomposed, zeros_state
@@ -394,6 +395,58 @@ class GRU(_RecurrentLayer):
 
 
 _LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "irnn": IRNN}
+
+
+# -- trace-time fusion: a decomposed sweep replays as the fused kernel ----------------
+# A decomposed layer (fused=False, or tg.decomposed()) records every gate of every step,
+# for the diagrams and the stepper. Traced (tg.trace, tg.traced_step), each such sweep
+# is swapped for the fused sequence kernel: ``tinygraph.fusion`` finds it because the
+# pattern below IS the layer's own ``_sweep`` (and the replacement its own
+# ``_sweep_fused``), run on a stand-in cell whose parameters are the pattern's inputs.
+# Covered: each direction of each layer with a bias and no layer norm, unpadded.
+
+def _stand_in(layer_class, parameters, nonlinearity):
+    """(layer, cell) objects that run the real sweep code with ``parameters`` as U, W, b (, b_hn)."""
+    cell = object.__new__(layer_class.cell_class)
+    Module.__init__(cell)
+    U, W, b = parameters[:3]
+    fields = {"input_size": U.shape[1], "hidden_size": W.shape[1], "has_bias": True, "layer_norm": False,
+              "fused": False, "nonlinearity": nonlinearity, "U": U, "W": W, "b": b,
+              "b_hn": parameters[3] if len(parameters) > 3 else None}
+    for name, value in fields.items():
+        object.__setattr__(cell, name, value)
+    return object.__new__(layer_class), cell
+
+
+def _sweep_fusion(layer_class, reverse, nonlinearity=None):
+    states = layer_class.state_tensors
+
+    def run(fused, x, *args):
+        layer, cell = _stand_in(layer_class, args[states:], nonlinearity)
+        state = tuple(args[:states])
+        out, final = (layer._sweep_fused(cell, x, state, reverse) if fused
+                      else layer._sweep(cell, x, state, None, None, reverse))
+        return (out, *final)
+
+    def examples(anchor):
+        """Small inputs with the anchor's number of steps (the anchor is the sweep's output stack)."""
+        if anchor.op != "stack" or len(anchor.inputs) < 2 or len(anchor.shape) != 3:
+            return None
+        gates = {LSTM: 4, GRU: 3, RNN: 1}[layer_class]
+        T, D, H = len(anchor.inputs), 3, 2
+        shapes = [(T, 2, D)] + [(2, H)] * states + [(gates * H, D), (gates * H, H), (gates * H,)]
+        return [np.zeros(s) for s in shapes + ([(H,)] if layer_class is GRU else [])]
+
+    name = f"{layer_class.__name__.lower()}{'_' + nonlinearity if nonlinearity else ''}_sweep"
+    register_fusion(name + ("_reverse" if reverse else ""), lambda *a: run(False, *a), lambda *a: run(True, *a),
+                    examples)
+
+
+for _reverse in (False, True):
+    _sweep_fusion(LSTM, _reverse)
+    _sweep_fusion(GRU, _reverse)
+    _sweep_fusion(RNN, _reverse, "tanh")
+    _sweep_fusion(RNN, _reverse, "relu")
 
 
 def make_layer(cell, input_size, hidden_size, **options):

@@ -149,10 +149,14 @@ def test_decomposed_rows_report_both_ratios():
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)["workloads"]["D"]
     results = record["results"]
-    assert {"tinygraph decomposed", "decomposed traced"} <= set(results)
+    assert {"tinygraph decomposed", "decomposed traced", "decomposed replay"} <= set(results)
     assert record["decomposed_over_fused"] == pytest.approx(results["tinygraph decomposed"] / results["tinygraph"])
     assert record["decomposed_traced_over_fused_traced"] == pytest.approx(
         results["decomposed traced"] / results["tinygraph traced"])
+    assert record["decomposed_traced_over_fused"] == pytest.approx(
+        results["decomposed traced"] / results["tinygraph"])
+    assert record["decomposed_replay_over_fused_traced"] == pytest.approx(
+        results["decomposed replay"] / results["tinygraph traced"])
 
 
 def test_gradient_check_fails_loudly():

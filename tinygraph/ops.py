@@ -16,6 +16,7 @@ centrally (``sum_to``), so no rule deals with broadcasting.
 from __future__ import annotations
 
 import builtins
+from functools import partial
 import weakref
 
 import numpy as np
@@ -669,8 +670,8 @@ def _stack_fwd(*xs, axis=0):
 
 def _stack_vjp(g, out, needs, *xs, axis=0):
     ax = axis % len(out.shape)
-    return tuple(getitem(g, (slice(None),) * ax + (i,)) if need else None
-                 for i, need in enumerate(needs))
+    take = g.__getitem__ if type(g) is np.ndarray else partial(getitem, g)  # raw: plain views
+    return tuple(take((slice(None),) * ax + (i,)) if need else None for i, need in enumerate(needs))
 
 
 CONCAT = register("concat", _concat_fwd, _concat_vjp)
@@ -820,6 +821,8 @@ def transpose(x, axes=None):
         # negative axes are made positive: the VJP inverts the permutation with argsort
         ndim = raw(x).ndim
         axes = tuple(int(a) + ndim if int(a) < 0 else int(a) for a in axes)
+    if type(x) is np.ndarray:  # a rule's raw interpretation: the forward itself, no dispatch
+        return x.transpose(axes)
     return apply(TRANSPOSE, x, axes=axes)
 
 
@@ -848,6 +851,8 @@ def sum_to(x, shape):
 
 def matmul(a, b):
     """Matrix product with NumPy's rules (1-D operands and batch broadcasting)."""
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.ndim >= 2 and b.ndim >= 2:
+        return _matmul_fwd(a, b)  # a rule's raw interpretation: the forward itself, no dispatch
     ra, rb = raw(a), raw(b)
     if getattr(ra, "ndim", 0) == 0 or getattr(rb, "ndim", 0) == 0:
         raise ValueError(
@@ -982,7 +987,10 @@ def _nonempty(tensors, op):
 
 def concat(tensors, axis=0):
     """Join tensors along an existing axis."""
-    return apply(CONCAT, *_nonempty(tensors, "concat"), axis=axis)
+    tensors = _nonempty(tensors, "concat")
+    if all(type(t) is np.ndarray for t in tensors):  # a rule's raw interpretation, no dispatch
+        return np.concatenate(tensors, axis=axis)
+    return apply(CONCAT, *tensors, axis=axis)
 
 
 def stack(tensors, axis=0):
@@ -1001,7 +1009,10 @@ def split(x, sections_or_indices, axis=0):
     else:
         bounds = [0] + [int(i) for i in sections_or_indices] + [length]
     ax = axis % raw(x).ndim
-    return [getitem(x, (slice(None),) * ax + (slice(lo, hi),)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    lead = (slice(None),) * ax
+    if type(x) is np.ndarray:  # a rule's raw interpretation: plain views, no dispatch
+        return [x[lead + (slice(lo, hi),)] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [getitem(x, lead + (slice(lo, hi),)) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def softmax(x, axis=-1):

@@ -37,7 +37,7 @@ import warnings
 
 import numpy as np
 
-from . import backend
+from . import backend, fusion
 from .autodiff import _accumulate, _as_dtype, _owned
 from .graph import STATE, Graph, enable_grad
 from .ops import MATMUL, SparseGrad, sum_to
@@ -52,8 +52,12 @@ class CompiledFunction:
     """A traced function: ``forward(*arrays)`` then ``backward(*grad_outputs)``."""
 
     def __init__(self, graph, input_nodes, param_tensors, output_nodes, constants, input_grads=True,
-                 example_inputs=None, host_read=()):
+                 example_inputs=None, host_read=(), aliases=None, fused=None):
         index = {n.id: k for k, n in enumerate(graph.nodes)}
+        # a fused-away node's value is the one its replacement computes (tinygraph.fusion)
+        for old_id, new in (aliases or {}).items():
+            index[old_id] = index[new.id]
+        self.fused = dict(fused or {})  # fusion name -> matches replaced
         self.num_slots = len(graph.nodes)
         # an input fn never read is in no slot (None): it is checked and ignored
         self.input_slots = [index.get(n.id) for n in input_nodes]
@@ -247,13 +251,16 @@ def _arguments_getter(spec):
     return lambda values: tuple(values[v] if kind == _SLOT else v for kind, v in spec)
 
 
-def trace(fn, *example_inputs, params=(), input_grads=True):
+def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
     """Trace ``fn(*inputs)`` (Tensors in, Tensor or tuple of Tensors out) into a CompiledFunction.
 
     ``params`` are the Tensors (e.g. ``model.parameters()``) that ``fn`` reads
     and that you want gradients for; they are read live at each replay. With
     ``input_grads=False`` backward returns ``None`` for every input and skips
-    the work that only the inputs' gradients need.
+    the work that only the inputs' gradients need. With ``fuse`` (the
+    default) the registered fusions (``tinygraph.fusion``) replace the
+    subgraphs they match, e.g. a decomposed LSTM step by the fused cell;
+    ``.fused`` on the result counts them.
     """
     leaves = []
     for x in example_inputs:
@@ -284,9 +291,14 @@ def trace(fn, *example_inputs, params=(), input_grads=True):
                  if n.prim is None and n.tensor is not None
                  and not any(n is leaf._node for leaf in leaves)
                  and not any(n is p._node for p in params)}
+    aliases, fused = {}, {}
+    if fuse:
+        nodes, aliases, fused = fusion.fuse(graph.nodes, graph.outputs)
+        graph = Graph(nodes, graph.outputs)
     return CompiledFunction(graph, [x._node for x in leaves], params,
                             [o._node for o in outputs], constants, input_grads=input_grads,
-                            example_inputs=[x.data for x in leaves], host_read=host_read)
+                            example_inputs=[x.data for x in leaves], host_read=host_read,
+                            aliases=aliases, fused=fused)
 
 
 def _inputs_behind(nodes, input_nodes):
@@ -319,8 +331,9 @@ class TracedStep:
     every call and are better run eagerly or padded.
     """
 
-    def __init__(self, loss_fn, params, max_traces=16):
+    def __init__(self, loss_fn, params, max_traces=16, fuse=True):
         self.loss_fn = loss_fn
+        self.fuse = bool(fuse)
         self.params = list(params)
         if not self.params:
             raise ValueError("traced_step: needs the parameters to differentiate, e.g. model.parameters()")
@@ -375,14 +388,15 @@ class TracedStep:
                                  f"{type(loss).__name__}{getattr(loss, 'shape', '')}")
             return loss
         self.traces += 1
-        return trace(checked, *arrays, params=self.params, input_grads=False)
+        return trace(checked, *arrays, params=self.params, input_grads=False, fuse=self.fuse)
 
 
-def traced_step(loss_fn, params, max_traces=16):
-    """Trace ``loss_fn(*inputs) -> scalar loss`` for training: see ``TracedStep``.
+def traced_step(loss_fn, params, max_traces=16, fuse=True):
+    """Trace ``loss_fn(*inputs) -> scalar loss`` for training: see ``TracedStep``
+    (and ``trace`` for ``fuse``).
 
     ``loss_fn`` must compute the same ops for every input of one shape (no
     dropout masks drawn inside it, no branches on values): a trace freezes one
     path through the Python code and bakes the constants made inside.
     """
-    return TracedStep(loss_fn, params, max_traces=max_traces)
+    return TracedStep(loss_fn, params, max_traces=max_traces, fuse=fuse)

@@ -1,0 +1,218 @@
+"""Trace-time fusion (tinygraph.fusion): replayed schedules equal eager, and fuse only what they may."""
+import numpy as np
+import pytest
+
+import tinygraph as tg
+from tinygraph import fusion
+from tinygraph.models import GRU, LSTM, RNN
+from tinygraph.trace import trace
+
+
+def _eager_grads(fn, params, inputs):
+    for p in params:
+        p.grad = None
+    loss = fn(*[tg.tensor(a) for a in inputs])
+    loss.backward()
+    return loss.item(), [p.grad.numpy().copy() for p in params]
+
+
+def _replayed_grads(compiled, inputs):
+    value = compiled(*inputs)
+    _, grads = compiled.backward(np.ones(()))
+    return float(value), grads
+
+
+LAYERS = [
+    (LSTM, {}, "lstm_sweep"),
+    (GRU, {}, "gru_sweep"),
+    (RNN, {"nonlinearity": "tanh"}, "rnn_tanh_sweep"),
+    (RNN, {"nonlinearity": "relu"}, "rnn_relu_sweep"),
+]
+
+
+@pytest.mark.parametrize("layer_class, options, name", LAYERS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_decomposed_layer_traces_to_its_fused_kernel(layer_class, options, name, bidirectional):
+    """Every direction of every layer becomes one fused node; loss and gradients equal eager."""
+    tg.manual_seed(0)
+    model = layer_class(3, 5, num_layers=2, bidirectional=bidirectional, dtype="float64", **options)
+    params = model.parameters()
+    rng = np.random.default_rng(1)
+    x, target = rng.standard_normal((6, 2, 3)), rng.standard_normal((6, 2, 5 * (1 + bidirectional)))
+
+    def loss_fn(x):
+        out, state = model(x)
+        h_n = state[0] if layer_class is LSTM else state
+        return ((out - tg.tensor(target)) ** 2).sum() + (h_n * h_n).sum()
+
+    compiled = trace(loss_fn, x, params=params)
+    directions = 2 * (1 + bidirectional)  # 2 layers
+    expected = {name: 2} if not bidirectional else {name: 2, name + "_reverse": 2}
+    assert compiled.fused == expected and sum(compiled.fused.values()) == directions
+    fresh = rng.standard_normal(x.shape)
+    value, grads = _replayed_grads(compiled, [fresh])
+    ref_value, ref_grads = _eager_grads(loss_fn, params, [fresh])
+    assert value == pytest.approx(ref_value, rel=1e-12)
+    for got, want in zip(grads, ref_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_fusion_shortens_the_schedule_and_can_be_turned_off():
+    tg.manual_seed(0)
+    model = LSTM(3, 4, dtype="float64")
+    x = np.random.default_rng(2).standard_normal((8, 2, 3))
+
+    def loss_fn(x):
+        return model(x)[0].sum()
+
+    fused = trace(loss_fn, x, params=model.parameters())
+    plain = trace(loss_fn, x, params=model.parameters(), fuse=False)
+    assert plain.fused == {} and fused.fused == {"lstm_sweep": 1}
+    assert len(fused) < 10 < 8 * 15 < len(plain)  # one kernel against every gate of 8 steps
+    np.testing.assert_allclose(fused(x), plain(x), rtol=1e-12)
+
+
+def test_the_lstm_final_state_and_the_state_carried_between_layers_are_rewired():
+    """h_n and c_n (outputs of the fused-away sweep) are read by the loss: they come from the kernel."""
+    tg.manual_seed(3)
+    model = LSTM(2, 3, num_layers=2, dtype="float64")
+    rng = np.random.default_rng(4)
+    x, h0, c0 = rng.standard_normal((5, 2, 2)), rng.standard_normal((2, 2, 3)), rng.standard_normal((2, 2, 3))
+
+    def loss_fn(x, h0, c0):
+        out, (h_n, c_n) = model(x, (h0, c0))
+        return (out * out).sum() + (h_n * c_n).sum() + c_n.sum()
+
+    compiled = trace(loss_fn, x, h0, c0, params=model.parameters())
+    assert compiled.fused == {"lstm_sweep": 2}
+    value = compiled(x, h0, c0)
+    input_grads, param_grads = compiled.backward(np.ones(()))
+    xs = [tg.tensor(a, requires_grad=True) for a in (x, h0, c0)]
+    for p in model.parameters():
+        p.grad = None
+    ref = loss_fn(*xs)
+    ref.backward()
+    assert float(value) == pytest.approx(ref.item(), rel=1e-12)
+    for got, want in zip(input_grads + param_grads, [t.grad for t in xs] + [p.grad for p in model.parameters()]):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_sweeps_it_cannot_replace_stay_decomposed_and_correct():
+    """Layer norm and padded batches record other ops: no match, the same numbers as eager."""
+    tg.manual_seed(5)
+    normed = LSTM(3, 4, layer_norm=True, dtype="float64")
+    padded = GRU(3, 4, dtype="float64")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 3, 3))
+    lengths = np.array([5, 2, 4])
+
+    def loss_fn(x):
+        return (normed(x)[0] ** 2).sum() + (padded(x, lengths=lengths)[0] ** 2).sum()
+
+    params = normed.parameters() + padded.parameters()
+    compiled = trace(loss_fn, x, params=params)
+    assert compiled.fused == {}
+    value, grads = _replayed_grads(compiled, [x])
+    ref_value, ref_grads = _eager_grads(loss_fn, params, [x])
+    assert value == pytest.approx(ref_value, rel=1e-12)
+    for got, want in zip(grads, ref_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_an_inner_value_read_elsewhere_keeps_the_recorded_ops():
+    """If a step's hidden state is also read outside the sweep's output, the sweep is not fused."""
+    tg.manual_seed(7)
+    cell_layer = RNN(2, 3, dtype="float64")
+    x = np.random.default_rng(8).standard_normal((4, 2, 2))
+    seen = []
+
+    def loss_fn(x):
+        out, _ = cell_layer(x)
+        # the stack's second input is the step-1 state: reading it from the graph, not the stack
+        step_one = tg.graph.Graph.from_outputs(out).outputs[0].inputs[1].tensor
+        seen.append(step_one is not None)
+        return out.sum() + (step_one * step_one).sum()
+
+    compiled = trace(loss_fn, x, params=cell_layer.parameters())
+    assert seen == [True] and compiled.fused == {}
+    value, grads = _replayed_grads(compiled, [x])
+    ref_value, ref_grads = _eager_grads(loss_fn, cell_layer.parameters(), [x])
+    assert value == pytest.approx(ref_value, rel=1e-12)
+    for got, want in zip(grads, ref_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+# -- the mechanism, on a toy rewrite ------------------------------------------------------
+
+@pytest.fixture
+def toy_fusion():
+    """pattern (a, b) -> (tanh(a * b) + a, exp(a * b) * b), replacement: the same through one product."""
+    def pattern(a, b):
+        ab = a * b
+        return tg.tanh(ab) + a, tg.exp(ab) * b
+
+    def replacement(a, b):
+        ab = b * a  # the operands swapped: another graph, the same numbers
+        return a + tg.tanh(ab), b * tg.exp(ab)
+
+    fusion.register_fusion("toy", pattern, replacement, [np.zeros(3), np.zeros(3)])
+    yield pattern
+    del fusion._FUSIONS["toy"]
+
+
+def test_toy_fusion_matches_at_any_shape_and_equals_eager(toy_fusion):
+    rng = np.random.default_rng(9)
+    x, y = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
+
+    def fn(x, y):
+        ab = x * y
+        first = tg.tanh(ab) + x
+        early = first * 3.0  # reads an output before the pattern's last op is recorded
+        second = tg.exp(ab) * y
+        again, other = toy_fusion(second, x)  # a second match, at the same shapes
+        return (early * second).sum() + (again * other).sum()
+
+    compiled = trace(fn, x, y)
+    assert compiled.fused == {"toy": 2}
+    value = compiled(x, y)
+    input_grads, _ = compiled.backward(np.ones(()))
+    tx, ty = tg.tensor(x, requires_grad=True), tg.tensor(y, requires_grad=True)
+    ref = fn(tx, ty)
+    ref.backward()
+    assert float(value) == pytest.approx(ref.item(), rel=1e-12)
+    np.testing.assert_allclose(input_grads[0], tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(input_grads[1], ty.grad.numpy(), rtol=1e-12)
+
+
+def test_toy_fusion_needs_exact_literals_and_attributes(toy_fusion):
+    """The same wiring with another literal (a * b * 2 is not a * b) or other inputs is no match."""
+    x = np.ones((2, 3))
+
+    def other(a, b):
+        ab = a * b * 2.0
+        return (tg.tanh(ab) + a).sum() + (tg.exp(ab) * b).sum()
+
+    def swapped(a, b):
+        ab = a * b
+        return (tg.tanh(ab) + b).sum() + (tg.exp(ab) * b).sum()
+
+    assert trace(other, x, x).fused == {}
+    assert trace(swapped, x, x).fused == {}
+
+
+def test_register_fusion_rejects_patterns_that_could_close_a_cycle():
+    def pattern(a, b):
+        return tg.tanh(a), tg.exp(a) * b  # the first output does not depend on b
+
+    with pytest.raises(ValueError, match="depend on every input"):
+        fusion.register_fusion("bad", pattern, pattern, [np.zeros(2), np.zeros(2)])
+    assert "bad" not in fusion.fusions()
+
+
+def test_register_fusion_rejects_a_replacement_with_other_outputs():
+    with pytest.raises(ValueError, match="outputs"):
+        fusion.register_fusion("bad", lambda a: (tg.tanh(a), tg.exp(a)), lambda a: tg.tanh(a), [np.zeros(2)])
+    with pytest.raises(ValueError, match="constants"):
+        fusion.register_fusion("bad", lambda a: tg.tanh(a) * tg.tensor(np.ones(2)), lambda a: tg.tanh(a),
+                               [np.zeros(2)])
+    assert "bad" not in fusion.fusions()
