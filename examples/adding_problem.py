@@ -9,9 +9,13 @@ away from the last step, the gated cells' does not.
     python examples/adding_problem.py --T 50 --steps 1500
     python examples/adding_problem.py --T 100 --cells gru
     python examples/adding_problem.py --traced     # the same training through tg.traced_step
+    python examples/adding_problem.py --traced --decomposed   # gate-by-gate layers, fused when traced
 
 Every batch has the same shape, so ``--traced`` records the loss once per
 model and replays it (``tg.traced_step``): the same updates, less Python.
+``--decomposed`` builds the layers with every gate recorded (``fused=False``);
+traced, each sweep still replays as the fused kernel (``tinygraph.fusion``),
+and the script prints what the trace fused.
 """
 from __future__ import annotations
 
@@ -28,10 +32,10 @@ LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 class AddingModel(nn.Module):
     """A recurrent layer read out by a linear map at every step (the last one is scored)."""
 
-    def __init__(self, cell, hidden_size, forget_bias=None):
+    def __init__(self, cell, hidden_size, forget_bias=None, fused=True):
         super().__init__()
         options = {"forget_bias": forget_bias} if cell == "lstm" and forget_bias is not None else {}
-        self.rnn = LAYERS[cell](2, hidden_size, fused=True, **options)  # training speed: fused kernels
+        self.rnn = LAYERS[cell](2, hidden_size, fused=fused, **options)  # training speed: fused kernels
         self.head = nn.Linear(hidden_size, 1)
 
     def forward(self, x, state=None):
@@ -61,11 +65,13 @@ def build_parser():
                    help="LSTM forget-gate bias at initialisation (1.0 is the usual remedy)")
     p.add_argument("--traced", action="store_true",
                    help="train through tg.traced_step (trace the loss once, replay it)")
+    p.add_argument("--decomposed", action="store_true",
+                   help="layers with every gate recorded (fused=False); with --traced they replay fused")
     return p
 
 
 def train_one(cell, args, rng):
-    model = AddingModel(cell, args.hidden, args.forget_bias)
+    model = AddingModel(cell, args.hidden, args.forget_bias, fused=not args.decomposed)
     opt = optim.RMSprop(model.parameters(), lr=args.lr)
     x_eval, y_eval = data.adding_problem(args.eval_size, args.T, seed=args.seed + 1)
     eval_every = max(args.steps // 20, 1)
@@ -90,6 +96,10 @@ def train_one(cell, args, rng):
                 history["train_mse"].append(_common.scalar(loss))
                 history["eval_mse"].append(ev)
             bar.update(loss=_common.scalar(loss), eval=history["eval_mse"][-1])
+    if traced is not None:
+        compiled = next(iter(traced.compiled.values()))
+        print(f"{cell}: traced step of {len(compiled)} primitives; fused at trace time: "
+              f"{compiled.fused or 'nothing'}")
     return model, history
 
 

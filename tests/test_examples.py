@@ -163,13 +163,16 @@ def test_doc_code_runs(doc, expect, tmp_path, monkeypatch, capsys):
         assert (tmp_path / name).stat().st_size > 0, name
 
 
-def test_adding_problem_traced_training_matches_eager(tmp_path, capsys):
-    """--traced (tg.traced_step) makes the same updates as the eager loop: same losses, same weights."""
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_adding_problem_traced_training_matches_eager(tmp_path, capsys, decomposed):
+    """--traced (tg.traced_step) makes the same updates as the eager loop: same losses, same weights;
+    with --decomposed the eager loop records every gate and the traced one replays the fused kernel."""
     module = load_example("adding_problem")
     runs = {}
     for traced in (False, True):
         args = module.build_parser().parse_args(["--quick", "--seed", "0", "-o", str(tmp_path)]
-                                                + (["--traced"] if traced else []))
+                                                + (["--traced"] if traced else [])
+                                                + (["--decomposed"] if decomposed else []))
         args.T, args.steps, args.hidden, args.batch, args.eval_size, args.lr = 8, 12, 8, 6, 20, 1e-2
         module.tg.manual_seed(0)
         model, history = module.train_one("lstm", args, np.random.default_rng(3))
@@ -177,3 +180,5 @@ def test_adding_problem_traced_training_matches_eager(tmp_path, capsys):
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
     for a, b in zip(runs[True][1], runs[False][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    fused = "{'lstm_sweep': 1}" if decomposed else "nothing"
+    assert f"fused at trace time: {fused}" in capsys.readouterr().out

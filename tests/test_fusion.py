@@ -216,3 +216,15 @@ def test_register_fusion_rejects_a_replacement_with_other_outputs():
         fusion.register_fusion("bad", lambda a: tg.tanh(a) * tg.tensor(np.ones(2)), lambda a: tg.tanh(a),
                                [np.zeros(2)])
     assert "bad" not in fusion.fusions()
+
+
+def test_recording_a_pattern_leaves_the_callers_recording_context_alone():
+    """Patterns are recorded while the caller may be inside a scope and a time step (folding keys)."""
+    with tg.scope("outer"), tg.timestep(2):
+        before = tg.tensor(np.ones(2), requires_grad=True) * 2.0
+        counters = {step: dict(c) for step, c in tg.graph.STATE.counters.items()}
+        fusion._Recording(lambda a, b: (tg.tanh(a * b),), [np.ones(2), np.ones(2)])
+        assert {step: dict(c) for step, c in tg.graph.STATE.counters.items()} == counters
+        after = before * 3.0
+    assert (after._node.scope, after._node.timestep) == ("outer", 2)
+    assert after._node.ordinal == before._node.ordinal + 1

@@ -263,12 +263,14 @@ def test_truncated_bptt_language_model_on_cuda_matches_cpu():
         np.testing.assert_allclose(a, b, atol=1e-9)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("device", DEVICES)
-def test_traced_step_and_fused_cross_entropy_on_device(device):
-    """tg.traced_step replays a fused LSTM and the fused loss on the device, as eager does."""
+def test_traced_step_and_fused_cross_entropy_on_device(device, fused):
+    """tg.traced_step replays a fused LSTM and the fused loss on the device, as eager does;
+    a decomposed one replays the same kernel (trace-time fusion)."""
     from tinygraph.models import LSTM
     tg.manual_seed(0)
-    model = LSTM(3, 4, fused=True, dtype="float64")
+    model = LSTM(3, 4, fused=fused, dtype="float64")
     if device != "cpu":
         model.to(device)
     rng = np.random.default_rng(1)
@@ -289,6 +291,7 @@ def test_traced_step_and_fused_cross_entropy_on_device(device):
         model.zero_grad()
         loss = step(x, tg.tensor(y, device=device))
     assert loss.device.split(":")[0] == device and step.traces == 1
+    assert next(iter(step.compiled.values())).fused == ({} if fused else {"lstm_sweep": 1})
     assert loss.item() == pytest.approx(eager.item(), rel=1e-12)
     for p, e in zip(model.parameters(), expected):
         np.testing.assert_allclose(p.grad.numpy(), e, rtol=1e-10, atol=1e-12)

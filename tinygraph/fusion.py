@@ -36,32 +36,42 @@ from .tensor import Tensor
 __all__ = ["register_fusion", "fusions", "fuse"]
 
 _FUSIONS: dict = {}
+_MAX_RECORDINGS = 32  # per fusion
+_ARGUMENT = Tensor(np.zeros(0))  # stands for a node argument in a recording's ``saved``
 
 
 class _Recording:
     """A function recorded on placeholder inputs: its op nodes, placeholders and outputs."""
 
     def __init__(self, fn, arrays):
-        leaves = [Tensor(np.asarray(a) if not hasattr(a, "dtype") else a) for a in arrays]
-        for leaf in leaves:
-            leaf.requires_grad = True
-            leaf._leaf_node()
-        old_reads, STATE.host_reads = STATE.host_reads, None
+        # a recording of its own: no host reads reported to a running trace, and the
+        # caller's scope, time step and ordinal counters (the folding's node identities) untouched
+        st = STATE
+        saved = st.host_reads, st.scopes, st.scope_text, st.timestep, st.counters
+        st.host_reads, st.scopes, st.scope_text, st.timestep, st.counters = None, [], "", None, {None: {}}
         try:
+            leaves = [Tensor(np.asarray(a) if not hasattr(a, "dtype") else a) for a in arrays]
+            for leaf in leaves:
+                leaf.requires_grad = True
+                leaf._leaf_node()
             with enable_grad():
                 outputs = fn(*leaves)
         finally:
-            STATE.host_reads = old_reads
+            st.host_reads, st.scopes, st.scope_text, st.timestep, st.counters = saved
         outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
         self.placeholders = {leaf._node: k for k, leaf in enumerate(leaves)}
         self.outputs = [o._node for o in outputs]
         self.graph = Graph.from_outputs(*outputs)
-        self._keep = (leaves, outputs)  # the nodes' Tensors stay alive with the recording
         self.ops = [n for n in self.graph.nodes if n.prim is not None]
         stray = [n for n in self.graph.nodes if n.prim is None and n not in self.placeholders]
         if stray or None in self.outputs or any(o in self.placeholders for o in self.outputs):
             raise ValueError("register_fusion: a pattern or replacement must compute every output with ops "
                              "from its inputs only (no constants made inside, no input returned as it is)")
+        # only the structure is kept: a recording at a large model's shapes holds no arrays
+        for n in self.graph.nodes:
+            n.value = n.residuals = None
+            if n.saved is not None:
+                n.saved = tuple(_ARGUMENT if isinstance(a, Tensor) else a for a in n.saved)
 
 
 class Fusion:
@@ -94,6 +104,8 @@ class Fusion:
                 if len(rec.outputs) != expected:
                     raise ValueError(f"register_fusion({self.name!r}): the replacement returns "
                                      f"{len(rec.outputs)} outputs, the pattern {expected}")
+            if len(self._recordings) >= _MAX_RECORDINGS:  # e.g. one per sequence length seen: keep the newest
+                del self._recordings[next(iter(self._recordings))]
             self._recordings[key] = rec
         return rec
 

@@ -7,6 +7,10 @@ schedule on new arrays runs the same primitives' forwards and the same VJP
 rules (on raw arrays) without creating a Tensor or a Node per op, which is
 where most of the eager overhead on small arrays goes.
 
+Before flattening, the registered fusions (``tinygraph.fusion``) replace
+the subgraphs they match: a decomposed LSTM/GRU/RNN sweep replays its fused
+sequence kernel. ``fuse=False`` keeps every recorded op.
+
 Like any tracer, it records one path through the Python code: control flow
 that depends on values is frozen, and constants that ``fn`` creates inside
 (masks, initial zeros) are baked into the schedule. Parameters are read live
