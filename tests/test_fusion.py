@@ -16,10 +16,14 @@ def _eager_grads(fn, params, inputs):
     return loss.item(), [p.grad.numpy().copy() for p in params]
 
 
-def _replayed_grads(compiled, inputs):
-    value = compiled(*inputs)
+def _assert_replay_equals_eager(compiled, fn, params, inputs, rtol=1e-10):
+    """The compiled replay's loss and parameter gradients against an eager run of ``fn``."""
+    value = float(compiled(*inputs))
     _, grads = compiled.backward(np.ones(()))
-    return float(value), grads
+    ref_value, ref_grads = _eager_grads(fn, params, inputs)
+    assert value == pytest.approx(ref_value, rel=1e-12)
+    for got, want in zip(grads, ref_grads):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=1e-12)
 
 
 LAYERS = [
@@ -49,12 +53,7 @@ def test_decomposed_layer_traces_to_its_fused_kernel(layer_class, options, name,
     directions = 2 * (1 + bidirectional)  # 2 layers
     expected = {name: 2} if not bidirectional else {name: 2, name + "_reverse": 2}
     assert compiled.fused == expected and sum(compiled.fused.values()) == directions
-    fresh = rng.standard_normal(x.shape)
-    value, grads = _replayed_grads(compiled, [fresh])
-    ref_value, ref_grads = _eager_grads(loss_fn, params, [fresh])
-    assert value == pytest.approx(ref_value, rel=1e-12)
-    for got, want in zip(grads, ref_grads):
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    _assert_replay_equals_eager(compiled, loss_fn, params, [rng.standard_normal(x.shape)], rtol=1e-9)
 
 
 def test_fusion_shortens_the_schedule_and_can_be_turned_off():
@@ -112,11 +111,7 @@ def test_sweeps_it_cannot_replace_stay_decomposed_and_correct():
     params = normed.parameters() + padded.parameters()
     compiled = trace(loss_fn, x, params=params)
     assert compiled.fused == {}
-    value, grads = _replayed_grads(compiled, [x])
-    ref_value, ref_grads = _eager_grads(loss_fn, params, [x])
-    assert value == pytest.approx(ref_value, rel=1e-12)
-    for got, want in zip(grads, ref_grads):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    _assert_replay_equals_eager(compiled, loss_fn, params, [x])
 
 
 def test_an_inner_value_read_elsewhere_keeps_the_recorded_ops():
@@ -135,11 +130,7 @@ def test_an_inner_value_read_elsewhere_keeps_the_recorded_ops():
 
     compiled = trace(loss_fn, x, params=cell_layer.parameters())
     assert seen == [True] and compiled.fused == {}
-    value, grads = _replayed_grads(compiled, [x])
-    ref_value, ref_grads = _eager_grads(loss_fn, cell_layer.parameters(), [x])
-    assert value == pytest.approx(ref_value, rel=1e-12)
-    for got, want in zip(grads, ref_grads):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    _assert_replay_equals_eager(compiled, loss_fn, cell_layer.parameters(), [x])
 
 
 # -- the mechanism, on a toy rewrite ------------------------------------------------------
