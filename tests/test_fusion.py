@@ -219,3 +219,38 @@ def test_recording_a_pattern_leaves_the_callers_recording_context_alone():
         after = before * 3.0
     assert (after._node.scope, after._node.timestep) == ("outer", 2)
     assert after._node.ordinal == before._node.ordinal + 1
+
+
+def test_a_replacement_that_cannot_take_the_matched_shapes_leaves_the_ops_alone():
+    """The pattern broadcasts (4, 5) * (5,); the replacement insists on equal shapes: no fusion, no error."""
+    def pattern(a, b):
+        ab = a * b
+        return tg.tanh(ab) + a, tg.exp(ab) * b
+
+    def replacement(a, b):
+        if a.shape != b.shape:
+            raise ValueError("equal shapes only")
+        return pattern(a, b)
+
+    fusion.register_fusion("picky", pattern, replacement, [np.zeros(3), np.zeros(3)])
+    try:
+        rng = np.random.default_rng(10)
+        x, y = rng.standard_normal((4, 5)), rng.standard_normal(5)
+
+        def fn(x, y):
+            first, second = pattern(x, y)
+            return (first * second).sum()
+
+        broadcast = trace(fn, x, y)
+        same = trace(fn, x, rng.standard_normal((4, 5)))
+        assert broadcast.fused == {} and same.fused == {"picky": 1}
+        value = broadcast(x, y)
+        (gx, gy), _ = broadcast.backward(np.ones(()))
+        tx, ty = tg.tensor(x, requires_grad=True), tg.tensor(y, requires_grad=True)
+        ref = fn(tx, ty)
+        ref.backward()
+        assert float(value) == pytest.approx(ref.item(), rel=1e-12)
+        np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(gy, ty.grad.numpy(), rtol=1e-12)
+    finally:
+        del fusion._FUSIONS["picky"]

@@ -281,7 +281,10 @@ def fuse(nodes, outputs):
             if anchor.prim is None or anchor in removed or (
                     fusion.anchor_prim is not None and anchor.prim is not fusion.anchor_prim):
                 continue
-            found = fusion.match(anchor, removed, consumers)
+            try:
+                found = fusion.match(anchor, removed, consumers)
+            except (ValueError, TypeError, IndexError):
+                continue  # the pattern does not run at these shapes (e.g. a broadcast input): no match
             if found is None:
                 continue
             signature, binding, pattern_outputs, matched = found
@@ -289,7 +292,13 @@ def fuse(nodes, outputs):
             if any(n in kept_outside for n in inner) or any(
                     c not in matched for n in inner for c in consumers.get(n, ())):
                 continue  # an inner value is read elsewhere: keep the recorded ops
-            replacement = fusion._recording("replacement", signature)
+            try:
+                replacement = fusion._recording("replacement", signature)
+            except (ValueError, TypeError, IndexError, NotImplementedError):
+                continue  # the replacement does not take these shapes: keep the recorded ops
+            if any(tuple(new.shape) != tuple(old.shape) or new.dtype != old.dtype
+                   for old, new in zip(pattern_outputs, replacement.outputs)):
+                continue  # not the same outputs at these shapes: keep the recorded ops
             copies = {p: binding[k] for p, k in replacement.placeholders.items()}
             last = max(position[n] for n in matched)
             for template in replacement.ops:
