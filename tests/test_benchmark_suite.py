@@ -239,3 +239,11 @@ def test_padded_batches_script_times_the_fused_and_step_by_step_paths():
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("padded batch T=4 B=3 D=2 H=3") and len(lines) == 7
     assert all("fused" in line and "step-by-step/fused" in line for line in lines[1:])
+
+
+def test_mkl_packed_gemm_script_says_when_mkl_is_missing(tmp_path):
+    """benchmarks/mkl_packed_gemm.py (why the kernels stay on OpenBLAS) runs with or without MKL."""
+    proc = subprocess.run([sys.executable, "benchmarks/mkl_packed_gemm.py", "--mkl-lib", str(tmp_path), "--repeat", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("MKL not found")
