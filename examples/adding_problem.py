@@ -99,7 +99,7 @@ def train_one(cell, args, rng):
     if traced is not None:
         compiled = next(iter(traced.compiled.values()))
         print(f"{cell}: traced step of {len(compiled)} primitives; fused at trace time: "
-              f"{compiled.fused or 'nothing'}")
+              f"{traced.fused or 'nothing'}")
     return model, history
 
 

@@ -254,3 +254,22 @@ def test_a_replacement_that_cannot_take_the_matched_shapes_leaves_the_ops_alone(
         np.testing.assert_allclose(gy, ty.grad.numpy(), rtol=1e-12)
     finally:
         del fusion._FUSIONS["picky"]
+
+
+def test_traced_step_reports_and_can_skip_fusion():
+    tg.manual_seed(11)
+    model = GRU(2, 3, dtype="float64")
+    x = np.random.default_rng(12).standard_normal((4, 2, 2))
+
+    def loss_fn(x):
+        return (model(x)[0] ** 2).sum()
+
+    grads = {}
+    for fuse in (True, False):
+        step = tg.traced_step(loss_fn, model.parameters(), fuse=fuse)
+        model.zero_grad()
+        step(x)
+        assert step.fused == ({"gru_sweep": 1} if fuse else {})
+        grads[fuse] = [p.grad.numpy().copy() for p in model.parameters()]
+    for a, b in zip(grads[True], grads[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -377,6 +377,15 @@ class TracedStep:
                 p.grad = Tensor(p.grad.data + _as_dtype(g, p.dtype))
         return Tensor(loss)
 
+    @property
+    def fused(self):
+        """What trace-time fusion replaced in the schedules kept now: fusion name -> matches, summed."""
+        total = {}
+        for compiled in self.compiled.values():
+            for name, count in compiled.fused.items():
+                total[name] = total.get(name, 0) + count
+        return total
+
     def _key(self, signature, arrays):
         """The cache key: the signature, plus the values of the inputs its schedule read as constants."""
         positions = self.value_positions.get(signature, ())
