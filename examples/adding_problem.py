@@ -35,7 +35,7 @@ class AddingModel(nn.Module):
     def __init__(self, cell, hidden_size, forget_bias=None, fused=True):
         super().__init__()
         options = {"forget_bias": forget_bias} if cell == "lstm" and forget_bias is not None else {}
-        self.rnn = LAYERS[cell](2, hidden_size, fused=fused, **options)  # training speed: fused kernels
+        self.rnn = LAYERS[cell](2, hidden_size, fused=fused, **options)  # fused: one kernel per sweep
         self.head = nn.Linear(hidden_size, 1)
 
     def forward(self, x, state=None):

@@ -16,8 +16,8 @@ centrally (``sum_to``), so no rule deals with broadcasting.
 from __future__ import annotations
 
 import builtins
-from functools import partial
 import weakref
+from functools import partial
 
 import numpy as np
 

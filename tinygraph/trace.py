@@ -263,8 +263,8 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
     ``input_grads=False`` backward returns ``None`` for every input and skips
     the work that only the inputs' gradients need. With ``fuse`` (the
     default) the registered fusions (``tinygraph.fusion``) replace the
-    subgraphs they match, e.g. a decomposed LSTM step by the fused cell;
-    ``.fused`` on the result counts them.
+    subgraphs they match, e.g. a decomposed LSTM sweep by its fused
+    sequence kernel; ``.fused`` on the result counts them.
     """
     leaves = []
     for x in example_inputs:
