@@ -28,6 +28,7 @@ import numpy as np
 
 import tinygraph as tg
 from tinygraph import backend, init
+from tinygraph.fusion import register_fusion
 from tinygraph.graph import note_host_read
 from tinygraph.nn import Module, empty_parameter
 
@@ -188,3 +189,33 @@ class JordanRNN(_TextbookRNN):
 def _named(tensor, name):
     tensor.name = name
     return tensor
+
+
+# -- trace-time fusion: the decomposed Elman network replays as the fused kernel ---------
+# The textbook graph (every a, h, o of every step) stays what the eager model records;
+# a trace of it (tg.trace, tg.traced_step) runs ``_forward_fused`` instead. The pattern is
+# the model's own ``_unroll`` and the replacement its own ``_forward_fused``, both on a
+# stand-in model whose parameters are the pattern's inputs (see ``tinygraph.fusion``).
+
+def _elman_stand_in(U, W, V, b, c):
+    model = object.__new__(ElmanRNN)
+    Module.__init__(model)
+    fields = {"U": U, "W": W, "V": V, "b": b, "c": c, "input_size": U.shape[1], "hidden_size": U.shape[0],
+              "output_size": V.shape[0], "fused": False}
+    for name, value in fields.items():
+        object.__setattr__(model, name, value)
+    return model
+
+
+def _elman_examples(anchor):
+    """Small inputs with the anchor's number of steps (the anchor is the stack of the outputs o)."""
+    if anchor.op != "stack" or len(anchor.inputs) < 2 or len(anchor.shape) != 3:
+        return None
+    T, D, H, K = len(anchor.inputs), 3, 2, 2
+    return [np.zeros(s) for s in [(T, 2, D), (2, H), (H, D), (H, H), (K, H), (H,), (K,)]]
+
+
+register_fusion("elman_rnn",
+                lambda x, h0, *params: _elman_stand_in(*params)._unroll(x, h0, lambda t, h, o: h),
+                lambda x, h0, *params: _elman_stand_in(*params)._forward_fused(x, h0),
+                _elman_examples)

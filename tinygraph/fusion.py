@@ -19,9 +19,9 @@ eager graph, its diagrams and its gradients stay as recorded.
   attributes (slice bounds, axes) and literal constants included.
 
 A match is used only when its inner nodes feed nothing outside it (a value
-read elsewhere, a gate someone logs, keeps the decomposed ops). Every
-output of a pattern must depend on every input, which keeps the fused
-schedule free of cycles.
+read elsewhere, a gate someone logs, keeps the decomposed ops), and when no
+input of it is computed from one of its own outputs (one fused node would
+then close a cycle).
 """
 from __future__ import annotations
 
@@ -63,6 +63,11 @@ class _Recording:
         self.outputs = [o._node for o in outputs]
         self.graph = Graph.from_outputs(*outputs)
         self.ops = [n for n in self.graph.nodes if n.prim is not None]
+        # per output, the input positions it does not depend on (see _closes_cycle)
+        self.independent = []
+        for out in self.outputs:
+            reached = set(Graph.from_outputs(out).nodes)
+            self.independent.append([k for p, k in self.placeholders.items() if p not in reached])
         stray = [n for n in self.graph.nodes if n.prim is None and n not in self.placeholders]
         if stray or None in self.outputs or any(o in self.placeholders for o in self.outputs):
             raise ValueError("register_fusion: a pattern or replacement must compute every output with ops "
@@ -94,11 +99,6 @@ class Fusion:
             rec = _Recording(fn, [np.full(s, 0.5, d) for s, d in signature])
             if kind == "pattern":
                 self.anchor_prim = rec.outputs[0].prim
-                for out in rec.outputs:
-                    reached = set(Graph.from_outputs(out).nodes)
-                    if not all(p in reached for p in rec.placeholders):
-                        raise ValueError(f"register_fusion({self.name!r}): every output of the pattern must "
-                                         "depend on every input, or the fused node could close a cycle")
             else:
                 expected = len(self._recording("pattern", signature).outputs)
                 if len(rec.outputs) != expected:
@@ -127,7 +127,33 @@ class Fusion:
         if found is None:
             return None
         binding, mapping = found
-        return signature, binding, [mapping[o] for o in rec.outputs], set(mapping.values())
+        outputs = [mapping[o] for o in rec.outputs]
+        if _closes_cycle(rec, binding, outputs):
+            return None
+        return signature, binding, outputs, set(mapping.values())
+
+
+def _closes_cycle(rec, binding, outputs):
+    """Whether an input of the match is computed from one of its outputs that does not depend on it.
+
+    One fused node takes all the inputs and gives all the outputs, so such a
+    path outside the match would become a cycle. Leaves (parameters,
+    inputs) are computed from nothing, so only computed inputs are searched.
+    """
+    for out, independent in zip(outputs, rec.independent):
+        for k in independent:
+            start = binding[k]
+            if start.prim is None:
+                continue
+            seen, stack = set(), [start]
+            while stack:
+                node = stack.pop()
+                if node is out:
+                    return True
+                if node not in seen:
+                    seen.add(node)
+                    stack.extend(node.inputs)
+    return False
 
 
 def register_fusion(name, pattern, replacement, example_inputs):
@@ -159,19 +185,33 @@ def _signature_of(arrays):
 
 
 def _match_forward(rec, mapping, binding, exact, taken, consumers):
-    """Map the pattern ops the anchor does not reach (other outputs' own ops) through the
-    consumers of nodes already matched; False when one has no counterpart."""
+    """Map the pattern ops the anchor does not reach (another output's own ops) through the
+    consumers of nodes already matched, binding inputs met only there; False when one has no
+    counterpart."""
     matched = set(mapping.values())
     remaining = [p for p in rec.ops if p not in mapping]
     while remaining:
         progress = False
         for p in list(remaining):
-            inputs = [mapping[i] if i in mapping else binding.get(rec.placeholders.get(i)) for i in p.inputs]
-            if any(i is None for i in inputs):
+            inputs, ready = [], True
+            for i in p.inputs:
+                k = rec.placeholders.get(i)
+                if i in mapping:
+                    inputs.append(mapping[i])
+                elif k is not None:
+                    inputs.append(binding.get(k))  # None: bound below, from the counterpart
+                else:
+                    ready = False  # an op of the pattern not matched yet
+            known = [i for i in inputs if i is not None]
+            if not ready or not known:
                 continue
-            for t in consumers.get(inputs[0], ()):
+            for t in consumers.get(known[0], ()):
                 if (t.prim is p.prim and t not in taken and t not in matched and len(t.inputs) == len(inputs)
-                        and all(a is b for a, b in zip(t.inputs, inputs)) and _same_arguments(p, t, exact)):
+                        and all(a is b for a, b in zip(t.inputs, inputs) if b is not None)
+                        and _same_arguments(p, t, exact)):
+                    for i, a, b in zip(p.inputs, t.inputs, inputs):
+                        if b is None and binding.setdefault(rec.placeholders[i], a) is not a:
+                            return False
                     mapping[p] = t
                     matched.add(t)
                     remaining.remove(p)
@@ -310,11 +350,15 @@ def fuse(nodes, outputs):
             counts[fusion.name] = counts.get(fusion.name, 0) + 1
     if not removed:
         return nodes, {}, {}
-    return _stable_order(nodes, removed, spliced, aliases), aliases, counts
+    order = _stable_order(nodes, removed, spliced, aliases)
+    if order is None:  # two matches that only together close a cycle: replay the recorded ops
+        return nodes, {}, {}
+    return order, aliases, counts
 
 
 def _stable_order(nodes, removed, spliced, aliases):
-    """A topological order of the kept and spliced nodes, as close to the recorded one as the edges allow.
+    """A topological order of the kept and spliced nodes, as close to the recorded one as the edges allow
+    (None if there is none).
 
     A consumer of a fused output may have been recorded before the last node
     of the match, so the nodes are re-sorted (Kahn's algorithm, earliest
@@ -337,7 +381,4 @@ def _stable_order(nodes, removed, spliced, aliases):
             waiting[u] -= 1
             if waiting[u] == 0:
                 heapq.heappush(heap, (key[u], u.id, u))
-    if len(order) != len(key):
-        raise RuntimeError("fusion: the fused schedule has a cycle (a pattern whose outputs do not all "
-                           "depend on all its inputs?)")
-    return order
+    return order if len(order) == len(key) else None  # None: the fused nodes would form a cycle
