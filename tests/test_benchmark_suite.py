@@ -247,3 +247,13 @@ def test_mkl_packed_gemm_script_says_when_mkl_is_missing(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("MKL not found")
+
+
+def test_trace_fusion_script_times_the_elman_network_five_ways():
+    proc = subprocess.run([sys.executable, "benchmarks/trace_fusion.py", "--steps", "4", "--batch", "2",
+                           "--vocab", "5", "--hidden", "3", "--repeat", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("fused at trace time: {'elman_rnn': 1}") and len(lines) == 6
+    assert all("x fused eager" in line for line in lines[1:])
