@@ -182,3 +182,4 @@ def test_adding_problem_traced_training_matches_eager(tmp_path, capsys, decompos
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     fused = "{'lstm_sweep': 1}" if decomposed else "nothing"
     assert f"fused at trace time: {fused}" in capsys.readouterr().out
+

@@ -508,16 +508,26 @@ def test_gradient_diagnostics_see_the_same_flow_through_fused_layers(cell):
     assert_same(list(fused), list(reference), 1e-10)
 
 
-def test_performance_guide_code_runs():
-    """docs/performance.md's example: fused training recording, decomposed pictures from the same model."""
+def test_performance_guide_code_runs(capsys):
+    """docs/performance.md's example: fused training recording, decomposed pictures from the same
+    model, a traced decomposed model and a user's fusion (unregistered again afterwards)."""
     import re
     from pathlib import Path
+
+    from tinygraph import fusion
+    from tinygraph import ops as primitives
     text = (Path(__file__).resolve().parent.parent / "docs" / "performance.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks
     namespace = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"docs/performance.md block {i}", "exec"), namespace)
+    try:
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"docs/performance.md block {i}", "exec"), namespace)
+    finally:
+        fusion._FUSIONS.pop("softplus", None)
+        primitives.PRIMITIVES.pop("my_softplus", None)
+    printed = capsys.readouterr().out
+    assert "{'lstm_sweep': 2, 'lstm_sweep_reverse': 2}" in printed and "{'softplus': 1} 3" in printed
     ops = [n.op for n in Graph.from_outputs(namespace["out"].sum()).nodes]
     assert "sigmoid" in ops and "lstm_sequence" not in ops
     assert namespace["lstm"].cell(1, 1).W.grad is not None   # the fused backward reached every layer

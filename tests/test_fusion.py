@@ -314,3 +314,28 @@ def test_traced_step_reports_and_can_skip_fusion():
         grads[fuse] = [p.grad.numpy().copy() for p in model.parameters()]
     for a, b in zip(grads[True], grads[False]):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_documented_user_fusion_replaces_three_ops_by_a_custom_primitive():
+    """docs/performance.md: softplus recorded as log(1 + exp(x)) replays as one registered primitive."""
+    from tinygraph import ops
+
+    softplus = ops.register("test_softplus", lambda x: np.logaddexp(0, x),
+                            lambda g, out, needs, x: (g * ops.sigmoid(x),))
+
+    def softplus_ops(x):
+        return tg.log(1 + tg.exp(x))
+
+    fusion.register_fusion("test_softplus", softplus_ops, lambda x: ops.apply(softplus, x), [np.zeros(3)])
+    try:
+        x = np.linspace(-3, 3, 8)
+        compiled = trace(lambda x: (softplus_ops(x) ** 2).sum(), x)
+        assert compiled.fused == {"test_softplus": 1} and len(compiled) == 3
+        assert [entry[0].name for entry in compiled.schedule][0] == "test_softplus"
+        value = compiled(x)
+        (gx,), _ = compiled.backward(np.ones(()))
+        np.testing.assert_allclose(value, (np.logaddexp(0, x) ** 2).sum(), rtol=1e-14)
+        np.testing.assert_allclose(gx, 2 * np.logaddexp(0, x) / (1 + np.exp(-x)), rtol=1e-13)
+    finally:
+        del fusion._FUSIONS["test_softplus"]
+        del ops.PRIMITIVES["test_softplus"]
