@@ -231,29 +231,29 @@ def test_tinygraph_bench_without_a_checkout_says_where_the_suite_is(monkeypatch,
     assert "source checkout" in capsys.readouterr().err
 
 
-def test_padded_batches_script_times_the_fused_and_step_by_step_paths():
-    proc = subprocess.run([sys.executable, "benchmarks/padded_batches.py", "--steps", "4", "--batch", "3",
-                           "--input", "2", "--hidden", "3", "--rounds", "1"],
+def _script_lines(script, *args):
+    """Run ``benchmarks/<script>`` with ``args``; its stdout lines (it must exit 0)."""
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    return proc.stdout.splitlines()
+
+
+def test_padded_batches_script_times_the_fused_and_step_by_step_paths():
+    lines = _script_lines("padded_batches.py", "--steps", "4", "--batch", "3", "--input", "2", "--hidden", "3",
+                          "--rounds", "1")
     assert lines[0].startswith("padded batch T=4 B=3 D=2 H=3") and len(lines) == 7
     assert all("fused" in line and "step-by-step/fused" in line for line in lines[1:])
 
 
 def test_mkl_packed_gemm_script_says_when_mkl_is_missing(tmp_path):
     """benchmarks/mkl_packed_gemm.py (why the kernels stay on OpenBLAS) runs with or without MKL."""
-    proc = subprocess.run([sys.executable, "benchmarks/mkl_packed_gemm.py", "--mkl-lib", str(tmp_path), "--repeat", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("MKL not found")
+    lines = _script_lines("mkl_packed_gemm.py", "--mkl-lib", str(tmp_path), "--repeat", "1")
+    assert lines[0].startswith("MKL not found")
 
 
 def test_trace_fusion_script_times_the_elman_network_five_ways():
-    proc = subprocess.run([sys.executable, "benchmarks/trace_fusion.py", "--steps", "4", "--batch", "2",
-                           "--vocab", "5", "--hidden", "3", "--repeat", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = _script_lines("trace_fusion.py", "--steps", "4", "--batch", "2", "--vocab", "5", "--hidden", "3",
+                          "--repeat", "1")
     assert lines[0].endswith("fused at trace time: {'elman_rnn': 1}") and len(lines) == 6
     assert all("x fused eager" in line for line in lines[1:])
