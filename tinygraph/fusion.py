@@ -289,12 +289,12 @@ def _equal(a, b):
 class SplicedNode:
     """An op of a replacement, wired into the traced graph (what the schedule reads)."""
 
-    __slots__ = ("id", "op", "prim", "inputs", "saved", "attrs", "shape", "dtype", "tensor")
+    __slots__ = ("id", "op", "prim", "inputs", "saved", "attrs", "shape", "dtype")
 
     def __init__(self, template, inputs):
         self.id = -next(_spliced_ids)  # never a recorded node's id
         self.op, self.prim, self.saved, self.attrs = template.op, template.prim, template.saved, template.attrs
-        self.shape, self.dtype, self.inputs, self.tensor = template.shape, template.dtype, inputs, None
+        self.shape, self.dtype, self.inputs = template.shape, template.dtype, inputs
 
 
 _spliced_ids = itertools.count(1)
