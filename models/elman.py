@@ -158,17 +158,18 @@ class JordanRNN(_TextbookRNN):
         self.teacher_forcing, self.feedback = bool(teacher_forcing), feedback
 
     def _one_hots(self, targets, like):
-        """(T, B, K) one-hot targets on ``like``'s device, built once per forward."""
-        if isinstance(targets, tg.Tensor):
-            note_host_read(targets)   # the one-hots are built on the raw ids: a trace keys on them
-        classes = targets.data if isinstance(targets, tg.Tensor) else targets
-        if not hasattr(classes, "dtype"):
-            classes = np.asarray(classes)
+        """(T, B, K) one-hot targets on ``like``'s device (a Tensor), built once per forward."""
+        classes = targets if isinstance(targets, tg.Tensor) or hasattr(targets, "dtype") else np.asarray(targets)
         steps, batch = like.shape[0], like.shape[1]
-        if tuple(classes.shape) != (steps, batch) or classes.dtype.kind not in "iu":
+        if tuple(classes.shape) != (steps, batch) or np.dtype(classes.dtype).kind not in "iu":
             raise ValueError(f"JordanRNN: targets must be ({steps}, {batch}) integers, got "
                              f"{tuple(classes.shape)} {classes.dtype}")
-        eye = backend.array_module(like.data).eye(self.output_size, dtype=like.dtype)
+        eye = tg.Tensor(backend.array_module(like.data).eye(self.output_size, dtype=like.dtype))
+        if isinstance(classes, tg.Tensor):
+            if classes.device == like.device:
+                return eye[classes]  # an op on the ids: a trace replays it with each new targets
+            note_host_read(classes)  # copied on the host: a trace keys on the ids' values
+            classes = classes.data
         return eye[backend.to_device(classes, like.device)]
 
     def forward(self, x, h0=None, targets=None):
@@ -176,7 +177,7 @@ class JordanRNN(_TextbookRNN):
         x, y = self._prepare(x, h0, self.output_size, "h0 (the fed-back output)")
         if self.teacher_forcing and self.training and targets is not None:
             one_hots = self._one_hots(targets, x)
-            return self._unroll(x, y, lambda t, h, o: tg.Tensor(one_hots[t], name="y"))
+            return self._unroll(x, y, lambda t, h, o: _named(one_hots[t], "y"))
         if self.feedback == "logits":
             return self._unroll(x, y, lambda t, h, o: o)
         return self._unroll(x, y, lambda t, h, o: _named(tg.softmax(o, axis=-1), "y"))

@@ -257,3 +257,12 @@ def test_trace_fusion_script_times_the_elman_network_five_ways():
                           "--repeat", "1")
     assert lines[0].endswith("fused at trace time: {'elman_rnn': 1}") and len(lines) == 6
     assert all("x fused eager" in line for line in lines[1:])
+
+
+def test_traced_fit_script_trains_both_ways_and_prints_the_ratio():
+    lines = _script_lines("traced_fit.py", "--rounds", "1", "--batches", "1",
+                          "--only", "LSTM decomposed, H 32, B 1")
+    assert lines[0].split() == ["workload", "eager", "ms/window", "traced", "ms/window", "traced/eager"]
+    name, numbers = lines[1][:40].strip(), [float(v) for v in lines[1][40:].split()]
+    assert name == "LSTM decomposed, H 32, B 1" and len(numbers) == 3
+    assert numbers[2] == pytest.approx(numbers[1] / numbers[0], rel=0.02, abs=0.015)  # printed rounded

@@ -263,6 +263,32 @@ def test_truncated_bptt_language_model_on_cuda_matches_cpu():
         np.testing.assert_allclose(a, b, atol=1e-9)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_traced_truncated_bptt_on_device_matches_eager_cpu(device):
+    """fit's traced windows (traced=True) on the device give the eager CPU run's updates;
+    the decomposed layer replays its fused kernel there."""
+    from tinygraph import bptt, optim
+    from tinygraph.models import LanguageModel
+    from tinygraph.traced_windows import TracedWindows
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, 7, size=(15, 3))
+    runs = []
+    for where, traced in (("cpu", False), (device, True)):
+        tg.manual_seed(0)
+        model = LanguageModel(7, 5, 6, cell="lstm").double().to(where)
+        loss_fn = lambda logits, y: tg.cross_entropy(logits, y, reduction="sum")  # noqa: E731
+        tracer = TracedWindows(model, loss_fn) if traced else False
+        opt = optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(2):
+            result = bptt.backprop_through_time(model, tokens[:-1], tokens[1:], loss_fn, k1=4, k2=6,
+                                                optimizer=opt, clip_norm=1.0, traced=tracer)
+        runs.append((result.loss, [p.numpy() for p in model.parameters()], tracer))
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-9)
+    for a, b in zip(runs[1][1], runs[0][1]):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+    assert runs[1][2].fused.get("lstm_sweep", 0) >= 1
+
+
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("device", DEVICES)
 def test_traced_step_and_fused_cross_entropy_on_device(device, fused):

@@ -324,15 +324,18 @@ def _run(call, xs, targets, state, u, v, track, tracked):
 
 def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k2=None,
                           optimizer=None, clip_norm=None, clip_value=None,
-                          track_grad_norms=False):
+                          track_grad_norms=False, traced=False):
     """Full BPTT (k1 = k2 = None) or Williams & Peng's TBPTT(k1, k2) over one sequence.
 
     ``state`` is the starting state (cut from any graph it carries). With
     ``optimizer``: zero_grad, backward, clip, step for every window. Without
     one, every window's gradient accumulates into ``.grad`` (and clipping, if
     asked, is applied once at the end). ``track_grad_norms=True`` runs the
-    model one step per call to record ‖∂L/∂h(t)‖ for every step. Returns a
-    :class:`BPTTResult`.
+    model one step per call to record ‖∂L/∂h(t)‖ for every step.
+    ``traced=True`` (or a :class:`~tinygraph.traced_windows.TracedWindows`
+    kept across calls, as ``fit`` does) records each window's training step
+    once and replays it: the same numbers, no per-op Python cost, decomposed
+    layers replayed fused. Returns a :class:`BPTTResult`.
     """
     T = _seq_len(xs)
     if T == 0:
@@ -348,6 +351,7 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
     plan = window_plan(T, k1, k2)
     if track_grad_norms:
         _require_unidirectional(model, "track_grad_norms=True")
+    tracer = _window_tracer(traced, model, loss_fn, xs, track_grad_norms)
     if len(plan) > 1 and _bidirectional(model):
         raise ValueError(
             f"TBPTT(k1={k1}, k2={k2}) cuts the sequence into windows, and a bidirectional layer's "
@@ -359,6 +363,14 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
     final = restart_state
     for w, (a, b, r) in enumerate(plan):
         next_r = plan[w + 1][2] if w + 1 < len(plan) else b
+        if tracer is not None:
+            if optimizer is not None:
+                optimizer.zero_grad()
+            loss, stored, final = tracer(_time_slice(xs, r, b), _target_slice(targets, r, b), restart_state,
+                                         a - r, next_r - r)
+            _finish_window(result, loss, (a, b, r), params, optimizer, clip_norm, clip_value)
+            restart_state = restart_state if next_r == r else final if next_r == b else stored
+            continue
         # run [r, b) in segments: split at a (only loss-window outputs are kept) and at
         # next_r (the detached state there is where the next window re-runs from)
         cuts = sorted({r, a, b, next_r})
@@ -378,18 +390,11 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
         if not isinstance(loss, Tensor) or loss.size != 1:
             raise TypeError("BPTT: loss_fn must return a scalar Tensor")
         loss.backward()
-        result.window_losses.append(float(loss.item()))
-        result.windows.append((a, b, r))
         if tracker is not None:
             for t, comps in tracked:
                 tracker.add(t, comps)
             tracker.finish_before(next_r)
-        if optimizer is not None:
-            norm, clipped = _clip(params, clip_norm, clip_value)
-            optimizer.step()
-            result.num_updates += 1
-            result.update_grad_norms.append(norm)
-            result.clipped.append(clipped)
+        _finish_window(result, loss, (a, b, r), params, optimizer, clip_norm, clip_value)
         restart_state, final = stored, truncate(s)
         del loss, outputs, loss_parts, tracked, s  # drop this window's graph before the next one
 
@@ -406,6 +411,36 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
         result.state_grad_norms = tracker.result()
         result.grad_norms = result.state_grad_norms[0]
     return result
+
+
+def _finish_window(result, loss, window, params, optimizer, clip_norm, clip_value):
+    """Record the window's loss; with an optimizer, clip and step (its gradients are in ``.grad``)."""
+    result.window_losses.append(float(loss.item()))
+    result.windows.append(window)
+    if optimizer is not None:
+        norm, clipped = _clip(params, clip_norm, clip_value)
+        optimizer.step()
+        result.num_updates += 1
+        result.update_grad_norms.append(norm)
+        result.clipped.append(clipped)
+
+
+def _window_tracer(traced, model, loss_fn, xs, track_grad_norms):
+    """The TracedWindows to run the windows with (None: eager), after checking it can."""
+    if traced is False or traced is None:
+        return None
+    from .traced_windows import TracedWindows
+
+    if track_grad_norms:
+        raise ValueError("BPTT: track_grad_norms=True needs the eager graph of every step; use traced=False")
+    if isinstance(xs, Tensor) and xs.requires_grad:
+        raise ValueError("BPTT: traced=True differentiates the parameters only; these inputs require a "
+                         "gradient, so use traced=False")
+    tracer = TracedWindows(model, loss_fn) if traced is True else traced
+    if not isinstance(tracer, TracedWindows):
+        raise TypeError(f"BPTT: traced must be True, False or a TracedWindows, got {type(traced).__name__}")
+    tracer.check(model, loss_fn)
+    return tracer
 
 
 # ---------------------------------------------------------------------------
@@ -457,13 +492,18 @@ class StatefulBPTT:
     Each ``step(xs, targets)`` runs :func:`backprop_through_time` on the chunk,
     starting from the state the previous chunk ended in; the chunk edge is a
     truncation point too (with k1 = k2 and chunk lengths that are multiples of
-    k1 this equals one call over the concatenated stream).
+    k1 this equals one call over the concatenated stream). ``traced=True``
+    replays each window's traced step (see :func:`backprop_through_time`).
     """
 
     def __init__(self, model, loss_fn, *, k1, k2=None, optimizer=None, clip_norm=None,
-                 clip_value=None, initial_state=None):
+                 clip_value=None, initial_state=None, traced=False):
         resolve_window(k1, k2, 1)  # validate early
         self.model, self.loss_fn = model, loss_fn
+        if traced is True:  # one tracer for every chunk: each window layout is traced once
+            from .traced_windows import TracedWindows
+            traced = TracedWindows(model, loss_fn)
+        self.traced = traced
         self.k1, self.k2 = k1, k2
         self.optimizer, self.clip_norm, self.clip_value = optimizer, clip_norm, clip_value
         self.stream = StreamState(initial_state)
@@ -476,7 +516,7 @@ class StatefulBPTT:
         result = backprop_through_time(
             self.model, xs, targets, self.loss_fn, state=self.stream.value, k1=self.k1, k2=self.k2,
             optimizer=self.optimizer, clip_norm=self.clip_norm, clip_value=self.clip_value,
-            track_grad_norms=track_grad_norms)
+            track_grad_norms=track_grad_norms, traced=self.traced)
         self.stream.update(result.state)
         return result
 

@@ -43,6 +43,7 @@ import numpy as np
 
 from . import backend, fusion
 from .autodiff import _accumulate, _as_dtype, _owned
+from .creation import generator
 from .graph import STATE, Graph, enable_grad
 from .ops import MATMUL, SparseGrad, sum_to
 from .tensor import Tensor
@@ -286,6 +287,8 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
     finally:
         STATE.host_reads = old_reads
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    for out in outputs:
+        out._leaf_node()  # an output fn did not compute (a constant) replays as that constant
     graph = Graph.from_outputs(*outputs)
     input_ids = {x._node.id for x in leaves}
     if not params:  # default: every parameter-like leaf the function read
@@ -333,10 +336,21 @@ class TracedStep:
     most ``max_traces`` schedules are kept (the oldest goes first), with a
     warning the first time: inputs whose shape changes at every call re-trace
     every call and are better run eagerly or padded.
+
+    With ``has_aux=True`` (as in JAX) ``loss_fn`` returns ``(loss, aux)``,
+    where ``aux`` is a Tensor, a (nested) tuple or list of Tensors, or None:
+    values computed along the way that the caller needs but that are not
+    differentiated (a recurrent layer's final state). The step then returns
+    ``(loss, aux)`` with ``aux`` rebuilt from the replay, graph-free.
+
+    A loss that draws random numbers from ``tg.generator()`` while it is
+    traced (a ``Dropout`` in training mode) is refused: the trace would
+    replay the same mask at every step.
     """
 
-    def __init__(self, loss_fn, params, max_traces=16, fuse=True):
+    def __init__(self, loss_fn, params, max_traces=16, fuse=True, has_aux=False):
         self.loss_fn = loss_fn
+        self.has_aux = bool(has_aux)
         self.fuse = bool(fuse)
         self.params = list(params)
         if not self.params:
@@ -364,7 +378,9 @@ class TracedStep:
             compiled = self._trace(arrays)
             self.value_positions[signature] = tuple(sorted(compiled.value_inputs))
             self.compiled[self._key(signature, arrays)] = compiled
-        loss = compiled(*arrays)
+        outs = compiled(*arrays)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        loss = outs[0]
         _, grads = compiled.backward(backend.array_module(loss).ones((), dtype=loss.dtype))
         compiled.values = compiled.residuals = None  # the step's buffers go back to the allocator now
         handed_out = set()
@@ -375,6 +391,9 @@ class TracedStep:
                 p.grad = Tensor(_owned(g, p.dtype, handed_out))
             else:
                 p.grad = Tensor(p.grad.data + _as_dtype(g, p.dtype))
+        if self.has_aux:
+            leaves = iter(Tensor(a) for a in outs[1:])
+            return Tensor(loss), _unflatten(compiled.aux_structure, leaves)
         return Tensor(loss)
 
     @property
@@ -394,22 +413,63 @@ class TracedStep:
         return signature + tuple(backend.as_host(arrays[k]).tobytes() for k in positions)
 
     def _trace(self, arrays):
+        structure = []
+
         def checked(*leaves):
-            loss = self.loss_fn(*leaves)
-            if not isinstance(loss, Tensor) or loss.size != 1:
+            result = self.loss_fn(*leaves)
+            aux_leaves = []
+            if self.has_aux:
+                if not isinstance(result, tuple) or len(result) != 2:
+                    raise ValueError("traced_step(has_aux=True): the loss function must return (loss, aux), "
+                                     f"got {type(result).__name__}")
+                result, aux = result
+                structure.append(_flatten(aux, aux_leaves))
+            if not isinstance(result, Tensor) or result.size != 1:
                 raise ValueError("traced_step: the loss function must return a scalar Tensor, got "
-                                 f"{type(loss).__name__}{getattr(loss, 'shape', '')}")
-            return loss
+                                 f"{type(result).__name__}{getattr(result, 'shape', '')}")
+            return (result, *aux_leaves) if self.has_aux else result
+
         self.traces += 1
-        return trace(checked, *arrays, params=self.params, input_grads=False, fuse=self.fuse)
+        before = generator().bit_generator.state
+        compiled = trace(checked, *arrays, params=self.params, input_grads=False, fuse=self.fuse)
+        if generator().bit_generator.state != before:
+            raise ValueError(
+                "traced_step: the loss drew random numbers from tg.generator() while it was traced "
+                "(a Dropout in training mode?); a replay would reuse the same draws at every step. "
+                "Call it eagerly, or turn the randomness off (model.eval(), Dropout(p=0))")
+        compiled.aux_structure = structure[0] if structure else None
+        return compiled
 
 
-def traced_step(loss_fn, params, max_traces=16, fuse=True):
-    """Trace ``loss_fn(*inputs) -> scalar loss`` for training: see ``TracedStep``
-    (and ``trace`` for ``fuse``).
+def _flatten(value, leaves):
+    """A nested tuple/list of Tensors (or None) -> its structure; the Tensors go to ``leaves``."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        leaves.append(value)
+        return Tensor
+    if isinstance(value, (tuple, list)):
+        return type(value), tuple(_flatten(v, leaves) for v in value)
+    raise TypeError("traced_step(has_aux=True): aux must be a Tensor, a tuple or list of Tensors, "
+                    f"or None; got {type(value).__name__}")
+
+
+def _unflatten(structure, leaves):
+    """The inverse of ``_flatten``: rebuild the structure from an iterator of Tensors."""
+    if structure is None:
+        return None
+    if structure is Tensor:
+        return next(leaves)
+    kind, items = structure
+    return kind(_unflatten(item, leaves) for item in items)
+
+
+def traced_step(loss_fn, params, max_traces=16, fuse=True, has_aux=False):
+    """Trace ``loss_fn(*inputs) -> scalar loss`` (or ``(loss, aux)`` with
+    ``has_aux=True``) for training: see ``TracedStep`` (and ``trace`` for ``fuse``).
 
     ``loss_fn`` must compute the same ops for every input of one shape (no
     dropout masks drawn inside it, no branches on values): a trace freezes one
     path through the Python code and bakes the constants made inside.
     """
-    return TracedStep(loss_fn, params, max_traces=max_traces, fuse=fuse)
+    return TracedStep(loss_fn, params, max_traces=max_traces, fuse=fuse, has_aux=has_aux)

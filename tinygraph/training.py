@@ -365,7 +365,7 @@ class _Progress:
 
 def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=None,
         clip_value=None, eval_data=None, callbacks=(), checkpoint=None, checkpoint_every=None,
-        resume=False, progress=True, carry_state=False, explode_factor=100.0):
+        resume=False, progress=True, carry_state=False, explode_factor=100.0, traced=False):
     """Train ``model`` with (truncated) BPTT; returns a :class:`History`.
 
     Every batch goes through ``backprop_through_time`` (full BPTT, or
@@ -380,7 +380,11 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
     of an ``.npz`` written after every epoch (and every ``checkpoint_every``
     batches, and on interrupt); ``resume=True`` continues from it when it
     exists. ``explode_factor``: warn when the gradient norm exceeds this many
-    times its recent median.
+    times its recent median. ``traced=True`` records each window's training
+    step once and replays it (``tinygraph.traced_windows``): the same updates
+    without the per-op Python cost, and decomposed layers replay their fused
+    kernels. It refuses models that draw random numbers (``Dropout`` in
+    training mode).
     """
     from .bptt import backprop_through_time
 
@@ -397,6 +401,9 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
     if checkpoint is not None and not hasattr(model, "state_dict"):
         raise TypeError("fit: checkpoints need a model with state_dict()/load_state_dict() (a tg.nn.Module)")
     callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    if traced:
+        from .traced_windows import TracedWindows
+        traced = TracedWindows(model, loss_fn)
     history = History()
     run = _Progress()
     notes = ProgressBar()  # rare messages (resume, interrupt) are shown even without bars
@@ -444,7 +451,7 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
                     consistent = False
                     result = backprop_through_time(
                         model, xs, targets, loss_fn, state=run.carry, k1=k1, k2=k2, optimizer=optimizer,
-                        clip_norm=clip_norm, clip_value=clip_value)
+                        clip_norm=clip_norm, clip_value=clip_value, traced=traced)
                     _record_updates(history, result, run.epoch + 1, detector, clipping)
                     run.carry = result.state if carry_state else None
                     run.batch += 1
