@@ -163,6 +163,11 @@ def test_teacher_forced_targets_are_read_at_every_replay_not_keyed():
         xs, ys = rng.standard_normal((12, 2, 4)), rng.integers(0, V, (12, 2))
         bptt.backprop_through_time(model, xs, ys, mean_ce, k1=6, traced=tracer)
     assert tracer.traces == 2  # (state None, 6 steps) and (state, 6 steps)
+    model.eval()  # no teacher forcing in eval mode: a schedule of its own, equal to eager
+    result = bptt.backprop_through_time(model, xs, ys, mean_ce, k1=6, traced=tracer)
+    assert tracer.traces == 4
+    eager = bptt.backprop_through_time(model, xs, ys, mean_ce, k1=6)
+    assert result.window_losses == pytest.approx(eager.window_losses, rel=1e-12)
 
 
 def test_bidirectional_full_bptt_traced():

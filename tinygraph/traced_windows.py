@@ -68,7 +68,7 @@ class TracedWindows:
         self.model, self.loss_fn = model, loss_fn
         self._call = _model_call(model)
         self._fuse, self._max_traces, self._params = fuse, max_traces, params
-        self._steps = {}  # state structure -> TracedStep
+        self._steps = {}  # (state structure, train/eval mode of each module) -> TracedStep
 
     @property
     def traces(self):
@@ -91,7 +91,8 @@ class TracedWindows:
 
     def __call__(self, xs, targets, state, loss_from, store_at):
         structure = _structure(state)
-        key = _key(structure)
+        # train/eval can change what the model records (JordanRNN's teacher forcing): one schedule per mode
+        key = (_key(structure), _modes(self.model))
         step = self._steps.get(key)
         if step is None:
             step = self._steps[key] = traced_step(self._window_loss(structure), self._params,
@@ -126,11 +127,18 @@ class TracedWindows:
         return window
 
 
+def _modules(model):
+    return list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
+
+
+def _modes(model):
+    return tuple(bool(getattr(m, "training", False)) for m in _modules(model))
+
+
 def _refuse_dropout(model):
     from .nn import Dropout
 
-    modules = model.modules() if callable(getattr(model, "modules", None)) else [model]
-    for m in modules:
+    for m in _modules(model):
         if isinstance(m, Dropout) and m.training and m.p > 0:
             raise ValueError(
                 f"traced BPTT: the model has a {m!r} in training mode; a trace would replay the same "
