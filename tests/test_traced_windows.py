@@ -63,6 +63,19 @@ def test_fit_traced_equals_eager(cell, fused, k1, k2, carry):
         bptt.resolve_window(k1, k2, T))))
 
 
+def test_fit_traced_evaluates_with_a_forward_replay_as_eager_does():
+    data, held_out = token_batches(2, 11), token_batches(2, 12, steps=17)
+    (eager, h_eager), (traced, h_traced) = fit_twice(lambda: language_model("lstm", False), data, k1=6,
+                                                     eval_data=held_out, carry_state=True)
+    eager_eval = [e["eval_loss"] for e in h_eager.epochs]
+    np.testing.assert_allclose([e["eval_loss"] for e in h_traced.epochs], eager_eval, rtol=1e-10)
+    assert_same_parameters(traced, eager)
+    traced.zero_grad()
+    again = bptt.evaluate(traced, held_out, mean_ce, carry_state=True, traced=True)
+    assert again == pytest.approx(bptt.evaluate(traced, held_out, mean_ce, carry_state=True), rel=1e-10)
+    assert all(p.grad is None for p in traced.parameters()) and traced.training
+
+
 def test_window_layouts_are_traced_once_and_decomposed_layers_replay_fused():
     model = language_model("lstm", fused=False)
     opt = Adam(model.parameters(), lr=0.01)

@@ -361,6 +361,32 @@ class TracedStep:
         self.traces = 0
 
     def __call__(self, *inputs):
+        compiled, outs = self._replay(inputs)
+        loss = outs[0]
+        _, grads = compiled.backward(backend.array_module(loss).ones((), dtype=loss.dtype))
+        compiled.values = compiled.residuals = None  # the step's buffers go back to the allocator now
+        handed_out = set()
+        for p, g in zip(self.params, grads):
+            if g is None:
+                continue
+            if p.grad is None:
+                p.grad = Tensor(_owned(g, p.dtype, handed_out))
+            else:
+                p.grad = Tensor(p.grad.data + _as_dtype(g, p.dtype))
+        return self._result(compiled, outs)
+
+    def evaluate(self, *inputs):
+        """The loss (and ``aux``) from the forward replay alone: no backward, ``.grad`` untouched.
+
+        For measuring a validation set with the schedule traced for these
+        shapes (a model in eval mode records its own: trace it in that mode).
+        """
+        compiled, outs = self._replay(inputs)
+        compiled.values = compiled.residuals = None
+        return self._result(compiled, outs)
+
+    def _replay(self, inputs):
+        """The schedule for these inputs (traced now if new) and its forward outputs, as a tuple."""
         arrays = [x.data if isinstance(x, Tensor) else x if hasattr(x, "dtype") else np.asarray(x)
                   for x in inputs]
         signature = tuple((tuple(a.shape), a.dtype.str, backend.device_of(a)) for a in arrays)
@@ -373,28 +399,18 @@ class TracedStep:
                         f"traced_step: {self.traces + 1} input signatures so far (shapes {key[0][0]}, ...); "
                         "inputs whose shapes (or values read as constants, such as lengths) keep changing "
                         "re-trace at every call. Pad batches to a few fixed shapes and lengths, or call the "
-                        "loss eagerly", UserWarning, stacklevel=2)
+                        "loss eagerly", UserWarning, stacklevel=3)
                 del self.compiled[next(iter(self.compiled))]
             compiled = self._trace(arrays)
             self.value_positions[signature] = tuple(sorted(compiled.value_inputs))
             self.compiled[self._key(signature, arrays)] = compiled
         outs = compiled(*arrays)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        loss = outs[0]
-        _, grads = compiled.backward(backend.array_module(loss).ones((), dtype=loss.dtype))
-        compiled.values = compiled.residuals = None  # the step's buffers go back to the allocator now
-        handed_out = set()
-        for p, g in zip(self.params, grads):
-            if g is None:
-                continue
-            if p.grad is None:
-                p.grad = Tensor(_owned(g, p.dtype, handed_out))
-            else:
-                p.grad = Tensor(p.grad.data + _as_dtype(g, p.dtype))
+        return compiled, (outs if isinstance(outs, tuple) else (outs,))
+
+    def _result(self, compiled, outs):
         if self.has_aux:
-            leaves = iter(Tensor(a) for a in outs[1:])
-            return Tensor(loss), _unflatten(compiled.aux_structure, leaves)
-        return Tensor(loss)
+            return Tensor(outs[0]), _unflatten(compiled.aux_structure, iter(Tensor(a) for a in outs[1:]))
+        return Tensor(outs[0])
 
     @property
     def fused(self):

@@ -90,6 +90,18 @@ class TracedWindows:
         _refuse_dropout(model)
 
     def __call__(self, xs, targets, state, loss_from, store_at):
+        offsets = np.array([loss_from, store_at], dtype=np.int64)
+        loss, (stored, final) = self._step_for(state)(xs, targets, offsets, *state_tensors(state))
+        return loss, stored, final
+
+    def evaluate(self, xs, targets, state):
+        """``(loss, final state)`` of the model over all of ``xs`` from ``state``: the forward replay
+        alone, parameters' ``.grad`` untouched (``evaluate`` in ``fit(..., traced=True)``)."""
+        offsets = np.array([0, xs.shape[0]], dtype=np.int64)
+        loss, (_, final) = self._step_for(state).evaluate(xs, targets, offsets, *state_tensors(state))
+        return loss, final
+
+    def _step_for(self, state):
         structure = _structure(state)
         # train/eval can change what the model records (JordanRNN's teacher forcing): one schedule per mode
         key = (_key(structure), _modes(self.model))
@@ -98,9 +110,7 @@ class TracedWindows:
             step = self._steps[key] = traced_step(self._window_loss(structure), self._params,
                                                   max_traces=self._max_traces, fuse=self._fuse,
                                                   has_aux=True)
-        offsets = np.array([loss_from, store_at], dtype=np.int64)
-        loss, (stored, final) = step(xs, targets, offsets, *state_tensors(state))
-        return loss, stored, final
+        return step
 
     def _window_loss(self, structure):
         call, loss_fn = self._call, self.loss_fn

@@ -223,11 +223,19 @@ def _unpack(batch):
     return xs, targets
 
 
-def evaluate(model, data, loss_fn, *, carry_state=False, epoch=0):
-    """Mean of ``loss_fn`` over the batches of ``data``, full sequences, no gradients."""
+def evaluate(model, data, loss_fn, *, carry_state=False, epoch=0, traced=None):
+    """Mean of ``loss_fn`` over the batches of ``data``, full sequences, no gradients.
+
+    ``traced``: True, or a ``TracedWindows`` of this model and loss (``fit``
+    passes its own), replays each batch's forward from a schedule traced in
+    eval mode.
+    """
     from .bptt import _as_model_input, _parameters_of, truncate
 
     params = _parameters_of(model, None)
+    if traced is True:
+        from .traced_windows import TracedWindows
+        traced = TracedWindows(model, loss_fn)
     total, count, state = 0.0, 0, None
     was_training = getattr(model, "training", None)
     if was_training is not None:
@@ -237,9 +245,15 @@ def evaluate(model, data, loss_fn, *, carry_state=False, epoch=0):
             for batch in _epoch_data(data, epoch):
                 xs, targets = _unpack(batch)
                 xs = xs if isinstance(xs, Tensor) else Tensor(_as_model_input(xs, params))
-                outputs, new_state = model(xs, state if carry_state else None)
-                state = truncate(new_state)
-                total += float(loss_fn(outputs, targets).item())
+                start = state if carry_state else None
+                if traced:
+                    traced.check(model, loss_fn)
+                    loss, state = traced.evaluate(xs, targets, start)
+                else:
+                    outputs, new_state = model(xs, start)
+                    state = truncate(new_state)
+                    loss = loss_fn(outputs, targets)
+                total += float(loss.item())
                 count += 1
     finally:
         if was_training is not None:
@@ -383,8 +397,8 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
     times its recent median. ``traced=True`` records each window's training
     step once and replays it (``tinygraph.traced_windows``): the same updates
     without the per-op Python cost, and decomposed layers replay their fused
-    kernels. It refuses models that draw random numbers (``Dropout`` in
-    training mode).
+    kernels; ``eval_data`` is measured with a forward replay too. It refuses
+    models that draw random numbers (``Dropout`` in training mode).
     """
     from .bptt import backprop_through_time
 
@@ -468,8 +482,8 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
                         bar.close()
                         raise KeyboardInterrupt
                 train_loss = run.epoch_loss_sum / run.epoch_updates if run.epoch_updates else None
-                eval_loss = evaluate(model, eval_data, loss_fn, carry_state=carry_state,
-                                     epoch=run.epoch) if eval_data is not None else None
+                eval_loss = evaluate(model, eval_data, loss_fn, carry_state=carry_state, epoch=run.epoch,
+                                     traced=traced) if eval_data is not None else None
                 metrics = {"epoch": run.epoch + 1, "train_loss": train_loss,
                            "train_perplexity": perplexity(train_loss), "eval_loss": eval_loss,
                            "eval_perplexity": perplexity(eval_loss), "updates": run.epoch_updates,
