@@ -14,6 +14,12 @@ hidden 128, TBPTT 64, batch 32, Adam 3e-3, 1,500 steps) about 2.45.
 
     python examples/char_lm.py --cell lstm --steps 4500
     python examples/char_lm.py --compare-bptt      # full vs truncated BPTT
+    python examples/char_lm.py --decomposed --traced   # every gate recorded, trained at fused speed
+
+``--decomposed`` builds the layer gate by gate (``fused=False``: what the
+diagrams and the stepper show); ``--traced`` traces each TBPTT window once
+and replays it (``StatefulBPTT(traced=True)``), which runs a decomposed
+layer's fused kernel and gives the same updates as eager training.
 """
 from __future__ import annotations
 
@@ -44,6 +50,10 @@ def build_parser():
     p.add_argument("--val-chars", type=int, default=100_000, help="validation characters after the training 90 %%")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     p.add_argument("--sample-chars", type=int, default=300)
+    p.add_argument("--decomposed", action="store_true",
+                   help="record every gate (fused=False) instead of the fused layer")
+    p.add_argument("--traced", action="store_true",
+                   help="trace each TBPTT window once and replay it (same updates, less Python)")
     p.add_argument("--compare-bptt", action="store_true",
                    help="also train with full BPTT over chunks of 4 windows, same data, and compare")
     return p
@@ -82,7 +92,8 @@ def bits_per_char(model, streams, window):
 def train(model, train_streams, val_streams, args, *, chunk, k, desc):
     """TBPTT(k, k) over chunks of ``chunk`` steps (k = None: full BPTT over each chunk)."""
     opt = optim.Adam(model.parameters(), lr=args.lr)
-    trainer = bptt.StatefulBPTT(model, tg.cross_entropy, k1=k or chunk, optimizer=opt, clip_norm=args.clip)
+    trainer = bptt.StatefulBPTT(model, tg.cross_entropy, k1=k or chunk, optimizer=opt, clip_norm=args.clip,
+                                traced=args.traced)
     n_chunks = max(1, args.steps * args.window // chunk)  # every run reads the same characters
     history = {"update": [], "train_bits": [], "val_update": [], "val_bits": []}
     eval_every = max(n_chunks // 8, 1)
@@ -138,7 +149,7 @@ def main(argv=None):
     histories, final = {}, {}
     for label, (chunk, k) in runs.items():
         tg.manual_seed(args.seed)
-        model = LanguageModel(len(vocab), args.embedding, args.hidden, cell=args.cell, fused=True)
+        model = LanguageModel(len(vocab), args.embedding, args.hidden, cell=args.cell, fused=not args.decomposed)
         if not histories:
             print(f"{args.cell.upper()}: {model.num_parameters():,} parameters. Sample before training:\n"
                   f"  {sample(model, vocab, 'The ', args)!r}")
@@ -160,6 +171,7 @@ def main(argv=None):
     elapsed = sum(h["seconds"] for h in histories.values())
     summary = _common.finish(out, {
         "task": "char_lm", "source": source, "cell": args.cell, "steps": args.steps, "seconds": elapsed,
+        "decomposed": args.decomposed, "traced": args.traced,
         "val_bits_per_char": final, "unigram_bits_per_char": unigram, "sample": trained_text,
         "readme_baselines": SHAKESPEARE_BASELINES if is_shakespeare else None,
         "loss_history": {lbl: h["train_bits"] for lbl, h in histories.items()}, "histories": histories,

@@ -84,6 +84,17 @@ def test_char_lm_compares_full_and_truncated_bptt(tmp_path, capsys):
     assert updates[labels[0]] == 4 * updates[labels[1]]
 
 
+def test_char_lm_decomposed_traced_trains_as_the_eager_run(tmp_path, capsys):
+    module = load_example("char_lm")
+    runs = {flag: module.main(["--quick", "--decomposed", "--steps", "6", "-o", str(tmp_path / str(i)), *flag])
+            for i, flag in enumerate([(), ("--traced",)])}
+    eager, traced = runs[()], runs[("--traced",)]
+    assert traced["traced"] and traced["decomposed"] and not eager["traced"]
+    np.testing.assert_allclose(traced["loss_history"]["TBPTT k=16"], eager["loss_history"]["TBPTT k=16"],
+                               rtol=1e-4)
+    assert traced["val_bits_per_char"] == pytest.approx(eager["val_bits_per_char"], rel=1e-4)
+
+
 def test_char_lm_reads_any_text_file(tmp_path, capsys):
     text = tmp_path / "tiny.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
