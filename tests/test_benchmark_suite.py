@@ -266,3 +266,10 @@ def test_traced_fit_script_trains_both_ways_and_prints_the_ratio():
     name, numbers = lines[1][:40].strip(), [float(v) for v in lines[1][40:].split()]
     assert name == "LSTM decomposed, H 32, B 1" and len(numbers) == 3
     assert numbers[2] == pytest.approx(numbers[1] / numbers[0], rel=0.02, abs=0.015)  # printed rounded
+
+
+def test_replay_memory_script_reports_six_peaks_against_eager():
+    lines = _script_lines("replay_memory.py", "--steps", "3", "--batch", "2", "--input", "2", "--hidden", "3")
+    assert lines[0].startswith("LSTM T=3 B=2 D=2 H=3") and len(lines) == 7
+    assert sum("1.00x eager" in line for line in lines[1:]) >= 2  # each eager row is its own baseline
+    assert all(line.rstrip().endswith("x eager") for line in lines[1:])

@@ -100,7 +100,8 @@ class CompiledFunction:
                 differentiable.add(out)
             needs = tuple(kind == _SLOT and k in differentiable for kind, k in spec)
             self.schedule.append((n.prim, tuple(spec), n.attrs, out, needs, _arguments_getter(spec)))
-        self.reverse = self._backward_plan()
+        self.reverse, kept = self._backward_plan()
+        self.forward_plan = self._forward_plan(kept)
         self.values = self.residuals = None
 
     def __len__(self):
@@ -130,11 +131,13 @@ class CompiledFunction:
                                  "constant while tracing (its values, e.g. sequence lengths, shaped the schedule) "
                                  "and now differs; trace again, or use traced_step, which traces once per value")
         residuals = {}  # slot -> what a fused primitive kept for its VJP
-        for prim, _, attrs, out, _, get in self.schedule:
+        for prim, attrs, out, get, frees in self.forward_plan:
             if prim.residuals:
                 values[out], residuals[out] = prim.forward(*get(values), **attrs)
             else:
                 values[out] = prim.forward(*get(values), **attrs)
+            for slot in frees:  # read for the last time, and no VJP reads it: free it now
+                values[slot] = None
         self.values, self.residuals = values, residuals
         outs = [values[s] for s in self.output_slots]
         return outs[0] if len(outs) == 1 else tuple(outs)
@@ -160,7 +163,7 @@ class CompiledFunction:
                 right_uses.setdefault(spec[1][1], []).append(k)
         batched = {b for b, uses in right_uses.items() if len(uses) >= 2}
         produced = {out for _, _, _, out, _, _ in self.schedule}
-        reverse = []
+        reverse, kept = [], set(batched)  # kept: the slots a VJP reads (its arguments and output)
         for k in range(len(self.schedule) - 1, -1, -1):
             prim, spec, attrs, out, needs, get = self.schedule[k]
             if out in batched:  # every consumer of ``out`` has run: add its batched gradient first
@@ -171,16 +174,48 @@ class CompiledFunction:
             receivers = tuple((i, v, shapes[v]) for i, ((_, v), need) in enumerate(zip(spec, needs)) if need)
             if receivers or deferred:
                 reverse.append((prim, attrs, out, needs, get, receivers, deferred))
+                kept.add(out)
+                kept.update(v for kind, v in spec if kind == _SLOT)
         # a batched leaf (a parameter, an input) has no producer: its gradient is added at the end
         reverse.extend((None, None, b, None, None, None, None) for b in sorted(batched - produced))
-        return reverse
+        return reverse, kept
 
-    def backward(self, *grad_outputs):
+    def _forward_plan(self, kept):
+        """The schedule for ``forward``, each entry with the slots to free once it has run.
+
+        A value that no VJP reads (``kept`` lists those that one does) and
+        that is not an output is dropped after its last use in the forward,
+        so a replay holds what the backward needs and no more, as the eager
+        graph does.
+        """
+        last_use = {}
+        for k, (_, spec, _, out, _, _) in enumerate(self.schedule):
+            last_use[out] = k  # an output nothing reads is freed right away
+            for kind, v in spec:
+                if kind == _SLOT:
+                    last_use[v] = k
+        produced = {out for _, _, _, out, _, _ in self.schedule}
+        frees = {}
+        for slot, k in last_use.items():
+            if slot in produced and slot not in kept and slot not in self.output_slots:
+                frees.setdefault(k, []).append(slot)
+        return [(prim, attrs, out, get, tuple(frees.get(k, ())))
+                for k, (prim, _, attrs, out, _, get) in enumerate(self.schedule)]
+
+    def backward(self, *grad_outputs, retain_values=False):
         """VJP of the last forward: returns (input grads, param grads) as arrays
-        (``None`` for integer inputs and for inputs or parameters fn never read)."""
+        (``None`` for integer inputs and for inputs or parameters fn never read).
+
+        Like ``loss.backward()`` on a graph, it frees the forward's values as
+        it goes (each once its rule has run), so memory falls during the
+        backward; run ``forward`` again before the next ``backward``, or pass
+        ``retain_values=True`` to call it again with other ``grad_outputs``.
+        """
         values = self.values
         if values is None:
-            raise RuntimeError("compiled function: call forward() before backward()")
+            raise RuntimeError("compiled function: call forward() before backward() (a backward without "
+                               "retain_values=True frees the forward's values)")
+        residuals, free = self.residuals, not retain_values
         grads, owned = {}, set()  # slot -> gradient, as in the eager walk
         for slot, g in zip(self.output_slots, grad_outputs):
             _accumulate(grads, owned, slot, g.data if isinstance(g, Tensor) else g)
@@ -193,11 +228,12 @@ class CompiledFunction:
                     if pairs:
                         _accumulate(grads, owned, out, _batched_right_grad(pairs, values[out]))
                     continue
-                g = grads.get(out)
+                # every consumer of ``out`` has run: its gradient is complete, and read here for the last time
+                g = grads.pop(out, None) if free else grads.get(out)
                 if g is None:
                     continue
                 if type(g) is SparseGrad:
-                    g = grads[out] = g.dense()
+                    g = g.dense()
                 if deferred is not None:  # a @ b: b's gradient comes from the batch (see _backward_plan)
                     a_slot, b_slot = deferred
                     pair = (values[a_slot], g)
@@ -208,9 +244,12 @@ class CompiledFunction:
                     if not receivers:
                         continue
                 if prim.residuals:
-                    in_grads = prim.vjp(g, values[out], needs, *get(values), residuals=self.residuals[out], **attrs)
+                    in_grads = prim.vjp(g, values[out], needs, *get(values), residuals=residuals[out], **attrs)
                 else:
                     in_grads = prim.vjp(g, values[out], needs, *get(values), **attrs)
+                if free:  # nothing later in the reverse walk reads this output or its residuals
+                    values[out] = None
+                    residuals.pop(out, None)
                 for k, slot, shape in receivers:
                     ig = in_grads[k]
                     if ig is None:
@@ -226,6 +265,8 @@ class CompiledFunction:
                         grads[slot] = prev + ig
         finally:
             STATE.sparse_grads = old_sparse
+            if free:
+                self.values = self.residuals = None
 
         def result(slot):
             g = grads.get(slot) if slot is not None else None
