@@ -250,3 +250,108 @@ def test_traced_step_has_aux_checks_the_return_and_refuses_random_draws():
     drop = Dropout(0.5)
     with pytest.raises(ValueError, match="random numbers"):
         tg.traced_step(lambda x: drop(x * w).sum(), [w])(np.ones(3))
+
+
+def _eager_and_traced(make_model, xs, ys, loss_fn, calls=2, **options):
+    """backprop_through_time with an SGD step per window, eager then traced (one tracer for all calls)."""
+    from tinygraph.optim import SGD
+    runs = []
+    for traced in (False, True):
+        model = make_model()
+        tracer = TracedWindows(model, loss_fn) if traced else False
+        opt = SGD(model.parameters(), lr=0.1)
+        results = [bptt.backprop_through_time(model, xs, ys, loss_fn, optimizer=opt, traced=tracer, **options)
+                   for _ in range(calls)]
+        runs.append((model, results, tracer))
+    return runs
+
+
+def test_a_frozen_parameter_stays_frozen_and_is_read_live():
+    xs, ys = token_batches(1, 13)[0]
+
+    def make():
+        model = language_model("lstm", fused=False)
+        model.embedding.weight.requires_grad_(False)
+        return model
+
+    (eager, r_eager, _), (traced, r_traced, tracer) = _eager_and_traced(make, xs, ys, mean_ce, k1=6)
+    assert traced.embedding.weight.grad is None
+    np.testing.assert_array_equal(traced.embedding.weight.numpy(), make().embedding.weight.numpy())
+    assert_same_parameters(traced, eager)
+    traced.embedding.weight.data = traced.embedding.weight.data * 2  # a new array: read at the next replay
+    eager.embedding.weight.data = eager.embedding.weight.data * 2
+    again = [bptt.backprop_through_time(m, xs, ys, mean_ce, k1=6, traced=t).window_losses
+             for m, t in ((eager, False), (traced, tracer))]
+    np.testing.assert_allclose(again[1], again[0], rtol=1e-10)
+
+
+def test_targets_none_lists_and_k1_much_smaller_than_k2():
+    rng = np.random.default_rng(14)
+    xs = rng.standard_normal((60, 2, 3)).tolist()  # a nested list, cast to the model's float32
+
+    def make():
+        tg.manual_seed(15)
+        return Regressor(fused=False).to("cpu")
+
+    def last_step(outputs, targets):  # ignores the targets (None)
+        return (outputs[-1] ** 2).sum()
+
+    (eager, r_eager, _), (traced, r_traced, tracer) = _eager_and_traced(make, xs, None, last_step, k1=2, k2=40)
+    assert_same_parameters(traced, eager)
+    np.testing.assert_allclose([r.loss for r in r_traced], [r.loss for r in r_eager], rtol=1e-10)
+    # 30 windows: b = 2, 4, ..., 40 reach back to r = 0 and start from state None (twenty layouts:
+    # lengths 2 ... 40, the last storing the state at step 2), more than traced_step's default 16;
+    # b = 42 ... 58 share one layout and b = 60 has its own. Each is traced once over the two calls.
+    assert tracer.traces == 22
+
+
+def test_a_state_cut_inside_the_model_is_refused_not_replayed():
+    class Detaching(Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = ElmanRNN(3, 4, V, dtype="float64")
+
+        def forward(self, x, state=None):
+            out, h = self.rnn(x, state)
+            return out, h.detach()
+
+    rng = np.random.default_rng(16)
+    xs, ys = rng.standard_normal((10, 2, 3)), rng.integers(0, V, (10, 2))
+    with pytest.raises(ValueError, match=r"\.detach\(\).*replay would return its traced value"):
+        bptt.backprop_through_time(Detaching(), xs, ys, mean_ce, k1=5, traced=True)
+
+
+def test_traced_evaluate_calls_the_model_without_targets_like_eager():
+    class PeeksAtTargets(Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = ElmanRNN(3, 4, V, dtype="float64")
+
+        def forward(self, x, state=None, targets=None):
+            out, h = self.rnn(x, state)
+            return (out if targets is None else out * 2.0), h
+
+    tg.manual_seed(17)
+    model = PeeksAtTargets()
+    rng = np.random.default_rng(18)
+    batches = [(rng.standard_normal((8, 2, 3)), rng.integers(0, V, (8, 2)))]
+    eager = bptt.evaluate(model, batches, mean_ce)
+    assert bptt.evaluate(model, batches, mean_ce, traced=True) == pytest.approx(eager, rel=1e-12)
+
+
+def test_a_new_parameter_dtype_traces_again():
+    xs, ys = token_batches(1, 19)[0]
+    tg.manual_seed(0)
+    model = LanguageModel(V, 6, 8, cell="gru")
+    tracer = TracedWindows(model, mean_ce)
+    bptt.backprop_through_time(model, xs, ys, mean_ce, k1=8, traced=tracer)
+    model.double()
+    model.zero_grad()
+    traced = bptt.backprop_through_time(model, xs, ys, mean_ce, k1=8, traced=tracer)
+    grads = [p.grad.numpy() for p in model.parameters()]
+    model.zero_grad()
+    eager = bptt.backprop_through_time(model, xs, ys, mean_ce, k1=8)
+    np.testing.assert_allclose(traced.window_losses, eager.window_losses, rtol=1e-12)
+    for g, p in zip(grads, model.parameters()):
+        assert g.dtype == np.float64
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-10, atol=1e-12)

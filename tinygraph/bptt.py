@@ -189,7 +189,10 @@ def _clip(params, clip_norm, clip_value):
 
 
 def _as_model_input(xs, params):
-    """A float array in the parameters' dtype (cast once, not per window); Tensors as they are."""
+    """A float array in the parameters' dtype (cast once, not per window); Tensors as they are,
+    nested lists as NumPy arrays."""
+    if isinstance(xs, (list, tuple)):
+        xs = np.asarray(xs)
     if (params and not isinstance(xs, Tensor) and hasattr(xs, "astype") and xs.dtype.kind == "f"
             and xs.dtype != params[0].dtype):
         return xs.astype(params[0].dtype)
@@ -352,6 +355,9 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
     if track_grad_norms:
         _require_unidirectional(model, "track_grad_norms=True")
     tracer = _window_tracer(traced, model, loss_fn, xs, track_grad_norms)
+    if tracer is not None:  # one schedule per window layout: keep them all, or the plan evicts its own
+        nexts = [p[2] for p in plan[1:]] + [T]
+        tracer.reserve(2 * len({(b - r, a - r, n - r) for (a, b, r), n in zip(plan, nexts)}))
     if len(plan) > 1 and _bidirectional(model):
         raise ValueError(
             f"TBPTT(k1={k1}, k2={k2}) cuts the sequence into windows, and a bidirectional layer's "

@@ -83,7 +83,8 @@ class CompiledFunction:
         # without input_grads only the parameters are differentiated: no dX GEMM for a training step
         differentiable = {s for s, n in zip(self.input_slots, input_nodes)
                           if input_grads and s is not None and np.dtype(n.dtype).kind in "fc"}
-        differentiable |= {s for s in self.param_slots if s is not None}
+        # a frozen parameter (requires_grad=False) is read live but not differentiated, as in eager
+        differentiable |= {s for s, p in zip(self.param_slots, self.params) if s is not None and p.requires_grad}
         self.schedule = []
         self.shapes = [tuple(n.shape) for n in graph.nodes]
         for n in graph.nodes:
@@ -328,8 +329,15 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
     finally:
         STATE.host_reads = old_reads
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    for out in outputs:
-        out._leaf_node()  # an output fn did not compute (a constant) replays as that constant
+    for k, out in enumerate(outputs):
+        if not isinstance(out, Tensor) or out._node is None:
+            # a constant, or a value cut from the graph (.detach(), Tensor(x.data)): a replay cannot
+            # tell which, and would return the traced value for ever
+            raise ValueError(
+                f"trace: output {k} ({type(out).__name__}{tuple(getattr(out, 'shape', ()))}) was not computed "
+                "by recorded ops (a constant, or made with .detach() or from .data), so a replay would "
+                "return its traced value every time; return the Tensor before detaching it (traced BPTT "
+                "cuts the state itself), or run this function eagerly")
     graph = Graph.from_outputs(*outputs)
     input_ids = {x._node.id for x in leaves}
     if not params:  # default: every parameter-like leaf the function read
@@ -385,8 +393,10 @@ class TracedStep:
     ``(loss, aux)`` with ``aux`` rebuilt from the replay, graph-free.
 
     A loss that draws random numbers from ``tg.generator()`` while it is
-    traced (a ``Dropout`` in training mode) is refused: the trace would
-    replay the same mask at every step.
+    traced (a ``Dropout`` in training mode on the CPU) is refused: the trace
+    would replay the same mask at every step. On a GPU, ``Dropout`` draws
+    from ``cupy.random``, which this check cannot see: put such a model in
+    eval mode (``fit(..., traced=True)`` refuses it by module type).
     """
 
     def __init__(self, loss_fn, params, max_traces=16, fuse=True, has_aux=False):
@@ -431,6 +441,8 @@ class TracedStep:
         arrays = [x.data if isinstance(x, Tensor) else x if hasattr(x, "dtype") else np.asarray(x)
                   for x in inputs]
         signature = tuple((tuple(a.shape), a.dtype.str, backend.device_of(a)) for a in arrays)
+        # the parameters' dtypes and which of them are frozen shape the schedule too
+        signature += (tuple((p.dtype.str, p.requires_grad) for p in self.params),)
         key = self._key(signature, arrays)
         compiled = self.compiled.get(key)
         if compiled is None:

@@ -45,7 +45,7 @@ def _key(structure):
 
 def _steps(x, u, v, length):
     """Steps [u, v) of a traced window input, recorded so each replay slices the new values."""
-    return x if (u, v) == (0, length) else x[u:v]
+    return x if x is None or (u, v) == (0, length) else x[u:v]
 
 
 class TracedWindows:
@@ -59,16 +59,23 @@ class TracedWindows:
     when ``store_at`` is 0 or the window's length) and the state at its end,
     both graph-free. Pass one instance to every ``backprop_through_time``
     call (``fit`` does) so each layout is traced once.
+
+    Schedules are keyed by the input shapes and dtypes, the state's
+    structure, the window offsets, each module's train/eval mode and the
+    parameters' dtypes and ``requires_grad`` flags (a frozen parameter is
+    read at every replay and gets no gradient). Other Python attributes
+    that change what the model records (``JordanRNN.teacher_forcing``) are
+    not seen: make a new ``TracedWindows`` after changing them.
     """
 
     def __init__(self, model, loss_fn, *, fuse=True, max_traces=16):
         params = list(model.parameters()) if hasattr(model, "parameters") else []
         if not params:
-            raise ValueError("traced BPTT: the model has no parameters to train (model.parameters())")
+            raise ValueError("traced training: the model has no parameters (model.parameters())")
         self.model, self.loss_fn = model, loss_fn
         self._call = _model_call(model)
         self._fuse, self._max_traces, self._params = fuse, max_traces, params
-        self._steps = {}  # (state structure, train/eval mode of each module) -> TracedStep
+        self._steps = {}  # see _step_for -> TracedStep
 
     @property
     def traces(self):
@@ -84,40 +91,56 @@ class TracedWindows:
                 total[name] = total.get(name, 0) + count
         return total
 
+    def reserve(self, layouts):
+        """Keep at least ``layouts`` schedules per state structure (TBPTT(k1, k2) has about
+        k2 / k1 + 2), so a plan's windows never evict each other's traces."""
+        self._max_traces = max(self._max_traces, int(layouts))
+        for step in self._steps.values():
+            step.max_traces = max(step.max_traces, self._max_traces)
+
     def check(self, model, loss_fn):
         if model is not self.model or loss_fn is not self.loss_fn:
-            raise ValueError("traced BPTT: this TracedWindows was made for another model or loss function")
+            raise ValueError("traced training: this TracedWindows was made for another model or loss function")
         _refuse_dropout(model)
 
     def __call__(self, xs, targets, state, loss_from, store_at):
         offsets = np.array([loss_from, store_at], dtype=np.int64)
-        loss, (stored, final) = self._step_for(state)(xs, targets, offsets, *state_tensors(state))
+        step, inputs = self._step_for(state, targets, with_targets=True)
+        loss, (stored, final) = step(xs, offsets, *inputs)
         return loss, stored, final
 
     def evaluate(self, xs, targets, state):
-        """``(loss, final state)`` of the model over all of ``xs`` from ``state``: the forward replay
-        alone, parameters' ``.grad`` untouched (``evaluate`` in ``fit(..., traced=True)``)."""
+        """``(loss, final state)`` of ``model(xs, state)`` and ``loss_fn``: the forward replay alone,
+        parameters' ``.grad`` untouched (``evaluate`` in ``fit(..., traced=True)``). Like the eager
+        ``evaluate``, the model is called without ``targets=``."""
         offsets = np.array([0, xs.shape[0]], dtype=np.int64)
-        loss, (_, final) = self._step_for(state).evaluate(xs, targets, offsets, *state_tensors(state))
+        step, inputs = self._step_for(state, targets, with_targets=False)
+        loss, (_, final) = step.evaluate(xs, offsets, *inputs)
         return loss, final
 
-    def _step_for(self, state):
+    def _step_for(self, state, targets, with_targets):
+        """The TracedStep for this state structure and mode, and its inputs after ``xs, offsets``."""
         structure = _structure(state)
-        # train/eval can change what the model records (JordanRNN's teacher forcing): one schedule per mode
-        key = (_key(structure), _modes(self.model))
+        has_targets = targets is not None
+        # train/eval can change what the model records (JordanRNN's teacher forcing): one schedule
+        # per mode (traced_step itself keys on the parameters' dtypes and requires_grad flags)
+        key = (_key(structure), has_targets, with_targets, _modes(self.model))
         step = self._steps.get(key)
         if step is None:
-            step = self._steps[key] = traced_step(self._window_loss(structure), self._params,
-                                                  max_traces=self._max_traces, fuse=self._fuse,
-                                                  has_aux=True)
-        return step
+            step = self._steps[key] = traced_step(
+                self._window_loss(structure, has_targets, with_targets), self._params,
+                max_traces=self._max_traces, fuse=self._fuse, has_aux=True)
+        leaves = state_tensors(state)
+        return step, ([targets, *leaves] if has_targets else leaves)
 
-    def _window_loss(self, structure):
-        call, loss_fn = self._call, self.loss_fn
+    def _window_loss(self, structure, has_targets, with_targets):
+        call = self._call if with_targets else (lambda x, state, y: self.model(x, state))
+        loss_fn = self.loss_fn
 
-        def window(xs, targets, offsets, *leaves):
+        def window(xs, offsets, *rest):
             # read on the host, not by an op: traced_step keys the schedule by these values
             loss_from, store_at = (int(v) for v in offsets.data)
+            targets, leaves = (rest[0], rest[1:]) if has_targets else (None, rest)
             length = xs.shape[0]
             state = _rebuild(structure, iter(leaves))
             stored, parts = None, []

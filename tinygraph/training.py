@@ -415,7 +415,7 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
     if checkpoint is not None and not hasattr(model, "state_dict"):
         raise TypeError("fit: checkpoints need a model with state_dict()/load_state_dict() (a tg.nn.Module)")
     callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-    if traced:
+    if traced is True:  # (a TracedWindows passed in is used as it is)
         from .traced_windows import TracedWindows
         traced = TracedWindows(model, loss_fn)
     history = History()
