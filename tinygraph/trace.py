@@ -468,11 +468,7 @@ class TracedStep:
     @property
     def fused(self):
         """What trace-time fusion replaced in the schedules kept now: fusion name -> matches, summed."""
-        total = {}
-        for compiled in self.compiled.values():
-            for name, count in compiled.fused.items():
-                total[name] = total.get(name, 0) + count
-        return total
+        return summed_counts(compiled.fused for compiled in self.compiled.values())
 
     def _key(self, signature, arrays):
         """The cache key: the signature, plus the values of the inputs its schedule read as constants."""
@@ -508,6 +504,15 @@ class TracedStep:
                 "Call it eagerly, or turn the randomness off (model.eval(), Dropout(p=0))")
         compiled.aux_structure = structure[0] if structure else None
         return compiled
+
+
+def summed_counts(counts):
+    """{name: count} dicts added up: the fusions of several schedules."""
+    total = {}
+    for one in counts:
+        for name, count in one.items():
+            total[name] = total.get(name, 0) + count
+    return total
 
 
 def _flatten(value, leaves):

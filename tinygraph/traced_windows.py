@@ -21,7 +21,7 @@ import numpy as np
 from .bptt import _map_state, _model_call, state_tensors
 from .ops import concat
 from .tensor import Tensor
-from .trace import traced_step
+from .trace import summed_counts, traced_step
 
 __all__ = ["TracedWindows"]
 
@@ -85,11 +85,7 @@ class TracedWindows:
     @property
     def fused(self):
         """What trace-time fusion replaced in the schedules kept: fusion name -> matches."""
-        total = {}
-        for step in self._steps.values():
-            for name, count in step.fused.items():
-                total[name] = total.get(name, 0) + count
-        return total
+        return summed_counts(step.fused for step in self._steps.values())
 
     def reserve(self, layouts):
         """Keep at least ``layouts`` schedules per state structure (TBPTT(k1, k2) has about
