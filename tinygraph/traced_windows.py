@@ -51,7 +51,7 @@ def _steps(x, u, v, length):
 class TracedWindows:
     """The traced training steps of one model and loss, one schedule per window layout.
 
-    ``windows(xs, targets, state, loss_from, store_at)`` runs the model over
+    ``tracer(xs, targets, state, loss_from, store_at)`` runs the model over
     ``xs`` (the window's steps ``[r, b)``) from ``state`` (detached), takes
     ``loss_fn`` on the outputs from step ``loss_from`` on (``a - r``),
     and adds the gradients to the parameters' ``.grad``. Returns
