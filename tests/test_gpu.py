@@ -271,7 +271,7 @@ def test_traced_truncated_bptt_on_device_matches_eager_cpu(device):
     from tinygraph.models import LanguageModel
     from tinygraph.traced_windows import TracedWindows
     rng = np.random.default_rng(2)
-    tokens = rng.integers(0, 7, size=(15, 3))
+    batches = [rng.integers(0, 7, size=(15, 3)) for _ in range(2)]  # host token ids, new every call
     runs = []
     for where, traced in (("cpu", False), (device, True)):
         tg.manual_seed(0)
@@ -279,14 +279,32 @@ def test_traced_truncated_bptt_on_device_matches_eager_cpu(device):
         loss_fn = lambda logits, y: tg.cross_entropy(logits, y, reduction="sum")  # noqa: E731
         tracer = TracedWindows(model, loss_fn) if traced else False
         opt = optim.SGD(model.parameters(), lr=0.5)
-        for _ in range(2):
+        traces = []
+        for tokens in batches:
             result = bptt.backprop_through_time(model, tokens[:-1], tokens[1:], loss_fn, k1=4, k2=6,
                                                 optimizer=opt, clip_norm=1.0, traced=tracer)
-        runs.append((result.loss, [p.numpy() for p in model.parameters()], tracer))
+            traces.append(tracer.traces if traced else 0)
+        runs.append((result.loss, [p.numpy() for p in model.parameters()], tracer, traces))
     assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-9)
     for a, b in zip(runs[1][1], runs[0][1]):
         np.testing.assert_allclose(a, b, atol=1e-9)
     assert runs[1][2].fused.get("lstm_sweep", 0) >= 1
+    assert runs[1][3][0] == runs[1][3][1]  # new ids replay, they do not key new traces
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_host_ids_into_a_gpu_embedding_are_not_frozen_into_a_trace():
+    """Ids copied to the device inside a traced loss are a host read: new ids must not replay the old ones."""
+    from tinygraph.nn import Embedding
+    tg.manual_seed(0)
+    table = Embedding(5, 3, dtype="float64").to("cuda")
+    step = tg.traced_step(lambda ids: (table(ids) ** 2).sum(), table.parameters())
+    for ids in (np.array([0, 1, 2]), np.array([3, 4, 4])):
+        table.zero_grad()
+        loss = step(ids)
+        want = float((table.weight.numpy()[ids] ** 2).sum())
+        assert loss.item() == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("fused", [True, False])

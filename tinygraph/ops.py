@@ -923,6 +923,7 @@ def _indices_argument(x, indices):
     if isinstance(indices, Tensor):
         if backend.device_of(indices.data) == backend.device_of(raw(x)):
             return indices
+        note_host_read(indices)  # copied across devices outside the graph: a trace keys on the values
         indices = indices.data
     elif isinstance(indices, list):
         indices = np.asarray(indices)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import backend
 from .bptt import _map_state, _model_call, state_tensors
 from .ops import concat
 from .tensor import Tensor
@@ -101,15 +102,28 @@ class TracedWindows:
 
     def __call__(self, xs, targets, state, loss_from, store_at):
         offsets = np.array([loss_from, store_at], dtype=np.int64)
+        xs, targets = self._on_model_device(xs), self._on_model_device(targets)
         step, inputs = self._step_for(state, targets, with_targets=True)
         loss, (stored, final) = step(xs, offsets, *inputs)
         return loss, stored, final
+
+    def _on_model_device(self, x):
+        """Host token ids for a GPU model are copied before the replay, not inside it: a copy inside
+        is a host read, which would key a new trace on every batch's values."""
+        if x is None:
+            return None
+        data = x.data if isinstance(x, Tensor) else x
+        device = backend.device_of(self._params[0].data)
+        if not hasattr(data, "dtype") or backend.device_of(data) == device:
+            return x
+        return Tensor(backend.to_device(data, device))
 
     def evaluate(self, xs, targets, state):
         """``(loss, final state)`` of ``model(xs, state)`` and ``loss_fn``: the forward replay alone,
         parameters' ``.grad`` untouched (``evaluate`` in ``fit(..., traced=True)``). Like the eager
         ``evaluate``, the model is called without ``targets=``."""
         offsets = np.array([0, xs.shape[0]], dtype=np.int64)
+        xs, targets = self._on_model_device(xs), self._on_model_device(targets)
         step, inputs = self._step_for(state, targets, with_targets=False)
         loss, (_, final) = step.evaluate(xs, offsets, *inputs)
         return loss, final
