@@ -20,8 +20,8 @@ output is zero. So the forward direction's final state is the one at each
 sequence's own last step, and the backward direction, which sweeps
 t = T-1 .. 0 holding its initial state through the padding, effectively
 starts at each sequence's own last step -- the same as PyTorch's packed
-sequences. With ``fused=True`` on the CPU a padded batch runs through the
-fused kernels instead, with the same numbers (``_sweep_fused_padded``).
+sequences. With ``fused=True`` a padded batch runs through the fused
+kernels instead, with the same numbers (``_sweep_fused_padded``).
 
 Parameters are named ``layer{l}.U`` / ``layer{l}_reverse.U`` etc. (see
 ``models.cells`` for each cell's parameters and gate order);
@@ -130,14 +130,13 @@ class _RecurrentLayer(Module):
             keep = backend.to_device(mask, x.device)
             keep_float = backend.to_device(mask.astype(x.dtype), x.device)
 
-        # The fused sequence kernels run full-length batches, and padded ones on the
-        # CPU (``_sweep_fused_padded``); padded batches on CUDA and decomposed()
-        # blocks run step by step. A single step records the textbook cell: the
+        # The fused sequence kernels run full-length and padded batches
+        # (``_sweep_fused_padded``); decomposed() blocks run step by step. A single
+        # step records the textbook cell: the
         # gradient diagnostics run one step per call and take dL/dh(t), dL/dc(t) at
         # the returned state, which must then lie upstream of the output (in a fused
         # node h_n, c_n and the output are sibling slices).
-        use_kernel = (self.fused and steps > 1 and not _DECOMPOSED[0]
-                      and (keep is None or backend.array_module(x.data) is np))
+        use_kernel = self.fused and steps > 1 and not _DECOMPOSED[0]
         with decomposed() if self.fused and steps == 1 else contextlib.nullcontext():
             return self._run_layers(x, initial, keep, keep_float, use_kernel, lengths)
 
@@ -354,8 +353,7 @@ class LSTM(_RecurrentLayer):
 
     ``forget_bias`` sets the forget-gate bias; ``fused=True`` records each
     direction of each layer as one fused sequence kernel (``models.sequence``;
-    same numbers, training speed), padded batches (``lengths=``) included on
-    the CPU; on CUDA padded batches run the fused per-step cell.
+    same numbers, training speed), padded batches (``lengths=``) included.
     """
 
     cell_class = LSTMCell
@@ -383,7 +381,7 @@ class GRU(_RecurrentLayer):
 
     ``fused=True`` records each direction of each layer as one fused sequence
     kernel (``models.sequence``) for training speed, padded batches
-    (``lengths=``) included on the CPU; on CUDA those run the decomposed cells.
+    (``lengths=``) included.
     """
 
     cell_class = GRUCell

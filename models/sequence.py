@@ -226,14 +226,14 @@ def _lstm_forward(x, h0, c0, U, W, b, reverse=False, ends=None):
     xp = backend.array_module(x, h0, c0, U, W, b)
     out = xp.empty((T + 1, B, H), dtype=x.dtype)      # h(0..T-1), then the final c
     if xp is not np:
-        if ends is not None:
-            raise NotImplementedError("lstm_sequence: ends= (a padded batch) runs on the CPU only; "
-                                      "on CUDA the layers record padded batches step by step")
         gates = xp.empty((T, B, 4 * H), dtype=x.dtype)   # pre-activations, then activations [i, f, g, o]
         cs = xp.empty((T, B, H), dtype=x.dtype)
         tcs = xp.empty((T, B, H), dtype=x.dtype)
         _input_projection(x, U, b, gates.reshape(T * B, 4 * H))
         cuda_kernels.lstm_forward(gates, h0, c0, W, out, cs, tcs, reverse)
+        if ends is not None:  # row b's final c is the one after its step ends[b]
+            out[T] = cs[xp.asarray(np.asarray(ends, dtype=np.int64)), xp.arange(B)]
+            hold_after_ends(gates, ends, reverse)  # for the backward kernel: see there
         return out, (gates, cs, tcs)
     # The CPU loop is feature-major (see models.kernels): a step is (4H, B), its product W h.
     # The one-tanh gates want k z with k = [1/2, 1/2, 1, 1/2] per block: k goes into
@@ -253,6 +253,32 @@ def _lstm_forward(x, h0, c0, U, W, b, reverse=False, ends=None):
     np.copyto(out[:T], hs.transpose(0, 2, 1))
     out[T] = c.T if ends is None else cs[np.asarray(ends, dtype=np.intp), :, np.arange(B)]   # (B, H) either way
     return out, (gates, cs, tcs)
+
+
+def hold_after_ends(gates, ends, reverse):
+    """Make the LSTM backward sweep of a padded batch the plain one: in place on the saved gates.
+
+    ``gates`` (T, B, 4H) are a sweep's activations [i, f, g, o], batch-major;
+    ``ends`` (B,) ints, row b's last step. At each row's steps after its end
+    (in sweep order) this sets i = o = 0 and f = 1. The backward then passes
+    dc through those steps unchanged (dc f), adds nothing from h
+    (dh o (1 - tanh(c)^2)), and gives them no gate gradient (every factor
+    of dZ holds i (1 - i), f (1 - f), i or o (1 - o)), so the final c's
+    gradient, seeded at the sweep's last step, reaches row b's step ends[b]
+    whole: what a kernel that joined it there would compute. The forward's
+    outputs are already made; only the backward reads these gates.
+    """
+    xp = backend.array_module(gates)
+    T, B, G = gates.shape
+    H = G // 4
+    steps = xp.arange(T)[:, None]
+    last = xp.asarray(np.asarray(ends, dtype=np.int64))[None, :]
+    running = ((steps >= last) if reverse else (steps <= last)).astype(gates.dtype)[:, :, None]  # (T, B, 1)
+    gates[:, :, :H] *= running
+    gates[:, :, 3 * H:] *= running
+    forget = gates[:, :, H:2 * H]
+    forget *= running
+    forget += 1 - running
 
 
 def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, ends=None, residuals=None):
@@ -283,9 +309,11 @@ LSTM_SEQUENCE = ops.register(
 def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False, ends=None):
     """One fused LSTM sweep over ``x`` (T, B, D): returns (outputs (T, B, H), h_n, c_n).
 
-    ``ends`` (B ints, CPU only), for a padded batch: row b's final state is
-    the one after step ``ends[b]`` (its last valid step), not after the
-    sweep's last step. The steps after it still run, and nothing reads them.
+    ``ends`` (B ints), for a padded batch: row b's final state is the one
+    after step ``ends[b]`` (its last valid step), not after the sweep's last
+    step. The steps after it still run, and nothing may differentiate their
+    outputs: the layers zero them. On CUDA the backward kernel is told so
+    through the saved gates (``hold_after_ends``) and drops their gradient.
     """
     T, B = ops.raw(x).shape[:2]
     if ends is not None:

@@ -161,13 +161,22 @@ def test_padded_batches_run_the_fused_kernel_and_match_the_step_by_step_layer(na
 @requires_gpu
 @pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
 def test_cuda_padded_batches_match_the_cpu_fused_path(name, make):
-    """On CUDA padded batches run step by step; the CPU runs them through the fused kernel: same numbers."""
+    """Padded batches run through the fused kernels on CUDA too (the LSTM's backward with its gates held
+    after each row's end): the CPU's numbers, and the step-by-step layer's."""
     model = make(num_layers=2, bidirectional=True, fused=True, dtype="float64")
     x = np.random.default_rng(9).standard_normal((6, 4, 4))
     lengths = [6, 3, 1, 5]
     on_cpu = run_padded(model, x, lengths)
-    on_gpu = run_padded(model.to("cuda"), x, lengths, device="cuda")
+    model.to("cuda")
+    on_gpu = run_padded(model, x, lengths, device="cuda")
     assert_same(on_gpu, on_cpu, 1e-10)
+    with decomposed():
+        step_by_step = run_padded(model, x, lengths, device="cuda")
+    assert_same(on_gpu, step_by_step, 1e-10)
+    out, _ = model(tg.tensor(x, device="cuda"), lengths=lengths)
+    ops_recorded = [n.op for n in Graph.from_outputs(out.sum()).nodes]
+    kernel = {"lstm": "lstm_sequence", "gru": "gru_sequence"}.get(name, "rnn_sequence")
+    assert ops_recorded.count(kernel) == 4   # two layers, two directions, no per-step cells
 
 
 @pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
@@ -221,6 +230,34 @@ def test_lstm_sequence_ends_gives_each_row_the_state_after_its_own_last_step(rev
                                     reverse=reverse)
         np.testing.assert_allclose(got[row * H:(row + 1) * H], h_n.numpy()[0], atol=1e-12)
         np.testing.assert_allclose(got[B * H + row * H:B * H + (row + 1) * H], c_n.numpy()[0] * 1.3, atol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_held_gates_make_the_plain_lstm_backward_the_padded_one(reverse):
+    """hold_after_ends (how CUDA runs a padded LSTM backward with its plain kernel): on the CPU kernel,
+    the saved gates held after each row's end and no ``ends`` give the same gradients as ``ends``."""
+    from models.sequence import _lstm_forward, _lstm_vjp, hold_after_ends
+    rng = np.random.default_rng(11)
+    T, B, D, H = 6, 4, 3, 5
+    x, h0, c0 = rng.standard_normal((T, B, D)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    U, W, b = rng.standard_normal((4 * H, D)), rng.standard_normal((4 * H, H)), rng.standard_normal(4 * H)
+    ends = (2, 5, 0, 3) if not reverse else (3, 0, 5, 1)
+    out, (gates, cs, tcs) = _lstm_forward(x, h0, c0, U, W, b, reverse=reverse, ends=ends)
+    grad = rng.standard_normal(out.shape)
+    steps = np.arange(T)[:, None]
+    after = (steps < np.array(ends)) if reverse else (steps > np.array(ends))
+    grad[:T][after] = 0.0   # the layers zero the outputs after each row's end: no gradient reaches them
+    needs = (True,) * 6
+    want = _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=reverse, ends=ends,
+                     residuals=(gates.copy(), cs, tcs))
+    held = np.ascontiguousarray(gates.transpose(0, 2, 1))   # the CPU keeps (T, 4H, B); CUDA (T, B, 4H)
+    hold_after_ends(held, ends, reverse)
+    held = np.ascontiguousarray(held.transpose(0, 2, 1))
+    got = _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=reverse, residuals=(held, cs, tcs))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    unheld = _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=reverse, residuals=(gates, cs, tcs))
+    assert not np.allclose(unheld[3], want[3])   # without the hold the padded steps leak into dU
 
 
 def test_lstm_sequence_ends_checks_its_steps():

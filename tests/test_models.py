@@ -541,8 +541,8 @@ def test_fused_cell_vjp_is_differentiable_again(rng):
 
 def test_fused_cell_records_one_node_per_step():
     # a layer with fused=True records one sequence kernel per direction, padded
-    # batches included on the CPU (tests/test_fused_sequence.py); on CUDA padded
-    # batches step the fused cell, as a cell of its own does
+    # batches included (tests/test_fused_sequence.py); a cell of its own records
+    # one fused node per step
     model = LSTM(D, H, fused=True)
     out, _ = model(tg.randn(T, B, D, requires_grad=True), lengths=[T] * B)
     ops = [n.op for n in tg.Graph.from_outputs(out).nodes if not n.is_leaf]
