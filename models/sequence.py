@@ -292,8 +292,14 @@ def _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=False, ends=None, re
         dx, dU, dW, db = _weight_grads(dZ, x, out, h0, U, needs[0], needs[3], needs[4], needs[5], reverse)
         return dx, carry if needs[1] else None, dc if needs[2] else None, dU, dW, db
     # feature-major like the forward: the output's gradient turns once, dZ is (T, 4H, B)
+    grad = np.ascontiguousarray(grad.transpose(0, 2, 1))
+    if ends is not None:  # the outputs after each row's end get no gradient, as on CUDA (hold_after_ends)
+        steps, last = np.arange(T + 1)[:, None], np.asarray(ends)[None, :]
+        running = (steps >= last) if reverse else (steps <= last)
+        running[T] = True                    # the last row is the final c's gradient
+        grad = grad * running[:, None, :]    # a new array: the incoming gradient may be shared
     dZ = np.empty_like(gates)
-    carry, dc = cpu.lstm_backward_sweep(np.ascontiguousarray(grad.transpose(0, 2, 1)), gates, cs, tcs, c0.T,
+    carry, dc = cpu.lstm_backward_sweep(grad, gates, cs, tcs, c0.T,
                                         _transposed(W), dZ, _steps(T, not reverse), _shifts(T, reverse),
                                         cpu.lstm_workspace(B, H, out.dtype),
                                         None if ends is None else np.asarray(ends, dtype=np.intp))
@@ -311,9 +317,10 @@ def lstm_sequence(x, h0, c0, U, W, b=None, *, reverse=False, ends=None):
 
     ``ends`` (B ints), for a padded batch: row b's final state is the one
     after step ``ends[b]`` (its last valid step), not after the sweep's last
-    step. The steps after it still run, and nothing may differentiate their
-    outputs: the layers zero them. On CUDA the backward kernel is told so
-    through the saved gates (``hold_after_ends``) and drops their gradient.
+    step. The steps after it still run, and their outputs get no gradient
+    (the layers zero them anyway): the CPU backward drops it, and on CUDA
+    the backward kernel is told so through the saved gates
+    (``hold_after_ends``).
     """
     T, B = ops.raw(x).shape[:2]
     if ends is not None:

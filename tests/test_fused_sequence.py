@@ -159,10 +159,13 @@ def test_padded_batches_run_the_fused_kernel_and_match_the_step_by_step_layer(na
 
 @pytest.mark.gpu
 @requires_gpu
+@pytest.mark.parametrize("limit", [1 << 24, 0], ids=["one-kernel steps", "cuBLAS steps"])
 @pytest.mark.parametrize("name,make", LAYERS, ids=[n for n, _ in LAYERS])
-def test_cuda_padded_batches_match_the_cpu_fused_path(name, make):
+def test_cuda_padded_batches_match_the_cpu_fused_path(name, make, limit, monkeypatch):
     """Padded batches run through the fused kernels on CUDA too (the LSTM's backward with its gates held
-    after each row's end): the CPU's numbers, and the step-by-step layer's."""
+    after each row's end), with both kinds of step kernel: the CPU's numbers, and the step-by-step layer's."""
+    from tinygraph.models import cuda_kernels
+    monkeypatch.setattr(cuda_kernels, "SMALL_STEP_LIMIT", limit)
     model = make(num_layers=2, bidirectional=True, fused=True, dtype="float64")
     x = np.random.default_rng(9).standard_normal((6, 4, 4))
     lengths = [6, 3, 1, 5]
@@ -258,6 +261,23 @@ def test_held_gates_make_the_plain_lstm_backward_the_padded_one(reverse):
         np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
     unheld = _lstm_vjp(grad, out, needs, x, h0, c0, U, W, b, reverse=reverse, residuals=(gates, cs, tcs))
     assert not np.allclose(unheld[3], want[3])   # without the hold the padded steps leak into dU
+
+
+def test_lstm_sequence_outputs_after_a_rows_end_get_no_gradient():
+    """As on CUDA (hold_after_ends), the CPU backward drops the gradient of the outputs past each row's end."""
+    rng = np.random.default_rng(12)
+    T, B, D, H = 5, 3, 2, 4
+    args = [tg.tensor(a, requires_grad=True) for a in (rng.standard_normal((T, B, D)), rng.standard_normal((B, H)),
+                                                         rng.standard_normal((B, H)), rng.standard_normal((4 * H, D)),
+                                                         rng.standard_normal((4 * H, H)), rng.standard_normal(4 * H))]
+    ends = [1, 4, 0]
+    after = tg.tensor((np.arange(T)[:, None] > np.array(ends))[:, :, None] * 1.0)
+    outputs, _, _ = lstm_sequence(*args, ends=ends)
+    (outputs * after).sum().backward()
+    assert all(np.all(a.grad.numpy() == 0.0) for a in args)
+    outputs, _, _ = lstm_sequence(*args, ends=ends)
+    (outputs * (1.0 - after)).sum().backward()   # the valid steps still pass theirs
+    assert np.abs(args[0].grad.numpy()).sum() > 0
 
 
 def test_lstm_sequence_ends_checks_its_steps():

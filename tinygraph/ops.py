@@ -924,7 +924,7 @@ def _indices_argument(x, indices):
         if backend.device_of(indices.data) == backend.device_of(raw(x)):
             return indices
         note_host_read(indices)  # copied across devices outside the graph: a trace keys on the values
-        indices = indices.data
+        indices = backend.to_device(indices.data, backend.device_of(raw(x)))
     elif isinstance(indices, list):
         indices = np.asarray(indices)
     return _index_on_device_of(x, indices)
