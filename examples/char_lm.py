@@ -18,8 +18,9 @@ hidden 128, TBPTT 64, batch 32, Adam 3e-3, 1,500 steps) about 2.45.
 
 ``--decomposed`` builds the layer gate by gate (``fused=False``: what the
 diagrams and the stepper show); ``--traced`` traces each TBPTT window once
-and replays it (``StatefulBPTT(traced=True)``), which runs a decomposed
-layer's fused kernel and gives the same updates as eager training.
+and replays it (``StatefulBPTT(traced=True)``, and the validation windows
+with ``TracedWindows.evaluate``), which runs a decomposed layer's fused
+kernel and gives the same updates as eager training.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import _common
 import tinygraph as tg
 from tinygraph import bptt, data, optim
 from tinygraph.models import LanguageModel
+from tinygraph.traced_windows import TracedWindows
 
 SHAKESPEARE_CHARS = 1_115_394
 SHAKESPEARE_BASELINES = {"unigram": 4.82, "Witten-Bell 3-gram": 2.91, "5-gram": 2.34}
@@ -78,13 +80,25 @@ def load_text(args, default_path):
     return text, f"pydoc_data/topics.py (sha256 {info['sha256'][:12]}...)", False
 
 
-def bits_per_char(model, streams, window):
-    """Validation cross-entropy in bits/char, state carried across windows."""
+def summed_ce(logits, y):
+    return tg.cross_entropy(logits, y, reduction="sum")
+
+
+def bits_per_char(model, streams, window, evaluator=None):
+    """Validation cross-entropy in bits/char, state carried across windows.
+
+    ``evaluator`` (a ``TracedWindows`` of the model and ``summed_ce``) replays
+    each window's forward instead of recording it (``--traced``).
+    """
     total, count, state = 0.0, 0, None
     with tg.no_grad():
         for x, y in data.tbptt_windows(streams, window):
-            logits, state = model(x, state)
-            total += _common.scalar(tg.cross_entropy(logits, y, reduction="sum"))
+            if evaluator is not None:
+                loss, state = evaluator.evaluate(tg.tensor(x), y, state)
+            else:
+                logits, state = model(x, state)
+                loss = summed_ce(logits, y)
+            total += _common.scalar(loss)
             count += y.size
     return total / count / math.log(2)
 
@@ -94,6 +108,7 @@ def train(model, train_streams, val_streams, args, *, chunk, k, desc):
     opt = optim.Adam(model.parameters(), lr=args.lr)
     trainer = bptt.StatefulBPTT(model, tg.cross_entropy, k1=k or chunk, optimizer=opt, clip_norm=args.clip,
                                 traced=args.traced)
+    evaluator = TracedWindows(model, summed_ce) if args.traced else None
     n_chunks = max(1, args.steps * args.window // chunk)  # every run reads the same characters
     history = {"update": [], "train_bits": [], "val_update": [], "val_bits": []}
     eval_every = max(n_chunks // 8, 1)
@@ -113,7 +128,7 @@ def train(model, train_streams, val_streams, args, *, chunk, k, desc):
             history["train_bits"].append(result.loss / len(result.window_losses) / math.log(2))
             if i % eval_every == 0 or i == n_chunks:
                 history["val_update"].append(updates)
-                history["val_bits"].append(bits_per_char(model, val_streams, args.window))
+                history["val_bits"].append(bits_per_char(model, val_streams, args.window, evaluator))
             bar.update(bits=history["train_bits"][-1], val=history["val_bits"][-1] if history["val_bits"] else None)
     history["seconds"] = time.perf_counter() - start
     return history
