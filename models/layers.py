@@ -132,10 +132,10 @@ class _RecurrentLayer(Module):
 
         # The fused sequence kernels run full-length and padded batches
         # (``_sweep_fused_padded``); decomposed() blocks run step by step. A single
-        # step records the textbook cell: the
-        # gradient diagnostics run one step per call and take dL/dh(t), dL/dc(t) at
-        # the returned state, which must then lie upstream of the output (in a fused
-        # node h_n, c_n and the output are sibling slices).
+        # step records the textbook cell: the gradient diagnostics run one step per
+        # call and take dL/dh(t), dL/dc(t) at the returned state, which must then lie
+        # upstream of the output (in a fused node h_n, c_n and the output are sibling
+        # slices).
         use_kernel = self.fused and steps > 1 and not _DECOMPOSED[0]
         with decomposed() if self.fused and steps == 1 else contextlib.nullcontext():
             return self._run_layers(x, initial, keep, keep_float, use_kernel, lengths)
