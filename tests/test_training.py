@@ -113,6 +113,30 @@ def test_resume_after_interrupt_continues_bit_for_bit(reference, tmp_path):
     assert not resumed.interrupted
 
 
+def test_traced_run_resumes_bit_for_bit_and_matches_the_eager_run(reference, tmp_path):
+    """fit(traced=True) interrupted and resumed (with a fresh tracer) is the uninterrupted traced run
+    bit for bit, and that run is the eager one to float tolerance."""
+    options = dict(epochs=3, k1=4, eval_data=BATCHES[:2], progress=False, traced=True)
+    model, opt = new_run()
+    whole = bptt.fit(model, shuffled, mean_ce, opt, **options)
+    whole_params = params_of(model)
+    reference_model, reference_history = reference
+    for name, value in params_of(reference_model).items():
+        np.testing.assert_allclose(whole_params[name], value, rtol=1e-9, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(whole.step_loss, reference_history.step_loss, rtol=1e-10)
+
+    path = tmp_path / "traced.npz"
+    model, opt = new_run()
+    stopped = bptt.fit(model, shuffled, mean_ce, opt, checkpoint=path, callbacks=[StopAfter(5)], **options)
+    assert stopped.interrupted
+    tg.manual_seed(999)
+    model, opt = new_run(seed=123)
+    resumed = bptt.fit(model, shuffled, mean_ce, opt, checkpoint=path, resume=True, **options)
+    for name, value in whole_params.items():
+        np.testing.assert_array_equal(params_of(model)[name], value, err_msg=name)
+    assert resumed.step_loss == whole.step_loss and not resumed.interrupted
+
+
 def test_sigint_stops_after_the_current_batch_and_saves(reference, tmp_path):
     path = tmp_path / "run.npz"
     calls = {"n": 0}
