@@ -101,8 +101,9 @@ class CompiledFunction:
                 differentiable.add(out)
             needs = tuple(kind == _SLOT and k in differentiable for kind, k in spec)
             self.schedule.append((n.prim, tuple(spec), n.attrs, out, needs, _arguments_getter(spec)))
-        self.reverse, kept = self._backward_plan()
-        self.forward_plan = self._forward_plan(kept)
+        produced = {out for _, _, _, out, _, _ in self.schedule}
+        self.reverse, kept = self._backward_plan(produced)
+        self.forward_plan = self._forward_plan(kept, produced)
         self.values = self.residuals = None
 
     def __len__(self):
@@ -145,7 +146,7 @@ class CompiledFunction:
 
     __call__ = forward
 
-    def _backward_plan(self):
+    def _backward_plan(self, produced):
         """The reverse schedule: the entries with something to differentiate, last first.
 
         Each entry carries the slots and shapes of the arguments that receive a
@@ -163,7 +164,6 @@ class CompiledFunction:
             if prim is MATMUL and needs[1] and len(shapes[spec[0][1]]) == 2 and len(shapes[spec[1][1]]) == 2:
                 right_uses.setdefault(spec[1][1], []).append(k)
         batched = {b for b, uses in right_uses.items() if len(uses) >= 2}
-        produced = {out for _, _, _, out, _, _ in self.schedule}
         reverse, kept = [], set(batched)  # kept: the slots a VJP reads (its arguments and output)
         for k in range(len(self.schedule) - 1, -1, -1):
             prim, spec, attrs, out, needs, get = self.schedule[k]
@@ -181,7 +181,7 @@ class CompiledFunction:
         reverse.extend((None, None, b, None, None, None, None) for b in sorted(batched - produced))
         return reverse, kept
 
-    def _forward_plan(self, kept):
+    def _forward_plan(self, kept, produced):
         """The schedule for ``forward``, each entry with the slots to free once it has run.
 
         A value that no VJP reads (``kept`` lists those that one does) and
@@ -195,10 +195,9 @@ class CompiledFunction:
             for kind, v in spec:
                 if kind == _SLOT:
                     last_use[v] = k
-        produced = {out for _, _, _, out, _, _ in self.schedule}
-        frees = {}
+        outputs, frees = set(self.output_slots), {}
         for slot, k in last_use.items():
-            if slot in produced and slot not in kept and slot not in self.output_slots:
+            if slot in produced and slot not in kept and slot not in outputs:
                 frees.setdefault(k, []).append(slot)
         return [(prim, attrs, out, get, tuple(frees.get(k, ())))
                 for k, (prim, _, attrs, out, _, get) in enumerate(self.schedule)]
@@ -237,11 +236,7 @@ class CompiledFunction:
                     g = g.dense()
                 if deferred is not None:  # a @ b: b's gradient comes from the batch (see _backward_plan)
                     a_slot, b_slot = deferred
-                    pair = (values[a_slot], g)
-                    if b_slot in pending:
-                        pending[b_slot].append(pair)
-                    else:
-                        pending[b_slot] = [pair]
+                    pending.setdefault(b_slot, []).append((values[a_slot], g))
                     if not receivers:
                         continue
                 if prim.residuals:

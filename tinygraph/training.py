@@ -241,13 +241,14 @@ def evaluate(model, data, loss_fn, *, carry_state=False, epoch=0, traced=None):
     if was_training is not None:
         model.eval()  # dropout off while measuring
     try:
+        if traced:
+            traced.check(model, loss_fn)  # once: the model and its modes stay as they are below
         with no_grad():
             for batch in _epoch_data(data, epoch):
                 xs, targets = _unpack(batch)
                 xs = xs if isinstance(xs, Tensor) else Tensor(_as_model_input(xs, params))
                 start = state if carry_state else None
                 if traced:
-                    traced.check(model, loss_fn)
                     loss, state = traced.evaluate(xs, targets, start)
                 else:
                     outputs, new_state = model(xs, start)
