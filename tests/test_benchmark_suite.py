@@ -5,6 +5,7 @@ must compute tinygraph's gradients -- decomposed and fused layers alike --
 so the timed implementations all do the same work; the command itself must
 run and print valid JSON.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -273,3 +274,45 @@ def test_replay_memory_script_reports_six_peaks_against_eager():
     assert lines[0].startswith("LSTM T=3 B=2 D=2 H=3") and len(lines) == 7
     assert sum("1.00x eager" in line for line in lines[1:]) >= 2  # each eager row is its own baseline
     assert all(line.rstrip().endswith("x eager") for line in lines[1:])
+
+
+def test_gemm_floor_script_sets_the_products_against_the_whole_steps():
+    lines = _script_lines("gemm_floor.py", "D", "--rounds", "1")
+    assert lines[0].startswith("D: LSTM latency") and "GFLOP of matrix products" in lines[0]
+    names = [line.split()[0] for line in lines[1:-1]]
+    assert names[:2] == ["products", "tinygraph"]
+    assert names[2:] == (["torch"] if importlib.util.find_spec("torch") else [])
+    assert lines[-1].strip().startswith("tinygraph / products:")
+    assert float(lines[-1].split(":")[1]) > 0
+
+
+def test_gemm_floor_counts_the_flops_its_step_runs(monkeypatch):
+    """The printed GFLOP figure is what ``step()`` multiplies, and it is the kernel's product list:
+    a projection and T step products forward, T step products, dU and dW backward."""
+    from benchmarks import gemm_floor
+    from benchmarks.workloads import WORKLOADS
+    flops = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def dot(a, b, out=None):
+            flops.append(2 * a.shape[0] * a.shape[1] * b.shape[-1])
+            return np.dot(a, b, out)
+
+        @staticmethod
+        def matmul(a, b, out=None):
+            batch = b.shape[0] if b.ndim == 3 else 1   # U @ x(t) for every t at once
+            flops.append(2 * int(np.prod(a.shape[:-1])) * a.shape[-1] * b.shape[-1] * batch)
+            return np.matmul(a, b, out=out)
+
+    w = WORKLOADS["B"]
+    products = gemm_floor.LstmProducts(w)
+    monkeypatch.setattr(gemm_floor, "np", Counting())
+    products.step()
+    assert len(flops) == 1 + 2 * w.T + 3
+    G = 4 * w.H
+    assert sum(flops) == 2 * G * (2 * w.D + 3 * w.H) * w.T * w.B
+    assert products.gflop == pytest.approx(sum(flops) / 1e9)
