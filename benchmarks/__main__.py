@@ -3,7 +3,9 @@
 Implementations, timed in the same process and interleaved round by round:
 tinygraph (fused layers), hand-written NumPy BPTT (``benchmarks.reference``),
 PyTorch fused layers, a PyTorch per-step cell loop and JAX (``jit`` over
-``lax.scan``); PyTorch and JAX only when they import. Before timing a
+``lax.scan``); PyTorch and JAX only when they import. The LSTM workloads also
+time their matrix products alone (``benchmarks.gemm_floor``): the least a
+NumPy step can take, shown beside the baselines but not one of them. Before timing a
 workload the suite checks that every implementation computes the same
 gradients from the same weights and data, and stops if one does not.
 
@@ -36,12 +38,14 @@ import tinygraph as tg
 from tinygraph.fileio import atomic_write_text
 
 from .baselines import JaxRunner, TorchRunner, jax_modules, torch_cuda_available, torch_module
+from .gemm_floor import LstmProducts
 from .workloads import WORKLOADS, NumpyRunner, TinygraphRunner, TracedRunner, make_data
 
 GRAD_RTOL = 2e-3          # float32, relative to the largest gradient entry of each parameter
 GPU_TORCH_RTOL = 2e-3     # float32 on both sides (TorchRunner turns cuDNN's default TF32 off)
 GPU_WORKLOADS = ("B", "E")
 GOAL_BASELINES = ("numpy", "torch fused", "jax")
+FLOOR = "products only"   # an LSTM step's BLAS calls alone (benchmarks/gemm_floor.py): no gradients to check
 GPU_GOAL_VS_TORCH = 2.0   # tinygraph-GPU / torch-CUDA must be at most this
 GPU_GOAL_VS_CPU = 10.0    # tinygraph-CPU / tinygraph-GPU must be at least this
 
@@ -166,6 +170,8 @@ def build_cpu_runners(workload, data, decomposed):
         for name in ("tinygraph decomposed", "decomposed traced", "decomposed replay"):
             runners[name].set_weights(weights)
     runners["numpy"] = NumpyRunner(workload, data, weights)
+    if workload.kind == "lstm":
+        runners[FLOOR] = LstmProducts(workload)
     if torch_module() is not None:
         layer_state, readout_state = main.torch_state()
         runners["torch fused"] = TorchRunner(workload, data, layer_state, readout_state)
@@ -196,7 +202,7 @@ def run_cpu_workload(workload, rounds, repeat, decomposed):
     runners, notes = build_cpu_runners(workload, data, decomposed)
     for runner in runners.values():
         runner.step()  # the check's step doubles as each implementation's warm-up (and JAX's compile)
-    others = {name: r for name, r in runners.items() if name != "numpy"}
+    others = {name: r for name, r in runners.items() if name not in ("numpy", FLOOR)}
     worst = check_gradients(workload.key, "numpy", runners["numpy"], others, GRAD_RTOL)
     results = best_of_rounds({name: r.step for name, r in runners.items()}, rounds, repeat, warmup=False)
     record = dict(workload.shape(), title=workload.title, dtype="float32", rounds=rounds, repeat=repeat,
@@ -218,7 +224,7 @@ def print_cpu_table(workload, record):
         f"median of {record['repeat']} call{'s' if record['repeat'] > 1 else ''} each)")
     for note in record["notes"]:
         log(f"  note: {note}")
-    checked = ", ".join(name for name in record["results"] if name != "numpy")
+    checked = ", ".join(name for name in record["results"] if name not in ("numpy", FLOOR))
     log(f"  gradients agree ({checked} vs numpy; max relative error {record['max_gradient_error']:.1e})")
     log(f"  {'implementation':<22}{'median ms':>10}{'tinygraph/impl':>16}")
     for name, ms in record["results"].items():
@@ -231,6 +237,8 @@ def print_cpu_table(workload, record):
                      f"   /tinygraph {record['decomposed_traced_over_fused']:.2f} (fused at trace time)")
         elif name == "decomposed replay":
             extra = f"   /tinygraph traced {record['decomposed_replay_over_fused_traced']:.2f} (no fusion)"
+        elif name == FLOOR:
+            extra = "   (the step's matrix products alone: no gate math, loss or engine)"
         log(f"  {shown:<22}{ms:>10.2f}{record['ratios'][name]:>16.2f}{extra}")
     g = record["goal"]
     verdict = "met" if g["met"] else "not met"
@@ -240,6 +248,9 @@ def print_cpu_table(workload, record):
     if "met_traced" in g:
         log(f"        traced replay: {'met' if g['met_traced'] else 'not met'} "
             f"(tinygraph traced {record['results']['tinygraph traced']:.2f} ms)")
+    if FLOOR in record["results"]:
+        log(f"        the matrix products alone take {record['results'][FLOOR] / g['best_baseline_ms']:.2f}x "
+            f"the best baseline's whole step")
 
 
 def print_summary(records):
@@ -247,13 +258,14 @@ def print_summary(records):
     log()
     log("summary: tinygraph / best baseline in this run (goal: at most 1.00)")
     decomposed = any("decomposed_over_fused" in r for r in records.values())
-    log(f"  {'workload':<10}{'best baseline':>22}{'eager':>8}{'traced':>8}"
+    log(f"  {'workload':<10}{'best baseline':>22}{'eager':>8}{'traced':>8}{'products':>10}"
         + (f"{'decomposed/fused':>18}{'dec. traced/fused':>19}" if decomposed else ""))
     for key, record in records.items():
         g, results = record["goal"], record["results"]
         best = f"{g['best_baseline']} {g['best_baseline_ms']:.2f} ms"
         line = (f"  {key:<10}{best:>22}{results['tinygraph'] / g['best_baseline_ms']:>8.2f}"
                 f"{results['tinygraph traced'] / g['best_baseline_ms']:>8.2f}")
+        line += f"{results[FLOOR] / g['best_baseline_ms']:>10.2f}" if FLOOR in results else f"{'-':>10}"
         if decomposed:
             line += (f"{record.get('decomposed_over_fused', float('nan')):>18.2f}"
                      f"{record.get('decomposed_traced_over_fused', float('nan')):>19.2f}")
