@@ -164,6 +164,12 @@ class JordanRNN(_TextbookRNN):
         if tuple(classes.shape) != (steps, batch) or np.dtype(classes.dtype).kind not in "iu":
             raise ValueError(f"JordanRNN: targets must be ({steps}, {batch}) integers, got "
                              f"{tuple(classes.shape)} {classes.dtype}")
+        # checked, not noted as a host read: the one-hots stay an op on the ids (eye[-1] would
+        # quietly be the last class, so a padding id of -1 must not get through)
+        ids = backend.as_host(classes.data if isinstance(classes, tg.Tensor) else classes)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.output_size):
+            raise ValueError(f"JordanRNN: targets must be class ids in [0, {self.output_size}), got min "
+                             f"{ids.min()}, max {ids.max()}")
         eye = tg.Tensor(backend.array_module(like.data).eye(self.output_size, dtype=like.dtype))
         if isinstance(classes, tg.Tensor):
             if classes.device == like.device:

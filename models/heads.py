@@ -158,9 +158,13 @@ class LanguageModel(Module):
         generated = []
         try:
             with tg.no_grad():
-                logits, state = self(np.asarray(prompt, dtype=np.int64)[:, None])
+                # one sequence: (T, 1) time-major, or (1, T) for a batch_first layer
+                batch_first = getattr(self.rnn, "batch_first", False)
+                ids = np.asarray(prompt, dtype=np.int64)
+                logits, state = self(ids[None, :] if batch_first else ids[:, None])
                 for k in range(int(n)):
-                    last = backend.as_host(logits.data[-1, 0]).astype(np.float64)
+                    last = backend.as_host(logits.data[0, -1] if batch_first else logits.data[-1, 0])
+                    last = last.astype(np.float64)
                     if temperature == 0:
                         token = int(np.argmax(last))
                     else:

@@ -109,7 +109,6 @@ class _RecurrentLayer(Module):
             if lengths is not None:
                 raise ValueError(f"{type(self).__name__}: pass lengths= or mask=, not both")
             mask = mask.numpy() if isinstance(mask, tg.Tensor) else backend.as_host(mask)  # (a trace sees the read)
-            lengths = mask_to_lengths(mask.T if self.batch_first else mask)
         x = as_tensor(x, self.cell(0).U)
         if x.ndim != 3:
             layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
@@ -119,6 +118,13 @@ class _RecurrentLayer(Module):
         steps, batch, width = x.shape
         if width != self.input_size:
             raise ValueError(f"{type(self).__name__}: input feature size must be {self.input_size}, got {width}")
+        if mask is not None:
+            if mask.shape != ((batch, steps) if self.batch_first else (steps, batch)):
+                layout = "(B, T)" if self.batch_first else "(T, B)"
+                want = (batch, steps) if self.batch_first else (steps, batch)
+                raise ValueError(f"{type(self).__name__}: mask must be {layout} = {want} like the input, "
+                                 f"got shape {tuple(mask.shape)}")
+            lengths = mask_to_lengths(mask.T if self.batch_first else mask)
         initial = self._split_state(x, state, batch)
         keep = keep_float = None
         if lengths is not None:

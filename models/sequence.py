@@ -208,7 +208,7 @@ def _rnn_vjp(grad, out, needs, x, h0, U, W, b, reverse=False, nonlinearity="tanh
 
 
 RNN_SEQUENCE = ops.register(
-    "rnn_sequence", _rnn_forward, _rnn_vjp,
+    "rnn_sequence", _rnn_forward, _rnn_vjp, second_order=False,   # its rule runs NumPy/CuPy kernels
     doc="fused vanilla RNN over a sequence: h(t) = act(U x(t) + W h(t-1) + b) for all t, (T, B, H)")
 
 

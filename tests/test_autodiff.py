@@ -563,3 +563,47 @@ def test_backward_peak_memory_does_not_hold_every_activation_until_the_end():
     # activations are freed as the walk goes, so the weights' gradients fit in their space
     assert extra < 0.3 * grads, (extra, grads)
     assert all(w.grad is not None for w in ws)
+
+
+# ---------------------------------------------------------------------------
+# 0-d values, re-marking leaves, retained gradients (from a review of the engine)
+# ---------------------------------------------------------------------------
+def test_zero_d_tensor_read_densely_and_by_index_accumulates():
+    # x[None] scatters a sparse gradient into the dense one of -x: a 0-d array, not a NumPy scalar
+    x = t64(2.0)
+    (x[None].sum() * 3.0 + (-x) * 1.0).backward()
+    assert isinstance(x.grad.data, np.ndarray) and x.grad.shape == ()
+    assert float(x.grad.data) == 2.0
+
+
+def test_zero_d_leaf_gradient_is_an_array_and_accumulates_in_place():
+    x = t64(1.5)
+    (-x).backward()
+    (x * 4.0).backward()
+    assert isinstance(x.grad.data, np.ndarray) and x.grad.shape == ()
+    assert float(x.grad.data) == 3.0
+
+
+def test_requires_grad_again_on_a_recorded_leaf_keeps_its_gradient():
+    x = t64([1.0, 2.0])
+    y = (x * 3.0).sum()
+    assert x.requires_grad_() is x
+    y.backward()
+    np.testing.assert_array_equal(x.grad.data, [3.0, 3.0])
+
+
+def test_module_cast_still_gives_the_parameter_a_fresh_leaf():
+    lin = tg.nn.Linear(2, 3, dtype="float32")
+    lin.double()
+    out = lin(tg.tensor(np.ones((1, 2))))
+    out.sum().backward()
+    assert lin.weight.grad.dtype == np.float64 and lin.weight.grad.shape == lin.weight.shape
+
+
+def test_retained_gradient_has_the_tensors_dtype():
+    x = tg.tensor(np.ones(3, np.float32), requires_grad=True)
+    y = x * 2.0
+    y.retain_grad()
+    (y * np.full(3, 0.5)).sum().backward()      # a float64 constant makes the incoming gradient float64
+    assert y.grad.dtype == np.float32 and x.grad.dtype == np.float32
+    np.testing.assert_allclose(y.grad.data, 0.5)

@@ -180,3 +180,16 @@ def test_stack_and_concat_of_nothing_say_so(op):
         op([])
     with pytest.raises(ValueError, match=rf"^{name}: needs at least one tensor"):
         op(iter(()))
+
+
+def test_loss_mask_of_another_shape_is_refused():
+    logits, targets = tg.zeros(2, 3, 4, requires_grad=True), np.zeros((2, 3), np.int64)
+    with pytest.raises(ValueError, match=r"cross_entropy: mask must have the targets' shape \(2, 3\)"):
+        tg.cross_entropy(logits, targets, mask=np.array([1, 1, 0]), reduction="mean")
+
+
+def test_default_dtype_must_be_a_float_dtype():
+    before = tg.get_default_dtype()
+    with pytest.raises(TypeError, match="float dtype"):
+        tg.set_default_dtype(np.int32)
+    assert tg.get_default_dtype() == before

@@ -654,3 +654,48 @@ def test_layers_take_a_mask_as_well_as_lengths():
         assert np.all(by_mask.numpy()[3:, 1] == 0)  # sequence 1 ends after 2 steps
     with pytest.raises(ValueError, match="not both"):
         layer(x, lengths=lengths, mask=mask)
+
+
+# -- found in review ------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", [RNN, ElmanRNN])
+def test_fused_rnn_refuses_create_graph_with_the_documented_message(layer):
+    model = layer(3, 4, fused=True, dtype="float64") if layer is RNN else layer(3, 4, 2, fused=True).double()
+    x = tg.tensor(np.random.default_rng(0).standard_normal((5, 2, 3)), requires_grad=True)
+    out = model(x)[0]
+    with pytest.raises(RuntimeError, match="fused first-order kernel.*fused=False"):
+        tg.grad((out * out).sum(), [x], create_graph=True)
+
+
+def test_batch_first_language_model_samples_what_the_time_major_one_does():
+    from tinygraph.models import LanguageModel
+    tg.manual_seed(0)
+    time_major = LanguageModel(11, 8, 8, cell="gru")
+    batch_first = LanguageModel(11, 8, 8, cell="gru", batch_first=True)
+    batch_first.load_state_dict(time_major.state_dict())
+    prompt = [1, 2, 3, 4, 5]
+    for n in (1, 6):
+        assert batch_first.sample(prompt, n, temperature=0) == time_major.sample(prompt, n, temperature=0)
+    # the whole prompt counts, not its last token alone: a different context gives other logits
+    logits, _ = time_major(np.asarray(prompt)[:, None])
+    alone, _ = time_major(np.asarray([5])[:, None])
+    assert not np.allclose(logits.numpy()[-1], alone.numpy()[-1])
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_mask_of_the_wrong_shape_names_the_expected_one(batch_first):
+    layer = LSTM(2, 3, batch_first=batch_first)
+    x = np.zeros((3, 5, 2)) if batch_first else np.zeros((5, 3, 2))
+    with pytest.raises(ValueError, match=r"mask must be \(B, T\) = \(3, 5\)" if batch_first
+                       else r"mask must be \(T, B\) = \(5, 3\)"):
+        layer(x, mask=np.ones((7, 3), bool))
+    good = np.ones((3, 5), bool) if batch_first else np.ones((5, 3), bool)
+    np.testing.assert_allclose(layer(x, mask=good)[0].numpy(), layer(x)[0].numpy())
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_jordan_teacher_forcing_refuses_class_ids_out_of_range(bad):
+    model = JordanRNN(2, 4, 3, teacher_forcing=True)
+    targets = np.zeros((4, 2), np.int64)
+    targets[1, 0] = bad
+    with pytest.raises(ValueError, match=r"JordanRNN: targets must be class ids in \[0, 3\)"):
+        model(np.zeros((4, 2, 2)), targets=targets)

@@ -774,3 +774,56 @@ def test_public_api_names_exist():
                  "numpy", "item", "detach", "to", "backward", "sum", "mean", "max", "reshape",
                  "transpose", "T", "exp", "log", "tanh", "sigmoid", "relu"]:
         assert hasattr(x, attr), attr
+
+
+# ---------------------------------------------------------------------------
+# found in review: pow at zero, min on every dtype, where's condition, arange's step
+# ---------------------------------------------------------------------------
+def test_pow_gradients_at_zero_are_zero_like_pytorch():
+    x = t64([0.0, 2.0])
+    (x ** 0).sum().backward()                  # d(x^0)/dx = 0, also at x = 0 (not 0 * inf)
+    np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0])
+    base, y = t64([0.0, 0.0, 3.0]), t64([2.0, 0.0, 1.5])
+    tg.pow(base, y).sum().backward()           # d(0^y)/dy = 0 for y >= 0; elsewhere y-th power's log rule
+    np.testing.assert_allclose(y.grad.numpy(), [0.0, 0.0, 3.0 ** 1.5 * np.log(3.0)])
+    np.testing.assert_allclose(base.grad.numpy(), [0.0, 0.0, 1.5 * 3.0 ** 0.5])
+    e = t64([0.0, 1.0])
+    tg.pow(t64([0.0, 0.0], requires_grad=False), e).sum().backward()
+    assert np.isfinite(e.grad.numpy()).all()
+
+
+def test_pow_masked_gradient_stays_finite_in_second_order():
+    x = t64([0.0, 0.7])
+    y = t64([0.0, 2.0])
+    g, = tg.grad(tg.pow(x, y).sum(), [x], create_graph=True)
+    h, = tg.grad(g.sum(), [x])
+    np.testing.assert_allclose(h.numpy(), [0.0, 2.0])   # d2/dx2 x^0 = 0; x^2 gives 2
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "bool", "float32"])
+def test_min_is_numpys_min_on_every_dtype(dtype):
+    values = {"uint8": [0, 5, 3], "int8": [-128, 7, 0], "bool": [True, False, True],
+              "float32": [0.5, -2.0, 1.0]}[dtype]
+    a = np.array(values, dtype=dtype)
+    assert tg.tensor(a).min().numpy() == a.min()
+    assert tg.min(tg.tensor(a)).numpy() == a.min()
+
+
+def test_min_ties_split_the_gradient_like_max():
+    x = t64([[1.0, -3.0, -3.0], [2.0, 0.0, 0.0]])
+    tg.min(x, axis=1).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [[0, 0.5, 0.5], [0, 0.5, 0.5]])
+
+
+@pytest.mark.parametrize("cond", [[True, False, True], True, np.array(False)])
+def test_where_takes_a_list_or_bool_condition_like_numpy(cond):
+    a = t64([1.0, 2.0, 3.0])
+    out = tg.where(cond, a, 0.0)
+    np.testing.assert_array_equal(out.numpy(), np.where(cond, [1.0, 2.0, 3.0], 0.0))
+    out.sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), np.broadcast_to(np.asarray(cond, float), (3,)))
+
+
+@pytest.mark.parametrize("args,kwargs", [((10,), {"step": 2}), ((2, 9, 3), {}), ((5,), {}), ((1.0, 2.0, 0.25), {})])
+def test_arange_is_numpys(args, kwargs):
+    np.testing.assert_allclose(tg.arange(*args, **kwargs).numpy(), np.arange(*args, **kwargs))

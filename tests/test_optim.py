@@ -277,3 +277,33 @@ def test_grad_norm_is_the_one_norm_used_by_clipping_and_bptt():
     assert optim.grad_norm([none]) == 0.0
     assert optim.clip_grad_norm([a, b], 6.5) == pytest.approx(13.0)
     np.testing.assert_allclose(a.grad.numpy(), [1.5, 0.0, -2.0], rtol=1e-6)
+
+
+# -- 0-d parameters (a learned temperature): the same updates as a one-element one -----------
+def _scalar_path(make, shape, steps, resume_at=None, tmp_path=None):
+    """Parameter values of ``steps`` updates on loss 3 p + p^2 from p = 1, of the given shape;
+    with ``resume_at``, the optimizer's state goes through an .npz file into a fresh one there."""
+    p = nn.Parameter(np.ones(shape))
+    opt = make([p])
+    path = []
+    for k in range(steps):
+        if k == resume_at:
+            tg.save(opt.state_dict(), tmp_path / "opt.npz")
+            opt = make([p])
+            opt.load_state_dict(tg.load(tmp_path / "opt.npz"))
+        opt.zero_grad()
+        (p * 3.0 + p * p).sum().backward()
+        opt.step()
+        path.append(float(p.numpy().reshape(-1)[0]))
+    return path
+
+
+@pytest.mark.parametrize("make", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_zero_d_parameter_updates_like_a_one_element_one(make):
+    np.testing.assert_allclose(_scalar_path(make, (), 5), _scalar_path(make, (1,), 5), rtol=1e-13)
+
+
+@pytest.mark.parametrize("make", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_zero_d_parameter_resumes_exactly(make, tmp_path):
+    np.testing.assert_allclose(_scalar_path(make, (), 6, resume_at=3, tmp_path=tmp_path),
+                               _scalar_path(make, (), 6), rtol=1e-13)

@@ -86,3 +86,21 @@ def test_loading_missing_or_misshapen_parameter_names_it_and_changes_nothing(tmp
 def test_load_missing_file_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.npz"):
         tg.load(tmp_path / "nope.npz")
+
+
+@pytest.mark.parametrize("content", ["empty", "truncated", "npy", "text"])
+def test_load_of_a_file_that_is_not_a_state_file_is_a_valueerror_naming_it(tmp_path, content):
+    path = tmp_path / "state.npz"
+    tg.save({"a": np.arange(3.0)}, path)
+    whole = path.read_bytes()
+    if content == "empty":
+        path.write_bytes(b"")
+    elif content == "truncated":
+        path.write_bytes(whole[: len(whole) // 2])
+    elif content == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.arange(3.0))
+    else:
+        path.write_text("not numpy at all")
+    with pytest.raises(ValueError, match="state.npz"):
+        tg.load(path)

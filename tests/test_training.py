@@ -289,3 +289,36 @@ def test_gradient_flow_recorder_feeds_the_heatmap_and_loss_plot(tmp_path):
     plot_loss_curve(history, path=tmp_path / "loss.png")
     for name in ("heat.png", "loss.png"):
         assert image.imread(str(tmp_path / name)).shape[0] > 50
+
+
+def test_checkpoint_load_is_all_or_nothing(tmp_path):
+    """A checkpoint whose optimizer part does not fit leaves the model as it was, and one whose
+    model part does not fit leaves the optimizer as it was."""
+    from tinygraph.training import load_checkpoint, save_checkpoint
+    tg.manual_seed(0)
+    model = ElmanRNN(3, 4, 2)
+    opt = Adam(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = tg.Tensor(np.ones(p.shape, p.dtype))
+    opt.step()
+    save_checkpoint(tmp_path / "adam.npz", model, opt, {"epoch": 1})
+    other = ElmanRNN(3, 4, 2)
+    before = {k: v.copy() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="Adam"):
+        load_checkpoint(tmp_path / "adam.npz", other, SGD(other.parameters(), lr=0.1, momentum=0.9))
+    for k, v in other.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    # plain SGD keeps no buffers, so its part loads into any model: the model's part then refuses
+    save_checkpoint(tmp_path / "sgd.npz", model, SGD(model.parameters(), lr=0.5), {"epoch": 1})
+    wider = ElmanRNN(3, 5, 2)
+    wider_opt = SGD(wider.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="shape"):
+        load_checkpoint(tmp_path / "sgd.npz", wider, wider_opt)
+    assert wider_opt.lr == 0.1
+
+
+def test_checkpoint_with_a_broken_meta_entry_says_so(tmp_path):
+    from tinygraph.training import load_checkpoint
+    tg.save({"meta": "{not json"}, tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="bad.npz.*not JSON"):
+        load_checkpoint(tmp_path / "bad.npz", ElmanRNN(3, 4, 2), None)

@@ -283,3 +283,13 @@ def test_bidirectional_x_is_drawn_once_per_step_after_backward_freed_the_arrays(
     gc.collect()
     view = diagrams.unfolded_networkx(example.loss, detail="variables")
     assert sorted(a["timestep"] for _, a in view.nodes(data=True) if a["label"] == "x") == [0, 1, 2]
+
+
+@pytest.mark.parametrize("layer", ["LSTM", "RNN"])
+def test_backward_drawing_of_a_fused_layer_says_it_is_fused_not_freed(layer):
+    from tinygraph import models
+    x = tg.tensor(np.random.default_rng(0).standard_normal((3, 2, 2)), requires_grad=True)
+    out, _ = getattr(models, layer)(2, 3, fused=True, dtype="float64")(x)
+    with pytest.raises(RuntimeError) as info:
+        diagrams.draw_graph(tg.sum(out * out), backward=True)
+    assert "fused first-order kernel" in str(info.value) and "freed" not in str(info.value)

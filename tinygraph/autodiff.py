@@ -209,10 +209,12 @@ def _retain(node, g):
         return
     if isinstance(g, Tensor):
         t.grad = g if t.grad is None else t.grad + g
-    elif t.grad is None:
-        t.grad = Tensor(g.copy())  # a copy: g also flows on and may become a leaf's .grad
+        return
+    g_own = _as_dtype(_array(g), t.dtype)   # a gradient has its tensor's dtype, as a leaf's does
+    if t.grad is None:
+        t.grad = Tensor(g_own.copy() if g_own is g else g_own)  # a copy: g also flows on
     else:
-        t.grad = Tensor(t.grad.data + g)
+        t.grad = Tensor(_array(t.grad.data + g_own))
 
 
 def _accumulate(grads, owned, key, g):
@@ -235,7 +237,8 @@ def _accumulate(grads, owned, key, g):
             return
         dtype = prev.dtype if prev.dtype == g.dtype else np.result_type(prev.dtype, g.dtype)
         # prev may alias a forward buffer or another receiver's gradient: copy it once
-        prev = prev.dense(dtype) if sparse_prev else prev.astype(dtype, copy=True)
+        # (into an array: a rule on 0-d values may have returned a NumPy scalar)
+        prev = prev.dense(dtype) if sparse_prev else _array(prev).astype(dtype, copy=True)
         owned.add(key)
     elif prev.dtype != g.dtype and np.result_type(prev.dtype, g.dtype) != prev.dtype:
         prev = prev.astype(np.result_type(prev.dtype, g.dtype))
@@ -292,7 +295,12 @@ def backward(tensors, grad_tensors=None, retain_graph=False, create_graph=False)
         elif leaf.grad is None:
             leaf.grad = Tensor(_owned(g, leaf.dtype, handed_out))
         else:
-            leaf.grad = Tensor(leaf.grad.data + _as_dtype(g, leaf.dtype))
+            leaf.grad = Tensor(_array(leaf.grad.data + _as_dtype(_array(g), leaf.dtype)))
+
+
+def _array(g):
+    """A NumPy scalar (what a ufunc returns for 0-d inputs) as a 0-d array; anything else as it is."""
+    return np.asarray(g) if isinstance(g, np.generic) else g
 
 
 def _as_dtype(arr, dtype):
@@ -303,6 +311,8 @@ def _as_dtype(arr, dtype):
 def _owned(arr, dtype=None, handed_out=None):
     """A gradient array that aliases no forward buffer, user array or other leaf's
     gradient (``add`` hands the same array to both inputs), so += on it is safe."""
+    if isinstance(arr, np.generic):
+        arr = np.array(arr)  # a fresh 0-d array: a .grad is always an array
     if dtype is not None and arr.dtype != dtype:
         arr = arr.astype(dtype)  # a fresh array
     elif not arr.flags.owndata or not getattr(arr.flags, "writeable", True) or (

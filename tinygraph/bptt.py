@@ -173,6 +173,22 @@ def _parameters_of(model, optimizer):
     return []
 
 
+def _trained_parameters(params, optimizer):
+    """What a window's update clips and reports the norm of: the optimizer's parameters when it
+    holds only some of the model's (the others are not trained, so their gradients are not counted)."""
+    if optimizer is not None and hasattr(optimizer, "params"):
+        return list(optimizer.params)
+    return params
+
+
+def _zero_window_grads(optimizer, params):
+    """Before a window: clear the optimizer's gradients and the model's, so a parameter the
+    optimizer does not hold gets this window's gradient only, never a pile-up of all of them."""
+    optimizer.zero_grad()
+    for p in params:
+        p.grad = None
+
+
 def _clip(params, clip_norm, clip_value):
     """Clip in place; returns (pre-clip norm, whether anything was clipped)."""
     norm = grad_norm(params)
@@ -348,6 +364,7 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
         raise ValueError(f"BPTT: inputs have {T} steps but targets have {tshape[0]} (both time-major)")
     k1, k2 = resolve_window(k1, k2, T)
     params = _parameters_of(model, optimizer)
+    trained = _trained_parameters(params, optimizer)
     xs = _as_model_input(xs, params)
     call = _model_call(model)
     tracker = _NormTracker(T) if track_grad_norms else None
@@ -371,10 +388,10 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
         next_r = plan[w + 1][2] if w + 1 < len(plan) else b
         if tracer is not None:
             if optimizer is not None:
-                optimizer.zero_grad()
+                _zero_window_grads(optimizer, params)
             loss, stored, final = tracer(_time_slice(xs, r, b), _target_slice(targets, r, b), restart_state,
                                          a - r, next_r - r)
-            _finish_window(result, loss, (a, b, r), params, optimizer, clip_norm, clip_value)
+            _finish_window(result, loss, (a, b, r), trained, optimizer, clip_norm, clip_value)
             restart_state = restart_state if next_r == r else final if next_r == b else stored
             continue
         # run [r, b) in segments: split at a (only loss-window outputs are kept) and at
@@ -391,7 +408,7 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
                 stored = truncate(s)
         outputs = loss_parts[0] if len(loss_parts) == 1 else concat(loss_parts, axis=0)
         if optimizer is not None:
-            optimizer.zero_grad()
+            _zero_window_grads(optimizer, params)
         loss = loss_fn(outputs, _target_slice(targets, a, b))
         if not isinstance(loss, Tensor) or loss.size != 1:
             raise TypeError("BPTT: loss_fn must return a scalar Tensor")
@@ -400,7 +417,7 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
             for t, comps in tracked:
                 tracker.add(t, comps)
             tracker.finish_before(next_r)
-        _finish_window(result, loss, (a, b, r), params, optimizer, clip_norm, clip_value)
+        _finish_window(result, loss, (a, b, r), trained, optimizer, clip_norm, clip_value)
         restart_state, final = stored, truncate(s)
         del loss, outputs, loss_parts, tracked, s  # drop this window's graph before the next one
 

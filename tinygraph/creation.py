@@ -31,6 +31,9 @@ def get_default_dtype():
 def set_default_dtype(dtype):
     """Set the floating dtype used when none is given (float32 or float64)."""
     global DEFAULT_DTYPE
+    if np.dtype(dtype).kind != "f":
+        raise TypeError(f"set_default_dtype: the default dtype must be a float dtype (float32 or float64), "
+                        f"got {np.dtype(dtype)}")
     DEFAULT_DTYPE = np.dtype(dtype).type
 
 
@@ -89,7 +92,8 @@ def rand(*shape, dtype=None, device="cpu", requires_grad=False, name=None):
 
 
 def arange(start, stop=None, step=1, dtype=None, device="cpu", requires_grad=False):
-    arr = np.arange(start, stop, step) if stop is not None else np.arange(start)
+    """Evenly spaced values in [start, stop) (or [0, start) without ``stop``), like ``np.arange``."""
+    arr = np.arange(start, stop, step) if stop is not None else np.arange(0, start, step)
     if dtype is None and arr.dtype.kind == "f":
         arr = arr.astype(DEFAULT_DTYPE)
     return _finish(arr, dtype, device, requires_grad)

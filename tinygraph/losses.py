@@ -56,6 +56,10 @@ def _masked(losses, reduction, mask, op):
             m = ops.astype(mask, lv.dtype)   # a Tensor mask stays in the graph: a traced loss reads new ones
         else:
             m = xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(lv.dtype)
+        if tuple(m.shape) != tuple(lv.shape):
+            # a broadcast mask would count its own size, not the kept positions, in the mean
+            raise ValueError(f"{op}: mask must have the targets' shape {tuple(lv.shape)} (1 = keep), "
+                             f"got {tuple(m.shape)}")
         losses = ops.mul(losses, m)
         if reduction == "mean":
             # the count stays on the device: no host sync

@@ -160,8 +160,11 @@ class Module:
     def _cast(self, dtype):
         for p in self.parameters():
             p.data = p.data.astype(dtype)
-            # the leaf node remembers the old dtype; give the parameter a fresh one
-            p.requires_grad_(p.requires_grad)
+            # the leaf node remembers the old dtype: give the parameter a fresh one now, outside
+            # any scope or time step (a node made lazily inside a forward would take the cell's)
+            p._node = None
+            if p.requires_grad:
+                p._leaf_node()
         return self
 
     def extra_repr(self) -> str:

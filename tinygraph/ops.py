@@ -44,21 +44,25 @@ class Primitive:
 
     __slots__ = ("name", "forward", "vjp", "doc", "residuals", "second_order")
 
-    def __init__(self, name, forward, vjp, doc="", residuals=False, second_order=False):
+    def __init__(self, name, forward, vjp, doc="", residuals=False, second_order=None):
         self.name, self.forward, self.vjp, self.doc = name, forward, vjp, doc
         self.residuals = bool(residuals)
-        self.second_order = bool(second_order) or not residuals
+        # default: a rule without residuals is written with the library's ops, so it records
+        self.second_order = (not residuals) if second_order is None else bool(second_order)
 
     def __repr__(self):
         return f"<Primitive {self.name}>"
 
 
-def register(name, forward, vjp, doc="", residuals=False, second_order=False):
+def register(name, forward, vjp, doc="", residuals=False, second_order=None):
     """Register a primitive by name (explicitly: no namespace magic).
 
     ``residuals=True``: see ``Primitive``. ``second_order=True`` says such a
     rule also runs without its residuals on Tensors (it recomputes them with
     ops), so ``create_graph=True`` can differentiate through the node.
+    ``second_order=False`` marks a rule that works on raw arrays only (a fused
+    kernel that keeps no residuals): ``create_graph=True`` then says so.
+    By default a rule is second-order exactly when it keeps no residuals.
     """
     prim = Primitive(name, forward, vjp, doc, residuals, second_order)
     PRIMITIVES[name] = prim
@@ -262,8 +266,22 @@ DIV = register(
 
 
 def _pow_vjp(g, out, needs, a, b):
-    ga = g * b * a ** (b - 1) if needs[0] else None
-    gb = g * out * log(a) if needs[1] else None
+    """As PyTorch: d(a^0)/da = 0 and d(0^b)/db = 0 for b >= 0, where the textbook
+    products would be 0 * inf. The masked places read a safe base of 1 (the
+    "double where"), so no inf reaches a second derivative either."""
+    ga = gb = None
+    if needs[0]:
+        if isinstance(b, (int, float)):       # x ** 2, x ** 0.5: the common case stays one product
+            ga = g * 0.0 if b == 0 else g * b * a ** (b - 1)
+        else:
+            flat = raw(b) == 0
+            ga = where(flat, 0.0, g * b * where(flat, 1.0, a) ** (b - 1))
+    if needs[1]:
+        if isinstance(a, (int, float)):
+            gb = g * 0.0 if a == 0 else g * out * log(a)
+        else:
+            flat = (raw(a) == 0) & (raw(b) >= 0)
+            gb = where(flat, 0.0, g * out * log(where(flat, 1.0, a)))
     return ga, gb
 
 
@@ -420,6 +438,8 @@ def _size(shape):
 SUM = register("sum", lambda x, axis=None, keepdims=False: x.sum(axis=axis, keepdims=keepdims), _sum_vjp)
 MEAN = register("mean", _mean_fwd, _mean_vjp)
 MAX = register("max", _max_fwd, _max_vjp)
+# the same rule: the gradient goes to where x equals the result (shared among ties)
+MIN = register("min", lambda x, axis=None, keepdims=False: x.min(axis=axis, keepdims=keepdims), _max_vjp)
 
 RESHAPE = register(
     "reshape", lambda x, shape: x.reshape(shape),
@@ -782,6 +802,8 @@ def where(cond, a, b):
     if isinstance(cond, Tensor):
         return apply(WHERE, cond, a, b)
     if isinstance(a, Tensor) or isinstance(b, Tensor):
+        if not hasattr(cond, "shape"):  # a list or a bool, as NumPy takes it: an array where a/b live
+            cond = backend.array_module(raw(a if isinstance(a, Tensor) else b)).asarray(cond)
         return apply(WHERE, Tensor(cond), a, b)
     return apply(WHERE, cond, a, b)
 
@@ -801,7 +823,8 @@ def max(x, axis=None, keepdims=False):  # noqa: A001
 
 
 def min(x, axis=None, keepdims=False):  # noqa: A001
-    return neg(max(neg(x), axis=axis, keepdims=keepdims))
+    """Minimum over ``axis``; ties share the gradient equally (any dtype: no negation)."""
+    return apply(MIN, x, axis=_norm_axis(axis), keepdims=keepdims)
 
 
 def reshape(x, *shape):

@@ -78,7 +78,9 @@ class Optimizer:
                 )
             wd = getattr(self, "weight_decay", 0.0)
             if wd and self.adds_weight_decay_to_grad:
-                g = g + wd * p.data
+                # asarray: for a 0-d parameter NumPy returns a scalar, and a buffer made from
+                # it would not be updated in place
+                g = _xp(p.data).asarray(g + wd * p.data)
             self._update(p, g, state)
 
     def _update(self, p, g, state):
@@ -119,7 +121,8 @@ class Optimizer:
                 if not 0 <= i < len(self.params):
                     raise KeyError(f"load_state_dict: {key!r} refers to parameter {i}, which does not exist")
                 p = self.params[i]
-                if isinstance(value, np.ndarray) and value.ndim > 0:
+                if buffer != "step":   # a buffer is updated in place: an array even for a 0-d parameter
+                    value = np.asarray(value)
                     if tuple(value.shape) != tuple(p.shape):
                         raise ValueError(
                             f"load_state_dict: buffer {key!r} has shape {tuple(value.shape)}, "

@@ -57,12 +57,26 @@ def save(state_dict, path):
 
 
 def load(path):
-    """Read a file written by ``save``: an ordered dict of NumPy arrays (never unpickles)."""
+    """Read a file written by ``save``: an ordered dict of NumPy arrays (never unpickles).
+
+    Anything else (an empty or truncated file, a ``.npy`` array, a pickle)
+    is a ``ValueError`` that names the file.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load: no such file {path!r}")
+    unreadable = (ValueError, EOFError, OSError, zipfile.BadZipFile)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+    except unreadable as exc:
+        raise ValueError(f"load: {path!r} is not a pickle-free .npz state file "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"load: {path!r} holds one {type(data).__name__} (a .npy file?), not the .npz "
+                         "of named arrays that save writes")
+    try:
+        with data:
             return OrderedDict((name, data[name]) for name in data.files)
-    except ValueError as exc:
-        raise ValueError(f"load: {path!r} is not a pickle-free .npz state file ({exc})") from None
+    except unreadable as exc:
+        raise ValueError(f"load: {path!r} is not a pickle-free .npz state file "
+                         f"({type(exc).__name__}: {exc})") from None

@@ -101,6 +101,8 @@ class Tensor:
                 )
             if self._node is not None and self._node.prim is not None:
                 raise RuntimeError("requires_grad_ can only be set on leaf tensors; use .detach() first")
+            if self.requires_grad and self._node is not None:
+                return self  # already a gradient leaf: keep its node, which recorded graphs point at
             self.requires_grad = True
             self._node = None
             self._leaf_node()
@@ -241,7 +243,7 @@ def _install_methods():
     T.sum = lambda a, axis=None, keepdims=False: ops.sum(a, axis=axis, keepdims=keepdims)
     T.mean = lambda a, axis=None, keepdims=False: ops.mean(a, axis=axis, keepdims=keepdims)
     T.max = lambda a, axis=None, keepdims=False: ops.max(a, axis=axis, keepdims=keepdims)
-    T.min = lambda a, axis=None, keepdims=False: -ops.max(-a, axis=axis, keepdims=keepdims)
+    T.min = lambda a, axis=None, keepdims=False: ops.min(a, axis=axis, keepdims=keepdims)
     T.argmax = lambda a, axis=None: Tensor(a.data.argmax(axis=axis))
     T.reshape = lambda a, *shape: ops.reshape(a, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
     T.view = T.reshape

@@ -185,16 +185,31 @@ def load_checkpoint(path, model, optimizer):
     entries = load(path)
     if "meta" not in entries:
         raise ValueError(f"{path!r} is not a tinygraph training checkpoint (no 'meta' entry)")
-    progress = json.loads(str(entries["meta"]))
-    if progress.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path!r}: checkpoint format {progress.get('format')} is not {CHECKPOINT_FORMAT}")
-    model.load_state_dict({k[len("model/"):]: v for k, v in entries.items() if k.startswith("model/")})
+    try:
+        progress = json.loads(str(entries["meta"]))
+    except ValueError as exc:
+        raise ValueError(f"{path!r} is not a tinygraph training checkpoint (its 'meta' entry is not JSON: "
+                         f"{exc})") from None
+    if not isinstance(progress, dict) or progress.get("format") != CHECKPOINT_FORMAT:
+        found = progress.get("format") if isinstance(progress, dict) else None
+        raise ValueError(f"{path!r}: checkpoint format {found} is not {CHECKPOINT_FORMAT}")
+    # All or nothing: each load_state_dict checks everything before it changes anything, so the
+    # optimizer goes first and is put back if the model (or the carried state) then refuses.
     optim_state = {k[len("optim/"):]: v for k, v in entries.items() if k.startswith("optim/")}
+    before = None
     if optimizer is not None and optim_state:
+        before = optimizer.state_dict()
         optimizer.load_state_dict(optim_state)
-    params = list(model.parameters()) if hasattr(model, "parameters") else []
-    device = params[0].device if params else "cpu"  # the carried state goes where the model is
-    progress["carry"] = _state_from_structure(progress.get("carry"), entries, device)
+    try:
+        params = list(model.parameters()) if hasattr(model, "parameters") else []
+        device = params[0].device if params else "cpu"  # the carried state goes where the model is
+        carry = _state_from_structure(progress.get("carry"), entries, device)
+        model.load_state_dict({k[len("model/"):]: v for k, v in entries.items() if k.startswith("model/")})
+    except Exception:
+        if before is not None:
+            optimizer.load_state_dict(before)
+        raise
+    progress["carry"] = carry
     return progress
 
 

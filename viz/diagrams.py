@@ -65,6 +65,8 @@ class _Recording:
                 grads = tg.grad(scalars[0], [n.tensor for n in leaves], create_graph=True,
                                 allow_unused=True)
             except RuntimeError as exc:
+                if "already freed" not in str(exc):   # e.g. a fused first-order kernel: say what it said
+                    raise RuntimeError(f"draw(backward=True): cannot record the backward graph: {exc}") from exc
                 raise RuntimeError(
                     "draw(backward=True): cannot record the backward graph because the forward "
                     "graph was freed by an earlier backward(). Draw before calling backward(), or "

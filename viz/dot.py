@@ -61,6 +61,8 @@ def _style_key(v, a, ctx):
     kind = a["kind"]
     if kind != "op":
         return kind
+    # backward first: a parameter gradient dL/dW is an output of a backward drawing, but it
+    # is drawn purple with the rest of the backward graph (the legend and docs say so)
     if a.get("backward"):
         return "backward"
     if ctx.outputs.intersection(a.get("reps", ())):
@@ -73,15 +75,15 @@ def _node_attrs(v, a, ctx, multi_step):
     attrs = dict(L.STYLE[_style_key(v, a, ctx)])
     reps = a.get("reps", ())
     if kind == "delay":
-        attrs["tooltip"] = delay_tooltip(a.get("delay", 1))
+        attrs["tooltip"] = L.dot_text(delay_tooltip(a.get("delay", 1)))
         d = a.get("delay", 1)
         if d != 1:
             attrs["xlabel"] = f"{d:+d}"  # e.g. -1: the reverse direction of a bidirectional layer
         return attrs
     if kind == "elided":
-        attrs["label"] = a["label"]
+        attrs["label"] = L.dot_text(a["label"])
         first, last = a.get("elided", (None, None))
-        attrs["tooltip"] = f"time steps {first} to {last} are not drawn"
+        attrs["tooltip"] = L.dot_text(f"time steps {first} to {last} are not drawn")
         return attrs
     grad, step = ctx.grad_of(reps) if ctx.show_grads else (None, None)
     attrs["label"] = L.node_label(
@@ -91,7 +93,7 @@ def _node_attrs(v, a, ctx, multi_step):
     tip = [f"op: {a.get('op')}", f"scope: {a.get('scope') or '<top>'}"]
     if a.get("timesteps"):
         tip.append(f"steps: {len(a['timesteps'])}")
-    attrs["tooltip"] = "; ".join(tip)
+    attrs["tooltip"] = L.dot_text("; ".join(tip))  # scopes are user text too
     members = set(a.get("members", ()))
     if members & ctx.processed:
         attrs.update(L.PROCESSED)
@@ -111,7 +113,7 @@ def _edge_attrs(view, u, v, e, show_labels=True):
     elif su.get("backward") or sv.get("backward"):
         attrs.update(L.EDGE_STYLE["backward"])
     if params and show_labels:
-        attrs["label"] = ", ".join(params)
+        attrs["label"] = L.dot_text(", ".join(params))  # parameter names are user text
     if sv["kind"] == "delay":
         attrs.pop("label", None)  # the label sits on the delay's outgoing edge
         attrs["arrowhead"] = "none"
@@ -125,7 +127,7 @@ def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
     """The DOT diagram of ``view``; ``lookup`` maps recorded node ids to Nodes."""
     ctx = _Context(lookup, detail, set(outputs), show_shapes, show_values, show_grads,
                    highlight, processed, grads, time_suffix)
-    dot = graphviz.Digraph(name=title.replace(" ", "_"))
+    dot = graphviz.Digraph(name=_graph_name(title))
     dot.attr(rankdir=rankdir, fontname="Helvetica", fontsize="12", newrank="true")
     if rows:
         # little crossing minimisation keeps the steps in the order they are written: time
@@ -133,7 +135,7 @@ def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
     dot.attr("node", fontname="Helvetica", fontsize="11")
     dot.attr("edge", fontname="Helvetica", fontsize="10")
     if notes:
-        dot.attr(label="\\n".join(notes), labelloc="t", labeljust="l")
+        dot.attr(label=L.dot_lines(notes), labelloc="t", labeljust="l")
     names = {v: f"n{k}" for k, v in enumerate(view.nodes)}
     multi_step = (lambda a: bool(a.get("timesteps")))
     # cluster sort key -> (cluster name, label, members); steps and gaps in time order
@@ -156,8 +158,8 @@ def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
     for key in sorted(by_cluster):
         name, label, members = by_cluster[key]
         with dot.subgraph(name=name) as sub:
-            sub.attr(label=label, style="rounded" if label else "dashed", color="#adb5bd",
-                     fontcolor="#495057")
+            sub.attr(label=L.dot_text(label), style="rounded" if label else "dashed",
+                     color="#adb5bd", fontcolor="#495057")
             for v in members:
                 sub.node(names[v], **_node_attrs(v, view.nodes[v], ctx, multi_step))
     row_of = {v: k for k, row in enumerate(rows or ()) for v in row}
@@ -187,6 +189,13 @@ def to_digraph(view, *, lookup, title="tinygraph", rankdir="TB", clusters=False,
     return dot
 
 
+def _graph_name(title) -> str:
+    """The DOT graph name for ``title``: quoted text, never an HTML-like ``<...>`` id."""
+    # a graph name is no escString: only a doubled backslash keeps it valid (odd ones at the
+    # end would escape the closing quote); it shows doubled in the SVG <title>
+    return graphviz.nohtml(str(title).replace(" ", "_").replace("\\", "\\\\"))
+
+
 def _add_legend(dot):
     """A boxed key: one sample node per kind, stacked (invisible edges keep them in a column)."""
     with dot.subgraph(name="cluster_legend") as sub:
@@ -200,10 +209,10 @@ def _add_legend(dot):
                 with sub.subgraph() as row:
                     row.attr(rank="same")
                     row.node(name)
-                    row.node(f"{name}_text", label=text, shape="plaintext")
+                    row.node(f"{name}_text", label=L.dot_text(text), shape="plaintext")
                 sub.edge(name, f"{name}_text", style="invis")
             else:
-                attrs["label"] = text
+                attrs["label"] = L.dot_text(text)
                 sub.node(name, **attrs)
             if previous is not None:
                 sub.edge(previous, name, style="invis")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["configure", "run", "output_paths", "check_args"]
+__all__ = ["configure", "run", "output_paths", "check_args", "path_problem", "write_problem"]
 
 
 def configure(parser):
@@ -41,6 +41,23 @@ def output_paths(output, view):
     return {"unfolded": f"{stem}-unfolded{suffix}", "circuit": f"{stem}-circuit{suffix}"}
 
 
+def path_problem(path):
+    """Why no file can be written at ``path`` (a directory there, a file as parent), or None."""
+    if os.path.isdir(path):
+        return f"{path} is a directory"
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):  # the first part that exists decides
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    return None
+
+
+def write_problem(path, exc) -> str:
+    """One line for an OSError raised writing ``path`` (not the temporary file's name)."""
+    return f"cannot write {path}: {path_problem(path) or exc.strerror or exc}"
+
+
 def _collapse_arg(text):
     if text is None:
         return None
@@ -59,6 +76,11 @@ def check_args(args):
         return f"--steps must be at least 1, got {args.steps}"
     if args.show_steps is not None and args.show_steps < 1:
         return f"--show-steps must be at least 1, got {args.show_steps}"
+    for path in output_paths(args.output, args.view).values():
+        problem = path_problem(path)
+        if problem:
+            written = "" if path == args.output else f" (writes {path})"
+            return f"-o {args.output}{written}: {problem}"
     return None
 
 
@@ -93,5 +115,8 @@ def run(args) -> int:
         except render.RenderError as exc:
             print(f"tinygraph draw: {exc}", file=sys.stderr)
             return 1
+        except OSError as exc:  # e.g. no permission: a bad argument, not a crash
+            print(f"tinygraph draw: {write_problem(path, exc)}", file=sys.stderr)
+            return 2
         print(f"wrote {path} ({view}, {args.detail}, {example.source}, T={args.steps})")
     return 0

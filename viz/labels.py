@@ -1,13 +1,18 @@
 """Node labels and the colour legend shared by every diagram.
 
 Labels are plain text (lines joined by DOT's ``\\n`` escape), never HTML-like, so the
-system Graphviz and graphviz-pure render them the same.
+system Graphviz and graphviz-pure render them the same. User text (names, scopes)
+goes through :func:`dot_text` / :func:`dot_lines`, so it is always drawn literally.
 """
 from __future__ import annotations
 
+import re
+
+import graphviz
 import numpy as np
 
-__all__ = ["STYLE", "LEGEND", "shape_text", "array_summary", "grad_summary", "node_label"]
+__all__ = ["STYLE", "LEGEND", "shape_text", "array_summary", "grad_summary", "node_label",
+           "dot_text", "dot_lines"]
 
 # kind -> Graphviz node attributes. The legend in docs/diagrams.md mirrors this.
 STYLE = {
@@ -37,11 +42,34 @@ LEGEND = [
     ("data", "data / constant leaf: x(t), y(t), h0"),
     ("variable", "named variable: a, h, o, gates"),
     ("op", "unnamed primitive op"),
-    ("output", "output of the drawn graph, e.g. the loss L"),
-    ("backward", "node recorded by backward(create_graph=True)"),
+    ("output", "output of the forward graph: the loss L"),
+    ("backward", "recorded by backward(create_graph=True), gradients dL/dW too"),
     ("group", "collapsed scope (collapse=)"),
     ("delay", "delay of one time step"),
 ]
+
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+def _escape(text) -> str:
+    """One line of user text as the inside of a DOT escString that draws it literally."""
+    # a lone backslash would start a DOT escape (\l, \N, ...) or, last, swallow the quote
+    text = str(text).replace("\\", "\\\\")
+    # Graphviz decodes entities (&amp; -> &) in plain labels and tooltips too
+    text = text.replace("&", "&amp;")
+    # a real newline becomes DOT's line break, so every statement stays on one line
+    return "\\n".join(_NEWLINE.split(text))
+
+
+def dot_text(text) -> str:
+    """``text`` for a DOT label, tooltip or name: literal, never an HTML-like ``<...>`` label."""
+    return graphviz.nohtml(_escape(text))
+
+
+def dot_lines(lines) -> str:
+    """Lines of user text joined by DOT's own line break escape (``\\n``)."""
+    return graphviz.nohtml("\\n".join(_escape(line) for line in lines))
 
 
 def shape_text(shape) -> str:
@@ -102,4 +130,4 @@ def node_label(attrs, *, detail, time_suffix=True, show_shapes=True, value=None,
         if grad is not None and grad_step is not None:
             text = text.replace("grad:", f"grad (t={grad_step}):", 1)
         lines.append(text)
-    return "\\n".join(lines)  # DOT's own line break escape: one node statement per line
+    return dot_lines(lines)

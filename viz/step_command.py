@@ -5,7 +5,8 @@ run to the end, ``q`` = quit. On a terminal the keys are read one at a time
 (termios cbreak mode); from a pipe, one command per line (an empty line is
 "next", end of input is "quit"). ``--no-interactive`` prints the whole walk,
 ``--explain`` plugs the numbers into every formula, ``--html FILE`` writes
-the self-contained HTML player instead of walking in the terminal.
+the self-contained HTML player instead of walking in the terminal (walks
+longer than ``--max-steps`` are refused: the page would be too big).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 __all__ = ["configure", "run"]
 
 MODELS = ("rnn", "elman", "jordan", "lstm", "gru", "birnn")
+HTML_MAX_STEPS = 2000  # stepper_html's own default
 KEYS_HELP = "[Enter/space] next  [b] back  [r] run to the end  [q] quit"
 
 
@@ -33,7 +35,15 @@ def configure(parser):
                         help="write the self-contained HTML player to FILE and exit")
     parser.add_argument("--view", choices=("unfolded", "ops", "graph"), default="unfolded",
                         help="diagram of the HTML player (default: unfolded variables)")
+    parser.add_argument("--max-steps", type=int, default=HTML_MAX_STEPS, metavar="N",
+                        help=f"--html: refuse walks longer than N steps (default {HTML_MAX_STEPS})")
     return parser
+
+
+def _fail(message) -> int:
+    """A one-line complaint about the command line: exit status 2, like argparse."""
+    print(f"tinygraph step: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args) -> int:
@@ -41,24 +51,21 @@ def run(args) -> int:
     from tinygraph.stepper import Stepper
 
     from . import models_zoo
+    from .draw_command import path_problem
 
-    for option, value in (("--steps", args.steps), ("--hidden", args.hidden)):
+    for option, value in (("--steps", args.steps), ("--hidden", args.hidden),
+                          ("--max-steps", args.max_steps)):
         if value < 1:
-            print(f"tinygraph step: {option} must be at least 1, got {value}", file=sys.stderr)
-            return 2
+            return _fail(f"{option} must be at least 1, got {value}")
+    if args.html and path_problem(args.html):  # before the (slow) walk is worked out
+        return _fail(f"--html {args.html}: {path_problem(args.html)}")
     example = models_zoo.build(args.model, steps=args.steps, seed=args.seed,
                                hidden_size=args.hidden)
     stepper = Stepper(example.loss)
     intro = (f"{args.model}: {example.source}, T={args.steps}; the backward pass has "
              f"{len(stepper)} steps, from the loss back to the parameters")
     if args.html:
-        from .stepper_html import stepper_html
-        print(intro, flush=True)
-        stepper_html(stepper, args.html, view=args.view, progress=True,
-                     title=f"tinygraph step: {args.model}, T={args.steps}")
-        size = os.path.getsize(args.html)
-        print(f"wrote {args.html} ({size / 1024:.0f} KiB)")
-        return 0
+        return _write_html(stepper, args, intro)
     show = (lambda e: e.explain()) if args.explain else str
     if not args.interactive:
         try:
@@ -69,6 +76,32 @@ def run(args) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return _interactive(stepper, intro, show)
+
+
+def _write_html(stepper, args, intro) -> int:
+    """``--html FILE``: the player, or a one-line reason why not (no traceback)."""
+    from .draw_command import write_problem
+    from .render import RenderError
+    from .stepper_html import stepper_html
+
+    if len(stepper) > args.max_steps:  # said in the CLI's own options, not stepper_html's
+        return _fail(f"--html: the walk has {len(stepper)} steps, more than --max-steps "
+                     f"{args.max_steps}; use fewer --steps or a smaller --model (e.g. elman), "
+                     "or raise --max-steps")
+    print(intro, flush=True)
+    try:
+        stepper_html(stepper, args.html, view=args.view, progress=True, max_steps=args.max_steps,
+                     title=f"tinygraph step: {args.model}, T={args.steps}")
+    except RenderError as exc:  # no Graphviz, or it failed: not the user's argument
+        print(f"tinygraph step: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        return _fail(write_problem(args.html, exc))
+    except ValueError as exc:
+        return _fail(str(exc))
+    size = os.path.getsize(args.html)
+    print(f"wrote {args.html} ({size / 1024:.0f} KiB)")
+    return 0
 
 
 def _interactive(stepper, intro, show) -> int:
