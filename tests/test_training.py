@@ -322,3 +322,15 @@ def test_checkpoint_with_a_broken_meta_entry_says_so(tmp_path):
     tg.save({"meta": "{not json"}, tmp_path / "bad.npz")
     with pytest.raises(ValueError, match="bad.npz.*not JSON"):
         load_checkpoint(tmp_path / "bad.npz", ElmanRNN(3, 4, 2), None)
+
+
+def test_a_stop_at_an_epoch_end_says_after_which_epoch(capsys):
+    class StopAtEpochEnd:
+        def on_epoch_end(self, info):
+            return info["epoch"] == 1
+
+    model, opt = new_run()
+    history = bptt.fit(model, shuffled, mean_ce, opt, epochs=3, k1=4, callbacks=[StopAtEpochEnd()],
+                       progress=False)
+    assert history.interrupted and len(history.epochs) == 1
+    assert "stopped after epoch 1" in capsys.readouterr().err

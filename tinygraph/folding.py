@@ -579,6 +579,8 @@ def fold(view) -> "nx.DiGraph":
             node["reps"] = node.get("reps", ()) + tuple(a.get("reps", ()))
             if a["timestep"] is not None:
                 node["timesteps"] = node["timesteps"] + (a["timestep"],)
+            if _given_label(a) and not _given_label(node):
+                node["label"] = a["label"]
     for u, v, e in view.edges(data=True):
         ku, kv = keys.get(u), keys.get(v)
         if ku is None or kv is None:
@@ -597,6 +599,16 @@ def fold(view) -> "nx.DiGraph":
         else:
             _merge_edge(c, ku, kv, e, delay=0)
     return c
+
+
+def _given_label(a) -> bool:
+    """True when a caller named this node beyond its recorded name or op (``dL/db``, ``h0``).
+
+    Such a name belongs to the whole circuit node: the running sum of ``dL/db``
+    is recorded at every step but named only at the step its last add happens
+    in, which need not be the first member folded in.
+    """
+    return a.get("label") not in (a.get("name") or a.get("op"), None)
 
 
 def _merge_edge(c, u, v, e, delay):

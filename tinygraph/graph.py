@@ -5,7 +5,9 @@ knows its op, its input nodes (ordered, with multiplicity), its attributes,
 output shape/dtype, a name, the module ``scope`` that made it and the
 ``timestep`` set by the recurrence driver. ``ordinal`` is the creation index
 within its ``(scope, timestep)``: two nodes at different time steps with the
-same ``(scope, ordinal)`` are the same node of the folded circuit.
+same ``(scope, ordinal)`` are the same node of the folded circuit. Nodes
+recorded by ``backward(create_graph=True)`` count from a base that one walk
+shares across all its steps, so a graph's backward recordings fold alike.
 """
 from __future__ import annotations
 
@@ -30,6 +32,13 @@ class _RecordingState(threading.local):
         # Entering ``timestep(t)`` starts fresh counters for t, so running the
         # same cell again at step t gives the same ordinals (needed for folding).
         self.counters: dict = {None: {}}
+        # the innermost grad-mode block (a number per entry, see ``_GradMode``):
+        # backward() and grad() run each walk in a block of its own, which is how
+        # ``_override_context`` tells one recording of a backward graph from the next
+        self.grad_block = 0
+        self.backward_block = None    # the block the two entries below belong to
+        self.backward_bases: dict = {}    # (backward scope, is_leaf) -> this walk's first ordinal
+        self.backward_started: set = set()    # (backward scope, step) already set to that base
         self.anomaly = False
         # set by the raw backward walk: getitem's rule may then return a SparseGrad
         # (index, values) instead of a dense array of the input's shape
@@ -41,6 +50,7 @@ class _RecordingState(threading.local):
 
 STATE = _RecordingState()
 _ids = itertools.count()
+_grad_blocks = itertools.count(1)
 
 
 def note_host_read(tensor):
@@ -376,14 +386,40 @@ def timestep(t):
 def _override_context(scope_text, step):
     """Used by backward(create_graph=True): backward nodes carry backward(scope)."""
     st = STATE
+    _start_backward_ordinals(st, scope_text, step)
     old_scope, old_step, old_scopes = st.scope_text, st.timestep, st.scopes
     st.scope_text, st.timestep, st.scopes = scope_text, step, [scope_text]
-    if step not in st.counters:
-        st.counters[step] = {}
     try:
         yield
     finally:
         st.scope_text, st.timestep, st.scopes = old_scope, old_step, old_scopes
+
+
+def _start_backward_ordinals(st, scope_text, step):
+    """Start this walk's counters of ``scope_text`` at ``step`` on a base shared by every step.
+
+    Backward nodes fold by ``(scope, ordinal)`` like forward ones, so every
+    step of one recording must count its ``backward(...)`` nodes from the same
+    place. A walk that simply went on counting would start each step where the
+    previous recording of the same graph left it (a different place per step,
+    as the last and first steps record fewer nodes): a second drawing of the
+    backward graph then folds into a different circuit. The base lies above
+    whatever an earlier recording left at any step, so two recordings held at
+    once (``backward(create_graph=True)`` twice) still never share an identity.
+    """
+    if st.backward_block != st.grad_block:  # the first node of a new walk
+        st.backward_block = st.grad_block
+        st.backward_bases = {}
+        st.backward_started = set()
+    if (scope_text, step) in st.backward_started:
+        return
+    st.backward_started.add((scope_text, step))
+    counters = st.counters.setdefault(step, {})
+    for key in ((scope_text, False), (scope_text, True)):
+        base = st.backward_bases.get(key)
+        if base is None:
+            base = st.backward_bases[key] = max(c.get(key, 0) for c in st.counters.values())
+        counters[key] = base
 
 
 def current_scope() -> str:
@@ -403,11 +439,13 @@ class _GradMode:
         self.enabled = enabled
 
     def __enter__(self):
-        self.prev = STATE.grad_enabled
-        STATE.grad_enabled = self.enabled
+        st = STATE
+        self.prev = st.grad_enabled, st.grad_block
+        st.grad_enabled = self.enabled
+        st.grad_block = next(_grad_blocks)  # restored on exit: a no_grad() inside a walk leaves it one walk
 
     def __exit__(self, *exc):
-        STATE.grad_enabled = self.prev
+        STATE.grad_enabled, STATE.grad_block = self.prev
 
     def __call__(self, fn):  # usable as a decorator too
         import functools

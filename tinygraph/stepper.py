@@ -314,6 +314,8 @@ class Stepper:
         self._totals = {}          # receiver id -> running total (same adds as the engine)
         self._dropped = {}         # cut id -> [Contribution] that would have flowed
         self._source_cache = {}
+        self._rearrangements = {}  # op id -> _Rearrangement, for leaf_sums after backward()
+        self._leaf_label_cache = None
         self._node_events = []
         self._cut_after = {}       # cut id -> index of the last node event feeding it
         self._cut_nodes = {}
@@ -361,6 +363,10 @@ class Stepper:
 
     # -- recording ------------------------------------------------------------
     def _record(self, node, upstream, input_grads):
+        source = node.inputs[0] if node.op in _REARRANGING_OPS else None
+        if source is not None and (source.is_leaf or source.op in _REARRANGING_OPS):
+            # leaf_sums looks through these later, when loss.backward() may have freed `saved`
+            self._rearrangements[node.id] = _Rearrangement(node)
         label = self.labels[node.id]
         symbols = argument_symbols(node, self.labels)
         symbols.update(out=wrap(label), g=partial(label), n=_size_ratio(node))
@@ -579,36 +585,45 @@ class Stepper:
         return self.grads_at(self.position - 1).get(node.id) if node is not None else None
 
     def named_grads(self):
-        """Leaf label -> gradient at the cursor (labels qualified by scope when they clash)."""
-        grads = self.grads
-        names = [self.labels[n.id] for n in grads]
-        out = {}
-        for node, value in grads.items():
-            key = self.labels[node.id]
-            if names.count(key) > 1:
-                key = f"{node.scope}.{key}" if node.scope else f"{key}#{node.id}"
-            out[key] = value
-        return out
+        """Leaf label -> gradient at the cursor, named as ``leaf_sums`` names them (``W [forward]``)."""
+        labels = self._leaf_labels()
+        return {labels[node.id]: value for node, value in self.grads.items()}
 
     def leaf_sums(self):
         """Each leaf's final gradient as the explicit sum of its contributions (over time)."""
+        labels = self._leaf_labels()
         sums = []
         for node, _ in self._results.values():
             shares = self._contributions.get(node.id, ())
             if shares:
                 shares, wrapper = self._through_rearrangements(node, shares)
-                sums.append(GradientSum(node, self.labels[node.id], shares,
+                sums.append(GradientSum(node, labels[node.id], shares,
                                         self._totals[node.id], wrapper))
-        # the same name in two places (a bidirectional RNN's two W): say which
-        clashing = {}
-        for s in sums:
-            clashing.setdefault(s.label, []).append(s)
-        for group in clashing.values():
-            if len(group) > 1:
-                where = _distinguishing_scopes([self._home_scope(s.node) for s in group])
-                for s, qualifier in zip(group, where):
-                    s.label = f"{s.label} [{qualifier or f'#{s.node.id}'}]"
         return sums
+
+    def _leaf_labels(self):
+        """Result node id -> its label, unique: the same name in two places says which.
+
+        A bidirectional RNN's two ``W`` become ``W [forward]`` and ``W [backward]``
+        (the scope part that tells their uses apart). Leaves still alike after
+        that are numbered in walk order, not by node id, so the names do not
+        depend on what else was recorded first. Computed over every leaf, not
+        just those reached so far, so a name does not change as the cursor moves.
+        """
+        if self._leaf_label_cache is None:
+            nodes = [node for node, _ in self._results.values()]
+            labels = [self.labels[n.id] for n in nodes]
+            for label, group in _positions_by(labels).items():
+                if len(group) > 1:
+                    where = _distinguishing_scopes([self._home_scope(nodes[k]) for k in group])
+                    for k, qualifier in zip(group, where):
+                        labels[k] = f"{label} [{qualifier}]" if qualifier else label
+            for label, group in _positions_by(labels).items():
+                if len(group) > 1:
+                    for number, k in enumerate(group, 1):
+                        labels[k] = f"{label} #{number}"
+            self._leaf_label_cache = {n.id: label for n, label in zip(nodes, labels)}
+        return self._leaf_label_cache
 
     def _home_scope(self, leaf):
         """Where a leaf is used: the scope its consumers share (parameters carry none)."""
@@ -636,8 +651,9 @@ class Stepper:
             rule = formula_for(op_node.op).rule(0)
             symbols = {"xshape": tuple(leaf.shape)}
             wrapper = fill(rule, {**symbols, "g": wrapper})
-            shares = [Contribution(c.consumer, c.position, c.source, c.via,
-                                   _rearranged(op_node, c.value)) for c in inner]
+            rearrange = self._rearrangements[op_node.id]
+            shares = [Contribution(c.consumer, c.position, c.source, c.via, rearrange(c.value))
+                      for c in inner]
         return shares, wrapper
 
     # -- truncation and clipping -----------------------------------------------------
@@ -767,12 +783,34 @@ def _needed_nodes(order, targets):
 _REARRANGING_OPS = ("transpose", "reshape", "astype", "to_device")
 
 
-def _rearranged(node, grad):
-    """``grad`` of ``node``'s output sent to its input by the node's own rule."""
-    args = [a.data if isinstance(a, Tensor) else a for a in node.saved]
-    out = node.tensor.data if node.tensor is not None else node.value
-    value = node.prim.vjp(grad, out, (True,) + (False,) * (len(args) - 1), *args, **rule_keywords(node))[0]
-    return _reduce_to(value, node.saved[0].shape)[0]
+class _Rearrangement:
+    """A rearranging op's own rule, applied to one share: ``grad`` of its output -> its input's.
+
+    Holds what the rule reads (the arguments, the output), taken while the walk
+    runs: ``loss.backward()`` afterwards frees the node's ``saved`` and ``value``.
+    """
+
+    __slots__ = ("prim", "args", "out", "keywords", "shape")
+
+    def __init__(self, node):
+        self.prim = node.prim
+        self.args = [a.data if isinstance(a, Tensor) else a for a in node.saved]
+        self.out = node.tensor.data if node.tensor is not None else node.value
+        self.keywords = rule_keywords(node)
+        self.shape = node.saved[0].shape
+
+    def __call__(self, grad):
+        needs = (True,) + (False,) * (len(self.args) - 1)
+        value = self.prim.vjp(grad, self.out, needs, *self.args, **self.keywords)[0]
+        return _reduce_to(value, self.shape)[0]
+
+
+def _positions_by(labels):
+    """label -> the positions holding it, in order."""
+    positions = {}
+    for k, label in enumerate(labels):
+        positions.setdefault(label, []).append(k)
+    return positions
 
 
 def _reduce_to(grad, shape):

@@ -406,7 +406,10 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
 
     ``callbacks``: objects with optional ``on_batch_end(info)`` and
     ``on_epoch_end(info)`` methods (a plain callable is an epoch-end hook);
-    a hook returning True stops training after saving. ``checkpoint``: path
+    a hook returning True stops training after saving. ``info`` holds
+    ``model``, ``optimizer``, ``history``, ``batches_done`` and ``epoch``
+    (1-based: the epoch running, or at its end the one just finished), plus
+    ``loss`` and ``result`` after a batch and ``metrics`` after an epoch. ``checkpoint``: path
     of an ``.npz`` written after every epoch (and every ``checkpoint_every``
     batches, and on interrupt); ``resume=True`` continues from it when it
     exists. ``explode_factor``: warn when the gradient norm exceeds this many
@@ -509,16 +512,18 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
                 run.epoch += 1
                 run.batch, run.carry = 0, None  # a new epoch starts the data (and the state) over
                 run.epoch_loss_sum, run.epoch_updates = 0.0, 0
-                stopping = hooks("on_epoch_end", metrics=metrics)
+                stopping = hooks("on_epoch_end", metrics=metrics, epoch=run.epoch)  # the epoch just done
                 save()
-                if stopping:
+                if stopping or stop.requested:   # a Ctrl-C during the evaluation counts too
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         history.interrupted = True
         if consistent:
             save()
             where = f"; checkpoint saved to {checkpoint}, resume with resume=True" if checkpoint else ""
-            notes.write(f"stopped at epoch {run.epoch + 1}, batch {run.batch}{where}")
+            at = (f"after epoch {run.epoch}" if run.batch == 0 and run.epoch > 0
+                  else f"at epoch {run.epoch + 1}, batch {run.batch}")
+            notes.write(f"stopped {at}{where}")
         else:
             notes.write("aborted in the middle of a batch; the last checkpoint written (if any) is intact")
     return history
