@@ -78,6 +78,9 @@ class _Cell(Module):
             raise ValueError(f"{type(self).__name__}: recurrent_init must be one of {_RECURRENT_INITS}, "
                              f"got {recurrent_init!r}")
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
+        if self.input_size < 1 or self.hidden_size < 1:
+            raise ValueError(f"{type(self).__name__}: input_size and hidden_size must be >= 1, got "
+                             f"{input_size} and {hidden_size}")
         self.has_bias, self.layer_norm = bool(bias), bool(layer_norm)
         G, H, D = self.num_gates, self.hidden_size, self.input_size
         k = 1.0 / math.sqrt(H)

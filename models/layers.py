@@ -116,6 +116,8 @@ class _RecurrentLayer(Module):
         if self.batch_first:
             x = tg.transpose(x, (1, 0, 2))
         steps, batch, width = x.shape
+        if steps == 0:
+            raise ValueError(f"{type(self).__name__}: the input has no time steps (T = 0, shape {x.shape})")
         if width != self.input_size:
             raise ValueError(f"{type(self).__name__}: input feature size must be {self.input_size}, got {width}")
         if mask is not None:

@@ -193,3 +193,23 @@ def test_default_dtype_must_be_a_float_dtype():
     with pytest.raises(TypeError, match="float dtype"):
         tg.set_default_dtype(np.int32)
     assert tg.get_default_dtype() == before
+
+
+@pytest.mark.parametrize("left,right", [((3,), (2, 4)), ((2, 4), (3,)), ((3,), (4,))])
+def test_matmul_mismatch_with_a_vector_names_the_shapes_as_given(left, right):
+    with pytest.raises(ValueError, match=rf"matmul: shape mismatch \({left[0]},?.*\) @ \({right[0]},?"):
+        tg.ones(*left) @ tg.ones(*right)
+
+
+def test_matmul_and_sizes_take_what_numpy_takes():
+    x = t64(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_allclose((x @ [1.0, 2.0, 3.0]).numpy(), np.arange(6.0).reshape(2, 3) @ [1, 2, 3])
+    np.testing.assert_allclose(([1.0, 1.0] @ x).numpy(), [3.0, 5.0, 7.0])
+    assert len(tg.split(tg.ones(6), np.int64(3))) == 3
+    assert tg.full(np.int64(3), 1.0).shape == (3,)
+
+
+def test_one_outputs_seed_may_be_a_list_of_numbers():
+    x = t64(np.ones((2, 3)))
+    x.sum(axis=0).backward([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(x.grad.numpy(), [[1, 2, 3], [1, 2, 3]])

@@ -699,3 +699,11 @@ def test_jordan_teacher_forcing_refuses_class_ids_out_of_range(bad):
     targets[1, 0] = bad
     with pytest.raises(ValueError, match=r"JordanRNN: targets must be class ids in \[0, 3\)"):
         model(np.zeros((4, 2, 2)), targets=targets)
+
+
+def test_empty_sizes_are_refused_by_name():
+    with pytest.raises(ValueError, match="LSTMCell: input_size and hidden_size must be >= 1"):
+        LSTM(4, 0)
+    for fused in (False, True):
+        with pytest.raises(ValueError, match=r"LSTM: the input has no time steps \(T = 0"):
+            LSTM(4, 3, fused=fused)(np.zeros((0, 2, 4)))

@@ -307,3 +307,18 @@ def test_zero_d_parameter_updates_like_a_one_element_one(make):
 def test_zero_d_parameter_resumes_exactly(make, tmp_path):
     np.testing.assert_allclose(_scalar_path(make, (), 6, resume_at=3, tmp_path=tmp_path),
                                _scalar_path(make, (), 6), rtol=1e-13)
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.Adam(ps, weight_decay=-0.1),
+                                  lambda ps: optim.RMSprop(ps, weight_decay=-0.1),
+                                  lambda ps: optim.Adagrad(ps, weight_decay=-0.1),
+                                  lambda ps: optim.AdamW(ps, weight_decay=-0.1)])
+def test_negative_weight_decay_is_refused_by_every_optimizer(make):
+    with pytest.raises(ValueError, match="weight_decay"):
+        make([nn.Parameter(np.ones(2))])
+
+
+def test_a_parameter_given_twice_is_refused():
+    p = nn.Parameter(np.ones(2))
+    with pytest.raises(ValueError, match="parameter 1 .* same object as parameter 0"):
+        optim.SGD([p, p], lr=0.1)

@@ -262,6 +262,8 @@ def _one_gradient_per_output(grads, count, op):
     if isinstance(grads, (Tensor, int, float)) or hasattr(grads, "shape"):
         grads = [grads]
     grads = list(grads)
+    if count == 1 and len(grads) != 1 and all(isinstance(g, (int, float, list, tuple)) for g in grads):
+        grads = [grads]   # one output's seed written as a (nested) list of numbers, as NumPy would read it
     if len(grads) != count:
         raise ValueError(
             f"{op}: got {len(grads)} seed gradient(s) for {count} output(s); "

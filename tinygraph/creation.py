@@ -75,7 +75,7 @@ def ones(*shape, dtype=None, device="cpu", requires_grad=False, name=None):
 
 
 def full(shape, fill_value, dtype=None, device="cpu", requires_grad=False, name=None):
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
     return _finish(np.full(shape, fill_value, dtype or DEFAULT_DTYPE), None, device, requires_grad, name)
 
 

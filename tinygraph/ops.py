@@ -876,12 +876,22 @@ def matmul(a, b):
     """Matrix product with NumPy's rules (1-D operands and batch broadcasting)."""
     if type(a) is np.ndarray and type(b) is np.ndarray and a.ndim >= 2 and b.ndim >= 2:
         return _matmul_fwd(a, b)  # a rule's raw interpretation: the forward itself, no dispatch
+    if isinstance(a, (list, tuple)):   # as NumPy: a nested list is an array (on the other operand's device)
+        a = backend.array_module(raw(b)).asarray(a)
+    if isinstance(b, (list, tuple)):
+        b = backend.array_module(raw(a)).asarray(b)
     ra, rb = raw(a), raw(b)
     if getattr(ra, "ndim", 0) == 0 or getattr(rb, "ndim", 0) == 0:
         raise ValueError(
             f"matmul: operands must have at least one dimension, got shapes "
             f"{getattr(ra, 'shape', ())} and {getattr(rb, 'shape', ())}; use * for scalars"
         )
+    if (ra.ndim == 1 or rb.ndim == 1) and ra.shape[-1] != rb.shape[0 if rb.ndim == 1 else -2]:
+        # checked here: past this point the 1-D operand is a reshaped (1, n) or (n, 1)
+        raise ValueError(f"matmul: shape mismatch {tuple(ra.shape)} @ {tuple(rb.shape)}: the last axis of the "
+                         f"left operand ({ra.shape[-1]}) must equal the "
+                         f"{'only' if rb.ndim == 1 else 'second-to-last'} axis of the right operand "
+                         f"({rb.shape[0 if rb.ndim == 1 else -2]})")
     if ra.ndim == 1 and rb.ndim == 1:
         return reshape(apply(MATMUL, reshape(a, (1, -1)), reshape(b, (-1, 1))), ())
     if ra.ndim == 1:
@@ -1025,8 +1035,8 @@ def stack(tensors, axis=0):
 def split(x, sections_or_indices, axis=0):
     """Split into equal ``sections`` (an int) or at the given indices; a list of views."""
     length = raw(x).shape[axis]
-    if isinstance(sections_or_indices, int):
-        n = sections_or_indices
+    if isinstance(sections_or_indices, (int, np.integer)):
+        n = int(sections_or_indices)
         if n <= 0 or length % n:
             raise ValueError(f"split: axis {axis} of length {length} cannot be split into {n} equal sections")
         bounds = [i * (length // n) for i in range(n + 1)]

@@ -30,6 +30,11 @@ def _param_list(params):
         if not hasattr(p, "data") or not hasattr(p, "grad"):
             raise TypeError(f"optimizer: item {i} is a {type(p).__name__}, not a Parameter/Tensor; "
                             "pass model.parameters()")
+    seen = {}
+    for i, p in enumerate(params):
+        if seen.setdefault(id(p), i) != i:   # it would be updated twice per step
+            raise ValueError(f"optimizer: parameter {i} ({getattr(p, 'name', None) or 'unnamed'}) is the same "
+                             f"object as parameter {seen[id(p)]}; pass each parameter once")
     return params
 
 
@@ -56,6 +61,8 @@ class Optimizer:
 
     def __init__(self, params, **hyper):
         self.params = _param_list(params)
+        if hyper.get("weight_decay", 0.0) < 0:
+            raise ValueError(f"{type(self).__name__}: weight_decay must be >= 0, got {hyper['weight_decay']}")
         for name, value in hyper.items():
             setattr(self, name, value)
         self.state = [dict() for _ in self.params]
