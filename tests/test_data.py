@@ -255,9 +255,9 @@ def test_copy_task_layout_and_baseline():
 
 def test_require_path_message_reads_as_one_sentence(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        data.require_path(tmp_path / "nonexistent", "sentence-polarity folder")
+        data.require_path(tmp_path / "nonexistent", "my data folder")   # no known data set named
     msg = str(err.value)
-    assert msg == (f"sentence-polarity folder not found at {tmp_path / 'nonexistent'}; "
+    assert msg == (f"my data folder not found at {tmp_path / 'nonexistent'}; "
                    "pass its path with --data (or set TINYGRAPH_DATA to the folder holding it)")
     with pytest.raises(FileNotFoundError) as err:  # a known data set: where to download it, then the same advice
         data.require_path(tmp_path / "sentence-polarity", "sentence-polarity folder")
@@ -266,3 +266,33 @@ def test_require_path_message_reads_as_one_sentence(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         data.require_path(tmp_path / "x.conllu", "CoNLL-U file", option="--train")
     assert "pass its path with --train" in str(err.value)
+
+
+# -- found in review ------------------------------------------------------------------------
+def test_encoding_an_iterator_with_an_unknown_symbol_names_it():
+    vocab = data.Vocab.build(["ab"])
+    with pytest.raises(KeyError, match="'z' is not in the vocabulary"):
+        vocab.encode(iter("abz"))
+    np.testing.assert_array_equal(vocab.encode(iter("ba")), vocab.encode("ba"))
+
+
+def test_conllu_file_with_a_byte_order_mark_reads(tmp_path):
+    path = tmp_path / "bom.conllu"
+    path.write_bytes("\ufeff# sent_id = 1\n1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n\n".encode("utf-8"))
+    sentences = data.read_conllu(path)
+    assert len(sentences) == 1 and sentences[0].words == ["Hi"] and sentences[0].upos == ["INTJ"]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batching_nothing_gives_no_batches(shuffle):
+    assert data.bucket_batches([], 4, shuffle=shuffle) == []
+    assert data.make_batches([], batch_size=4, shuffle=shuffle) == []
+
+
+def test_missing_file_hint_follows_what_is_asked_for_not_the_path(tmp_path):
+    misleading = tmp_path / "tinyshakespeare" / "rt-polarity.neg"
+    with pytest.raises(FileNotFoundError, match="rt-polaritydata") as info:
+        data.require_path(misleading, "sentence-polarity file")
+    assert "karpathy" not in str(info.value)
+    with pytest.raises(FileNotFoundError, match="karpathy"):
+        data.require_path(tmp_path / "input.txt", "Tiny Shakespeare text")

@@ -74,12 +74,18 @@ def require_path(path, what="data", option="--data") -> Path:
     path = Path(path)
     if path.exists():
         return path
-    hint = next((url for key, url in _DOWNLOADS.items() if key in str(path)), None)
+    hint = _download_hint(what) or _download_hint(str(path))  # what is asked for first: a path may mislead
     msg = f"{what} not found at {path}"
     if hint:
         msg += f"; download it from {hint}"
     msg += f"; pass its path with {option} (or set TINYGRAPH_DATA to the folder holding it)"
     raise FileNotFoundError(msg)
+
+
+def _download_hint(text):
+    """The download link of the data set ``text`` names ("Tiny Shakespeare text", a path), if any."""
+    squashed = "".join(ch for ch in text.lower() if ch.isalnum())
+    return next((url for key, url in _DOWNLOADS.items() if key.replace("-", "") in squashed), None)
 
 
 # ---------------------------------------------------------------------------
@@ -142,6 +148,7 @@ class Vocab:
     def encode(self, symbols) -> np.ndarray:
         """Ids of ``symbols`` as an int64 array (unknowns -> ``unk`` id)."""
         get, unk = self.stoi.get, self.unk_id
+        symbols = list(symbols)  # an iterator is read twice when a symbol is missing
         ids = [get(s, unk) for s in symbols]
         if unk is None and None in ids:
             bad = next(s for s, i in zip(symbols, ids) if i is None)
@@ -326,7 +333,7 @@ def bucket_batches(lengths, batch_size, *, shuffle=True, seed=0, bucket_factor=5
     lengths = np.asarray(lengths)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
-    pool = len(lengths) if not shuffle else max(batch_size * bucket_factor, batch_size)
+    pool = max(len(lengths), 1) if not shuffle else max(batch_size * bucket_factor, batch_size)
     batches = []
     for start in range(0, len(order), pool):
         chunk = order[start:start + pool]
@@ -438,7 +445,7 @@ def parse_conllu(lines, source="<lines>"):
 def read_conllu(path):
     """Read a CoNLL-U file into a list of :class:`Sentence`."""
     path = require_path(path, "CoNLL-U file")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:   # -sig: a byte-order mark at the start is not text
         return parse_conllu(f, source=str(path))
 
 
