@@ -296,3 +296,9 @@ def test_missing_file_hint_follows_what_is_asked_for_not_the_path(tmp_path):
     assert "karpathy" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="karpathy"):
         data.require_path(tmp_path / "input.txt", "Tiny Shakespeare text")
+
+
+def test_an_empty_sequence_does_not_turn_integer_ids_into_floats():
+    padded, lengths = data.pad_sequences([[3, 4], [], [5]])
+    assert padded.dtype.kind == "i" and lengths.tolist() == [2, 0, 1]
+    np.testing.assert_array_equal(padded[:, 0], [3, 4])

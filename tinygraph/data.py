@@ -293,7 +293,8 @@ def pad_sequences(sequences, *, pad_value=0, dtype=None, max_len=None):
     tails = {a.shape[1:] for a in arrays}
     if len(tails) > 1:
         raise ValueError(f"pad_sequences: sequences differ in feature shape: {sorted(tails)}")
-    dtype = dtype or np.result_type(*arrays)
+    # an empty Python list reads as float64: let only the non-empty sequences choose the dtype
+    dtype = dtype or np.result_type(*([a for a in arrays if a.size] or arrays))
     out = np.full((int(lengths.max(initial=0)), len(arrays)) + arrays[0].shape[1:], pad_value, dtype=dtype)
     for b, a in enumerate(arrays):
         out[: len(a), b] = a
