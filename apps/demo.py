@@ -48,15 +48,28 @@ def configure(parser):
     parser.add_argument("--quick", action="store_true", help="same pipeline on a small slice, in seconds")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--epochs", type=float, default=None,
-                        help="passes over the training text (default: as many as fit in --minutes)")
+                        help="passes over the training text, a number above 0 (default: as many as fit "
+                             "in --minutes)")
     parser.add_argument("--minutes", type=float, default=None,
-                        help="training time budget (default 1.5; --quick trains one pass over its slice)")
+                        help="training time budget, a number above 0 (default 1.5; --quick trains one pass "
+                             "over its slice)")
     parser.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm", help="recurrent cell")
 
 
 # ---------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------
+def _budget_error(args):
+    """Why ``--epochs``/``--minutes`` cannot bound a training run, or None when they can.
+
+    Zero, negative, nan or infinite values would train nothing or forever.
+    """
+    for option, value in (("--epochs", args.epochs), ("--minutes", args.minutes)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            return f"{option} {value:g}: must be a number above 0"
+    return None
+
+
 def _printable(text):
     return text.replace("\n", "⏎ ").replace("\t", "→")
 
@@ -106,7 +119,8 @@ def _train(model, train_streams, val_streams, cfg, args):
     bar = ProgressBar(max_windows if budget == float("inf") else None, desc="training")
     start = time.perf_counter()
     step, epoch = 0, 0
-    while step < max_windows and time.perf_counter() - start < budget:
+    # the first pass always starts: a budget that runs out before one window still trains one
+    while epoch == 0 or (step < max_windows and time.perf_counter() - start < budget):
         trainer.reset()  # a new epoch starts every stream at its beginning
         for x, y in data.tbptt_windows(train_streams, cfg["window"]):
             result = trainer.step(x, y)
@@ -228,6 +242,10 @@ def run(args):
     from tinygraph.models import LanguageModel
 
     cfg = dict(QUICK if args.quick else FULL)
+    problem = _budget_error(args)
+    if problem:  # checked before the output folder is made: a refused run leaves nothing behind
+        print(f"tinygraph demo: error: {problem}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         print(f"tinygraph demo: error: -o {out}: exists and is not a folder", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ def make_parser(description, *, script, data_name=None):
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and few steps: a smoke test that runs in seconds")
+                        help="tiny sizes and few steps, a smoke test that runs in seconds; "
+                             "options given explicitly still win")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data split, init, batches)")
     parser.add_argument("-o", "--out", default=f"example-output/{Path(script).stem}",
                         help="folder for pictures and results.json")
@@ -36,6 +38,72 @@ def make_parser(description, *, script, data_name=None):
         parser.add_argument("--data", default=str(data.shared_data_dir() / data_name),
                             help=f"path to {data_name} (env TINYGRAPH_DATA sets the parent folder)")
     return parser
+
+
+def parse_args(parser, argv=None, quick=None):
+    """Parse ``argv``; under ``--quick`` the ``quick`` values are the defaults.
+
+    Options given on the command line still win, so ``--quick --steps 16``
+    runs 16 steps: quick mode only changes what the user left unsaid.
+    """
+    args = parser.parse_args(argv)
+    if args.quick and quick:
+        unknown = set(quick) - set(vars(args))
+        if unknown:  # a typo here would silently leave the real option alone
+            raise ValueError(f"quick values for options the parser lacks: {sorted(unknown)}")
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
+
+
+def positive_int(text):
+    """An argparse ``type``: an integer of at least 1 (0 epochs or steps would leave nothing to report)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def name_list(known, what="name"):
+    """An argparse ``type`` for a comma-separated list of ``known`` names (case-insensitive).
+
+    Returns the names in order without repeats; an unknown or missing name is
+    a usage error (exit status 2), before any data is loaded.
+    """
+    def parse(text):
+        names = list(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {what} {bad[0]!r}; choose from {', '.join(known)}")
+        if not names:
+            raise argparse.ArgumentTypeError(f"no {what} given; choose from {', '.join(known)}")
+        return names
+    return parse
+
+
+def one_line(err):
+    """An exception as one line of text: ``path: reason`` for OS errors, else its message."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        text = f"{err.filename}: {err.strerror}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+@contextmanager
+def data_errors(what, extra=()):
+    """Report a loader's OSError/ValueError (and ``extra`` types) as a one-line :func:`fail`.
+
+    For files that exist but hold the wrong thing: a folder without the
+    expected files, a text file where a CoNLL-U file belongs.
+    """
+    try:
+        yield
+    except (OSError, ValueError, *extra) as err:
+        fail(f"cannot read {what}: {one_line(err)}")
 
 
 def setup(args):

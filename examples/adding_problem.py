@@ -27,6 +27,8 @@ from tinygraph import data, nn, optim
 from tinygraph.models import GRU, LSTM, RNN
 
 LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+# --quick: the defaults of a seconds-long run; options given explicitly still win
+QUICK = dict(T=10, steps=40, hidden=16, batch=20, eval_size=200, lr=1e-2)
 
 
 class AddingModel(nn.Module):
@@ -54,12 +56,13 @@ def last_step_mse(outputs, targets):
 def build_parser():
     p = _common.make_parser(__doc__.splitlines()[0], script=__file__)
     p.add_argument("--T", type=int, default=50, help="sequence length")
-    p.add_argument("--steps", type=int, default=1500, help="training steps per model")
+    p.add_argument("--steps", type=_common.positive_int, default=1500, help="training steps per model")
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="RMSprop learning rate")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
-    p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, lstm, gru")
+    p.add_argument("--cells", type=_common.name_list(tuple(LAYERS), "cell"), default="rnn,lstm,gru",
+                   help="comma-separated: rnn, lstm, gru")
     p.add_argument("--eval-size", type=int, default=1000)
     p.add_argument("--forget-bias", type=float, default=None,
                    help="LSTM forget-gate bias at initialisation (1.0 is the usual remedy)")
@@ -104,15 +107,12 @@ def train_one(cell, args, rng):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        args.T, args.steps, args.hidden, args.batch, args.eval_size = 10, 40, 16, 20, 200
-        args.lr = 1e-2
+    args = _common.parse_args(build_parser(), argv, QUICK)
     rng, out = _common.setup(args)
     baseline = data.adding_problem_baseline()
     print(f"adding problem: T={args.T}, hidden={args.hidden}, RMSprop lr={args.lr}, clip={args.clip}, "
           f"{args.steps} steps of batch {args.batch}; baseline MSE (predict the mean) = {baseline:.4f}")
-    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    cells = args.cells
     start = time.perf_counter()
     results, histories, models = {}, {}, {}
     for cell in cells:

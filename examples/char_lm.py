@@ -48,7 +48,8 @@ def build_parser():
     p.add_argument("--batch", type=int, default=32, help="parallel streams")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
-    p.add_argument("--steps", type=int, default=4500, help="optimizer updates (windows); the README's PyTorch figure uses 1500")
+    p.add_argument("--steps", type=_common.positive_int, default=4500,
+                   help="optimizer updates (windows); the README's PyTorch figure uses 1500")
     p.add_argument("--val-chars", type=int, default=100_000, help="validation characters after the training 90 %%")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     p.add_argument("--sample-chars", type=int, default=300)
@@ -69,7 +70,8 @@ def load_text(args, default_path):
     """
     path = Path(args.data)
     if path.is_file():
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with _common.data_errors(f"--data {path}"):  # e.g. no permission to read it
+            text = path.read_text(encoding="utf-8", errors="replace")
         return text, str(path), len(text) == SHAKESPEARE_CHARS
     if args.data != default_path:
         if path.is_dir():
@@ -139,12 +141,13 @@ def sample(model, vocab, prompt, args):
     return prompt + vocab.decode(ids)
 
 
+# --quick: the defaults of a seconds-long run; options given explicitly still win
+QUICK = dict(embedding=8, hidden=32, window=16, batch=8, steps=40, lr=1e-2, val_chars=2_000, sample_chars=60)
+
+
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.embedding, args.hidden, args.window, args.batch = 8, 32, 16, 8
-        args.steps, args.lr, args.val_chars, args.sample_chars = 40, 1e-2, 2_000, 60
+    args = _common.parse_args(parser, argv, QUICK)
     text, source, is_shakespeare = load_text(args, parser.get_default("data"))  # a bad --data stops here
     rng, out = _common.setup(args)
     if args.quick:

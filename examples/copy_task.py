@@ -21,6 +21,8 @@ from tinygraph.models import GRU, LSTM, RNN
 LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 N_SYMBOLS, COPY_LEN = 8, 10
 N_CLASSES = N_SYMBOLS + 2  # blank, 8 symbols, delimiter
+# --quick: the defaults of a seconds-long run; options given explicitly still win
+QUICK = dict(T=5, steps=40, hidden=16, batch=16, lr=1e-2)
 
 
 class CopyModel(nn.Module):
@@ -50,12 +52,13 @@ def recall_accuracy(logits, targets):
 def build_parser():
     p = _common.make_parser(__doc__.splitlines()[0], script=__file__)
     p.add_argument("--T", type=int, default=20, help="number of blank steps to remember across")
-    p.add_argument("--steps", type=int, default=4000, help="training steps per model")
+    p.add_argument("--steps", type=_common.positive_int, default=4000, help="training steps per model")
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="RMSprop learning rate")
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--cells", default="rnn,lstm,gru")
+    p.add_argument("--cells", type=_common.name_list(tuple(LAYERS), "cell"), default="rnn,lstm,gru",
+                   help="comma-separated: rnn, lstm, gru")
     return p
 
 
@@ -91,16 +94,14 @@ def train_one(cell, args, rng):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        args.T, args.steps, args.hidden, args.batch, args.lr = 5, 40, 16, 16, 1e-2
+    args = _common.parse_args(build_parser(), argv, QUICK)
     rng, out = _common.setup(args)
     baseline = data.copy_task_baseline(args.T)
     print(f"copy task: T={args.T} ({args.T + 20} steps), hidden={args.hidden}, {args.steps} steps of batch "
           f"{args.batch}; memoryless baseline = 10 ln 8 / (T+20) = {baseline:.4f}")
     start = time.perf_counter()
     histories, models = {}, {}
-    for cell in [c.strip() for c in args.cells.split(",") if c.strip()]:
+    for cell in args.cells:
         tg.manual_seed(args.seed)
         models[cell], histories[cell] = train_one(cell, args, rng)
         h = histories[cell]

@@ -22,6 +22,10 @@ import tinygraph as tg
 from tinygraph import nn, optim
 
 
+# --quick: the defaults of a seconds-long run; options given explicitly still win
+QUICK = dict(steps=12, iters=60)
+
+
 def autonomous(s0, A, steps):
     """s(t) = A s(t-1): returns [s(0), s(1), ..., s(steps)]."""
     states = [s0]
@@ -72,18 +76,16 @@ def draw_both(tensor, out, stem):
 
 def build_parser():
     p = _common.make_parser(__doc__.splitlines()[0], script=__file__)
-    p.add_argument("--steps", type=int, default=30, help="time steps of the driven system")
+    p.add_argument("--steps", type=_common.positive_int, default=30, help="time steps of the driven system")
     p.add_argument("--state", type=int, default=3, help="size of the driven system's state")
-    p.add_argument("--iters", type=int, default=400, help="gradient steps to recover θ")
+    p.add_argument("--iters", type=_common.positive_int, default=400, help="gradient steps to recover θ")
     p.add_argument("--lr", type=float, default=0.03, help="Adam learning rate")
     p.add_argument("--draw-steps", type=int, default=4, help="time steps shown in the diagrams")
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        args.steps, args.iters = 12, 60
+    args = _common.parse_args(build_parser(), argv, QUICK)
     rng, out = _common.setup(args)
     start = time.perf_counter()
 

@@ -28,6 +28,10 @@ from tinygraph import optim
 from tinygraph.models import JordanRNN
 
 
+# --quick: the defaults of a seconds-long run; options given explicitly still win
+QUICK = dict(T=6, iters=40, hidden=16)
+
+
 def counting_task(n, T, K, strides, rng):
     """Inputs (T, n, len(strides) + K) and targets (T, n): count from a start symbol in steps of k."""
     start = rng.integers(0, K, size=n)
@@ -53,16 +57,14 @@ def build_parser():
     p.add_argument("--T", type=int, default=12, help="sequence length")
     p.add_argument("--K", type=int, default=7, help="number of symbols")
     p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--iters", type=int, default=600, help="training steps per mode")
+    p.add_argument("--iters", type=_common.positive_int, default=600, help="training steps per mode")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        args.T, args.iters, args.hidden = 6, 40, 16
+    args = _common.parse_args(build_parser(), argv, QUICK)
     rng, out = _common.setup(args)
     strides = (1, 2, 3)
     x_test, y_test = counting_task(500, args.T, args.K, strides, np.random.default_rng(args.seed + 1))

@@ -20,6 +20,7 @@ holds out one voice. Baseline: the majority class.
 from __future__ import annotations
 
 import time
+import wave
 from collections import Counter
 
 import numpy as np
@@ -32,6 +33,8 @@ from tinygraph.models import SequenceClassifier, SequenceTagger
 CELLS = ("lstm", "gru")
 SILENCE = 10
 FRAME_MS, HOP_MS = 32.0, 16.0
+# --quick: the defaults of a seconds-long run; options given explicitly still win
+QUICK = dict(epochs=4, hidden=16, batch=16, n_mels=16)
 
 
 def predict(model, batch):
@@ -59,11 +62,28 @@ def build_parser():
     p.add_argument("--n-mels", type=int, default=32)
     p.add_argument("--cell", choices=CELLS, default="lstm")
     p.add_argument("--holdout-speaker", default=None, help="validate on this speaker's recordings")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=_common.positive_int, default=8)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     return p
+
+
+def load_split(folder, holdout_speaker):
+    """(train, val) recordings of ``folder``; a wrong folder or an unknown speaker is a one-line error."""
+    if not folder.is_dir():
+        _common.fail(f"--data {folder} is not a folder of digit_speaker_index.wav files")
+    with _common.data_errors(f"--data {folder}"):  # e.g. a folder with no recordings in it
+        items = data.list_spoken_digits(folder)
+    speakers = sorted({it.speaker for it in items})
+    if holdout_speaker is not None and holdout_speaker not in speakers:
+        _common.fail(f"--holdout-speaker {holdout_speaker!r}: no such speaker in {folder}; "
+                     f"choose from {', '.join(speakers)}")
+    train, val = data.split_spoken_digits(items, holdout_speaker=holdout_speaker)
+    if not (train and val):  # e.g. only indices 0-4, or a single speaker held out
+        _common.fail(f"--data {folder}: the split leaves {len(train)} training and {len(val)} "
+                     f"validation recordings; both need some")
+    return train, val
 
 
 def evaluate(model, batches, per_frame):
@@ -71,13 +91,10 @@ def evaluate(model, batches, per_frame):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = _common.parse_args(build_parser(), argv, QUICK)
     folder = _common.need_data(args.data, "free-spoken-digit folder")
-    if args.quick:
-        args.epochs, args.hidden, args.batch, args.n_mels = 4, 16, 16, 16
+    train_items, val_items = load_split(folder, args.holdout_speaker)
     rng, out = _common.setup(args)
-    items = data.list_spoken_digits(folder)
-    train_items, val_items = data.split_spoken_digits(items, holdout_speaker=args.holdout_speaker)
     if args.quick:  # a random handful of recordings
         train_items = [train_items[i] for i in rng.permutation(len(train_items))[:120]]
         val_items = [val_items[i] for i in rng.permutation(len(val_items))[:40]]
@@ -86,7 +103,8 @@ def main(argv=None):
     bar = _common.Progress(len(train_items) + len(val_items), desc="features")
     feats = {}
     for it in train_items + val_items:
-        feats[it.path] = featurise(it, args.features, args.n_mels)
+        with _common.data_errors(it.path, extra=(wave.Error, EOFError)):  # a damaged or non-PCM WAV
+            feats[it.path] = featurise(it, args.features, args.n_mels)
         bar.update()
     bar.close()
     train_feats = np.concatenate([feats[it.path][0] for it in train_items])

@@ -492,3 +492,104 @@ def test_backward_frees_the_forward_unless_asked_to_retain_it():
     assert compiled.backward(np.ones(()))[1][0] == pytest.approx(first)
     with pytest.raises(RuntimeError, match=r"call forward\(\) before backward\(\)"):
         compiled.backward(np.ones(()))
+
+
+# -- found in review: what a replay must not freeze ------------------------------------------
+def test_detach_and_argmax_inside_a_trace_are_recomputed_at_replay():
+    rng = np.random.default_rng(0)
+    w = tg.tensor(rng.standard_normal(3), requires_grad=True)
+
+    def loss(x, y):
+        cut = ((x * w) - x.detach()).sum() ** 2
+        hits = tg.astype(tg.Tensor.argmax(x * w, axis=-1) == y, "float64").mean()
+        return cut, hits
+
+    step = tg.traced_step(loss, [w], has_aux=True)
+    step(rng.standard_normal((4, 3)), np.zeros(4, np.int64))
+    x2, y2 = rng.standard_normal((4, 3)), rng.integers(0, 3, 4)
+    w.grad = None
+    replay_loss, replay_hits = step(x2, y2)
+    replay_grad = w.grad.numpy().copy()
+    w.grad = None
+    eager_loss, eager_hits = loss(tg.tensor(x2), tg.tensor(y2))
+    eager_loss.backward()
+    assert replay_loss.item() == pytest.approx(eager_loss.item(), rel=1e-12)
+    assert replay_hits.item() == eager_hits.item()
+    np.testing.assert_allclose(replay_grad, w.grad.numpy(), rtol=1e-12)
+    assert step.traces == 1
+
+
+def test_a_parameter_read_on_the_host_is_refused():
+    W = tg.nn.Parameter(np.ones((2, 2)))
+    with pytest.raises(ValueError, match="read values computed from a parameter .* on the host"):
+        tg.traced_step(lambda x: (x @ W).sum() * float(tg.abs(W).max().item()), [W])(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="on the host"):
+        def normed(x):
+            with tg.no_grad():
+                scale = (W * W).sum()
+            return (x @ W).sum() / scale
+        tg.traced_step(normed, [W])(np.ones((3, 2)))
+
+
+def test_a_parameter_left_out_of_params_is_read_live():
+    rng = np.random.default_rng(1)
+    frozen, head = tg.nn.Linear(3, 4, dtype="float64"), tg.nn.Linear(4, 1, dtype="float64")
+
+    def loss(x):
+        return head(tg.tanh(frozen(x))).sum()
+
+    step = tg.traced_step(loss, list(head.parameters()))
+    x = rng.standard_normal((5, 3))
+    step(x)
+    frozen.load_state_dict({k: rng.standard_normal(v.shape) for k, v in frozen.state_dict().items()})
+    assert step(x).item() == pytest.approx(loss(tg.tensor(x)).item(), rel=1e-12)
+
+
+def test_a_parameter_of_a_new_shape_traces_again():
+    rng = np.random.default_rng(2)
+    lin = tg.nn.Linear(4, 3, dtype="float64")
+    step = tg.traced_step(lambda x: (lin(x) ** 2).sum(), list(lin.parameters()))
+    x = rng.standard_normal((5, 4))
+    step(x)
+    lin.bias.data = np.array([0.5])            # broadcasts in eager: its gradient is (1,)
+    lin.zero_grad()
+    step(x)
+    replayed = lin.bias.grad.numpy().copy()
+    lin.zero_grad()
+    (lin(tg.tensor(x)) ** 2).sum().backward()
+    assert replayed.shape == (1,) and step.traces == 2
+    np.testing.assert_allclose(replayed, lin.bias.grad.numpy(), rtol=1e-12)
+
+
+def test_a_loss_of_shape_one_by_one_replays():
+    rng = np.random.default_rng(3)
+    W, v = tg.tensor(rng.standard_normal((4, 3)), requires_grad=True), tg.tensor(rng.standard_normal((3, 1)))
+    step = tg.traced_step(lambda x: tg.tanh(x @ W) @ v, [W])
+    x = rng.standard_normal((1, 4))
+    assert step(x).shape == (1, 1)
+    W.grad = None
+    step(x)
+    replayed = W.grad.numpy().copy()
+    W.grad = None
+    (tg.tanh(tg.tensor(x) @ W) @ v).sum().backward()
+    np.testing.assert_allclose(replayed, W.grad.numpy(), rtol=1e-12)
+
+
+def test_traced_step_with_model_keys_on_train_and_eval_modes():
+    from tinygraph.models import JordanRNN
+    tg.manual_seed(0)
+    model = JordanRNN(2, 5, 3, teacher_forcing=True).double()
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((6, 2, 2)), rng.integers(0, 3, (6, 2))
+
+    def loss(x, y):
+        out, _ = model(x, targets=y)
+        return tg.cross_entropy(out, y)
+
+    step = tg.traced_step(loss, list(model.parameters()), model=model)
+    step(x, y)
+    model.eval()
+    evaluated = step.evaluate(x, y).item()
+    with tg.no_grad():
+        assert evaluated == pytest.approx(loss(tg.tensor(x), tg.tensor(y)).item(), rel=1e-12)
+    assert step.traces == 2

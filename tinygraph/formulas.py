@@ -76,6 +76,8 @@ FORMULAS = {
     "mean": F("mean {x0}", ("{g} / {n} copied to every element of {x0}",), ("1/{n}",)),
     "max": F("max {x0}", ("{g} at the position of the maximum of {x0}",), ("argmax",)),
     "min": F("min {x0}", ("{g} at the position of the minimum of {x0}",), ("argmin",)),
+    "detach": F("detach({x0})", ("0",), ("no gradient",)),
+    "argmax": F("argmax {x0}", ("0",), ("no gradient",)),
     "reshape": F("reshape({x0}, {shape})", ("{g} reshaped to {xshape}",), ("reshape",)),
     "transpose": F("{x0}ᵀ", ("({g})ᵀ",), ("transpose",)),
     "broadcast_to": F("broadcast({x0}, {shape})", ("Σ {g} over the broadcast axes",), ("sum",)),

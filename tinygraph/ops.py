@@ -437,6 +437,12 @@ def _size(shape):
 
 SUM = register("sum", lambda x, axis=None, keepdims=False: x.sum(axis=axis, keepdims=keepdims), _sum_vjp)
 MEAN = register("mean", _mean_fwd, _mean_vjp)
+# Recorded only while a trace runs (Tensor.detach and Tensor.argmax stay graph-free in eager
+# code): a replay then recomputes them from its own inputs instead of reusing traced values.
+DETACH = register("detach", lambda x: x, lambda g, out, needs, x: (None,),
+                  doc="the same values with no gradient past them (recorded inside a trace)")
+ARGMAX = register("argmax", lambda x, axis=None: x.argmax(axis=axis), lambda g, out, needs, x, axis=None: (None,),
+                  doc="indices of the maxima, not differentiable (recorded inside a trace)")
 MAX = register("max", _max_fwd, _max_vjp)
 # the same rule: the gradient goes to where x equals the result (shared among ties)
 MIN = register("min", lambda x, axis=None, keepdims=False: x.min(axis=axis, keepdims=keepdims), _max_vjp)

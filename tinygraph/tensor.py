@@ -136,8 +136,25 @@ class Tensor:
         return self.numpy().tolist()
 
     def detach(self):
-        """Same values, no graph: gradients do not flow past the result."""
+        """Same values, no graph: gradients do not flow past the result.
+
+        Inside a running ``trace`` it is a recorded op with no gradient, so a
+        replay computes the value from its own inputs (a model that cuts its
+        incoming state, say) instead of reusing the traced one.
+        """
+        if STATE.host_reads is not None and self._node is not None:
+            from . import ops
+            out = ops.apply(ops.DETACH, self)
+            out.name = self._name
+            return out
         return Tensor(self.data, name=self._name)
+
+    def argmax(self, axis=None):
+        """Indices of the maxima along ``axis`` (an integer Tensor; recorded inside a trace, like detach)."""
+        from . import ops
+        if STATE.host_reads is not None and self._node is not None:
+            return ops.apply(ops.ARGMAX, self, axis=axis)
+        return Tensor(self.data.argmax(axis=axis))
 
     def to(self, device):
         """Copy to ``device`` ('cpu', 'cuda', 'cuda:N'); differentiable."""
@@ -244,7 +261,6 @@ def _install_methods():
     T.mean = lambda a, axis=None, keepdims=False: ops.mean(a, axis=axis, keepdims=keepdims)
     T.max = lambda a, axis=None, keepdims=False: ops.max(a, axis=axis, keepdims=keepdims)
     T.min = lambda a, axis=None, keepdims=False: ops.min(a, axis=axis, keepdims=keepdims)
-    T.argmax = lambda a, axis=None: Tensor(a.data.argmax(axis=axis))
     T.reshape = lambda a, *shape: ops.reshape(a, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
     T.view = T.reshape
     T.transpose = lambda a, *axes: ops.transpose(a, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))

@@ -14,7 +14,10 @@ sequence kernel. ``fuse=False`` keeps every recorded op.
 Like any tracer, it records one path through the Python code: control flow
 that depends on values is frozen, and constants that ``fn`` creates inside
 (masks, initial zeros) are baked into the schedule. Parameters are read live
-at every replay, so an optimizer can update them between calls.
+at every replay, so an optimizer can update them between calls; so are
+parameters left out of ``params`` (frozen ones, loaded anew or not).
+``.detach()`` and ``.argmax()`` are recorded ops while a trace runs, so a
+replay recomputes them from its own inputs.
 
 Floating-point inputs are differentiated; integer inputs (token ids,
 targets) are plain inputs with gradient ``None``. Every op applied to an
@@ -30,6 +33,8 @@ came from are held to their traced values: a compiled function refuses
 others, and ``traced_step`` traces again for each new value. So is an
 integer or boolean input that no op consumes (a tracer cannot tell it from
 one read through ``.data``); a float input ``fn`` never reads is ignored.
+A value read on the host that came from a parameter is refused at trace
+time: a parameter changes at every step, so it cannot key a schedule.
 Reading ``.data`` directly is not seen. The range checks of ids and targets
 run at trace time only: on replay a negative id wraps around as in NumPy.
 """
@@ -114,8 +119,8 @@ class CompiledFunction:
         if len(inputs) != len(self.input_slots):
             raise TypeError(f"compiled function takes {len(self.input_slots)} inputs, got {len(inputs)}")
         values = [None] * self.num_slots
-        for slot, value in self.constants:
-            values[slot] = value
+        for slot, leaf in self.constants:
+            values[slot] = leaf.data  # read now: a frozen parameter may have been loaded anew
         for slot, p in zip(self.param_slots, self.params):
             if slot is not None:
                 values[slot] = p.data
@@ -316,6 +321,14 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
         leaf.requires_grad = True
         leaf._leaf_node()  # every input gets a node, even one fn never reads
         leaves.append(leaf)
+    for p in params:
+        # ``p.data = ...`` of a new shape or dtype leaves the old leaf node's record behind, and
+        # the schedule takes its shapes from the nodes: give such a parameter a fresh leaf
+        node = p._node
+        if node is not None and node.prim is None and (tuple(node.shape) != tuple(p.data.shape)
+                                                       or node.dtype != p.data.dtype):
+            p._node = None
+            p._leaf_node()
     old_reads, STATE.host_reads = STATE.host_reads, []
     try:
         with enable_grad():
@@ -338,7 +351,9 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
     if not params:  # default: every parameter-like leaf the function read
         params = [n.tensor for n in graph.nodes
                   if n.op == "leaf" and n.id not in input_ids and n.tensor is not None]
-    constants = {n.id: n.tensor.data for n in graph.nodes
+    # the leaf Tensors themselves: a parameter not listed in ``params`` (frozen) is read at each
+    # replay, so load_state_dict or .to() after tracing is seen, as in eager
+    constants = {n.id: n.tensor for n in graph.nodes
                  if n.prim is None and n.tensor is not None
                  and not any(n is leaf._node for leaf in leaves)
                  and not any(n is p._node for p in params)}
@@ -353,7 +368,11 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
 
 
 def _inputs_behind(nodes, input_nodes):
-    """Positions of the ``input_nodes`` that any of ``nodes`` was computed from (an iterative walk)."""
+    """Positions of the ``input_nodes`` that any of ``nodes`` was computed from (an iterative walk).
+
+    A value read on the host that came from a parameter cannot key a trace
+    (parameters change at every step): that is refused here, by name.
+    """
     position = {n.id: k for k, n in enumerate(input_nodes)}
     found, seen, stack = set(), set(), list(nodes)
     while stack:
@@ -363,6 +382,12 @@ def _inputs_behind(nodes, input_nodes):
         seen.add(node.id)
         if node.id in position:
             found.add(position[node.id])
+        elif node.prim is None and node.requires_grad:
+            raise ValueError(
+                f"trace: the function read values computed from "
+                f"{repr(node.name) if node.name else 'a parameter'} {tuple(node.shape)} on the host (.item(), .numpy(), float(...), or an op under no_grad), "
+                "so a replay would keep the traced values while the parameter changes; compute it with "
+                "recorded ops, or run this function eagerly")
         stack.extend(node.inputs)
     return found
 
@@ -394,8 +419,9 @@ class TracedStep:
     eval mode (``fit(..., traced=True)`` refuses it by module type).
     """
 
-    def __init__(self, loss_fn, params, max_traces=16, fuse=True, has_aux=False):
+    def __init__(self, loss_fn, params, max_traces=16, fuse=True, has_aux=False, model=None):
         self.loss_fn = loss_fn
+        self.model = model  # its modules' train/eval modes key the schedules (what they record differs)
         self.has_aux = bool(has_aux)
         self.fuse = bool(fuse)
         self.params = list(params)
@@ -409,7 +435,7 @@ class TracedStep:
     def __call__(self, *inputs):
         compiled, outs = self._replay(inputs)
         loss = outs[0]
-        _, grads = compiled.backward(backend.array_module(loss).ones((), dtype=loss.dtype))
+        _, grads = compiled.backward(backend.array_module(loss).ones(loss.shape, dtype=loss.dtype))
         compiled.values = compiled.residuals = None  # the step's buffers go back to the allocator now
         handed_out = set()
         for p, g in zip(self.params, grads):
@@ -425,7 +451,9 @@ class TracedStep:
         """The loss (and ``aux``) from the forward replay alone: no backward, ``.grad`` untouched.
 
         For measuring a validation set with the schedule traced for these
-        shapes (a model in eval mode records its own: trace it in that mode).
+        shapes. A model that records differently in eval mode (teacher
+        forcing) needs its own schedule: make the step with ``model=`` so the
+        modes are part of the key, or trace a second step in eval mode.
         """
         compiled, outs = self._replay(inputs)
         compiled.values = compiled.residuals = None
@@ -436,8 +464,10 @@ class TracedStep:
         arrays = [x.data if isinstance(x, Tensor) else x if hasattr(x, "dtype") else np.asarray(x)
                   for x in inputs]
         signature = tuple((tuple(a.shape), a.dtype.str, backend.device_of(a)) for a in arrays)
-        # the parameters' dtypes and which of them are frozen shape the schedule too
-        signature += (tuple((p.dtype.str, p.requires_grad) for p in self.params),)
+        # the parameters' shapes, dtypes and which of them are frozen shape the schedule too
+        signature += (tuple((p.shape, p.dtype.str, p.requires_grad) for p in self.params),)
+        if self.model is not None:
+            signature += (module_modes(self.model),)
         key = self._key(signature, arrays)
         compiled = self.compiled.get(key)
         if compiled is None:
@@ -533,12 +563,20 @@ def _unflatten(structure, leaves):
     return kind(_unflatten(item, leaves) for item in items)
 
 
-def traced_step(loss_fn, params, max_traces=16, fuse=True, has_aux=False):
+def module_modes(model):
+    """The train/eval flag of every module of ``model`` (a Module, or anything without modules)."""
+    modules = list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
+    return tuple(bool(getattr(m, "training", False)) for m in modules)
+
+
+def traced_step(loss_fn, params, max_traces=16, fuse=True, has_aux=False, model=None):
     """Trace ``loss_fn(*inputs) -> scalar loss`` (or ``(loss, aux)`` with
     ``has_aux=True``) for training: see ``TracedStep`` (and ``trace`` for ``fuse``).
+    With ``model=``, its modules' train/eval modes are part of the key: a model
+    that records differently in eval mode (teacher forcing) gets its own schedule.
 
     ``loss_fn`` must compute the same ops for every input of one shape (no
     dropout masks drawn inside it, no branches on values): a trace freezes one
     path through the Python code and bakes the constants made inside.
     """
-    return TracedStep(loss_fn, params, max_traces=max_traces, fuse=fuse, has_aux=has_aux)
+    return TracedStep(loss_fn, params, max_traces=max_traces, fuse=fuse, has_aux=has_aux, model=model)

@@ -22,7 +22,7 @@ from . import backend
 from .bptt import _map_state, _model_call, state_tensors
 from .ops import concat
 from .tensor import Tensor
-from .trace import summed_counts, traced_step
+from .trace import module_modes, summed_counts, traced_step
 
 __all__ = ["TracedWindows"]
 
@@ -134,7 +134,7 @@ class TracedWindows:
         has_targets = targets is not None
         # train/eval can change what the model records (JordanRNN's teacher forcing): one schedule
         # per mode (traced_step itself keys on the parameters' dtypes and requires_grad flags)
-        key = (_key(structure), has_targets, with_targets, _modes(self.model))
+        key = (_key(structure), has_targets, with_targets, module_modes(self.model))
         step = self._steps.get(key)
         if step is None:
             step = self._steps[key] = traced_step(
@@ -172,10 +172,6 @@ class TracedWindows:
 
 def _modules(model):
     return list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
-
-
-def _modes(model):
-    return tuple(bool(getattr(m, "training", False)) for m in _modules(model))
 
 
 def _refuse_dropout(model):
