@@ -219,7 +219,7 @@ class LSTMCell(_Cell):
         return self.step(x, state, self.weights())
 
     def weights(self):
-        # the fused primitive transposes inside
+        """(U^T, W^T) for ``step``, or None for the fused cell (its primitive transposes inside)."""
         return None if self.fused and not _DECOMPOSED[0] else super().weights()
 
     def step(self, x, state, weights):
@@ -289,6 +289,7 @@ class GRUCell(_Cell):
         return h_new
 
     def from_torch(self, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+        """This cell's state dict from PyTorch's GRU weights: the r and z biases summed, b_hn kept apart."""
         out = {"U": np.asarray(weight_ih), "W": np.asarray(weight_hh)}
         if self.has_bias:
             H = self.hidden_size
@@ -298,6 +299,7 @@ class GRUCell(_Cell):
         return out
 
     def to_torch(self):
+        """(weight_ih, weight_hh, bias_ih, bias_hh) for PyTorch's GRU: b_hn goes back into bias_hh."""
         U, W = self.U.numpy(), self.W.numpy()
         if not self.has_bias:
             return U, W, None, None

@@ -145,11 +145,15 @@ def test_gradcheck_failure_names_input_element_and_both_values():
         tg.gradcheck(lambda v: ops.apply(WRONG_SQUARE, v), [x])
     text = str(info.value)
     assert "input 0 (x)" in text and "shape (3,)" in text
-    # worst element is the last: analytic x = 3, numerical 2x = 6
-    assert "element (2,)" in text
-    assert "analytic=3 " in text
+    # gradcheck weights the outputs by r (uniform in [0.5, 1.5), seed 0): the rule gives r x, the
+    # differences 2 r x, so the worst element is where r x is largest
+    r = np.random.default_rng(0).uniform(0.5, 1.5, size=3)
+    worst = int(np.argmax(r * np.array([1.0, 2.0, 3.0])))
+    assert f"element ({worst},)" in text
+    analytic = float(text.split("analytic=")[1].split()[0])
     numerical = float(text.split("numerical=")[1].split()[0])
-    assert numerical == pytest.approx(6.0, rel=1e-6)
+    assert analytic == pytest.approx(r[worst] * (worst + 1), rel=1e-6)
+    assert numerical == pytest.approx(2 * r[worst] * (worst + 1), rel=1e-6)
 
 
 def test_gradcheck_passes_a_correct_function_and_needs_an_input():
@@ -213,3 +217,30 @@ def test_one_outputs_seed_may_be_a_list_of_numbers():
     x = t64(np.ones((2, 3)))
     x.sum(axis=0).backward([1.0, 2.0, 3.0])
     np.testing.assert_array_equal(x.grad.numpy(), [[1, 2, 3], [1, 2, 3]])
+
+
+def test_gradcheck_catches_rules_that_only_work_for_an_all_ones_gradient():
+    ignores_g = ops.register("test_ignores_g", lambda a: a * 2.0, lambda g, out, needs, a: (ops.raw(a) * 0 + 2.0,))
+    unreversed = ops.register("test_flip", lambda a: a[::-1], lambda g, out, needs, a: (g,))
+    nan_rule = ops.register("test_nan_rule", lambda a: a * 1.0, lambda g, out, needs, a: (g * np.nan,))
+    try:
+        for prim in (ignores_g, unreversed, nan_rule):
+            with pytest.raises(tg.GradcheckError):
+                tg.gradcheck(lambda v, prim=prim: ops.apply(prim, v), [t64([1.0, 2.0, 3.0])])
+    finally:
+        for name in ("test_ignores_g", "test_flip", "test_nan_rule"):
+            ops.PRIMITIVES.pop(name, None)
+
+
+def test_gradcheck_asks_for_float64():
+    with pytest.raises(ValueError, match="float64"):
+        tg.gradcheck(lambda v: v * v, [tg.tensor([1.0, 2.0], dtype="float32", requires_grad=True)])
+
+
+def test_creation_refuses_fractional_sizes_and_integer_samples():
+    with pytest.raises(TypeError, match="sizes must be integers"):
+        tg.zeros(2.5)
+    with pytest.raises(TypeError, match="rand: samples need a float dtype"):
+        tg.rand(3, dtype=np.int64)
+    with pytest.raises(TypeError, match="randn: samples need a float dtype"):
+        tg.randn(3, dtype=np.int32)

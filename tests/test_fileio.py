@@ -73,3 +73,19 @@ def test_save_writes_a_normally_readable_file(tmp_path, umask):
     tg.save({"w": np.arange(3.0)}, path)
     assert _mode(path) == 0o644
     np.testing.assert_array_equal(tg.load(path)["w"], np.arange(3.0))
+
+
+def test_writing_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
+    from tinygraph.fileio import atomic_write_text
+    target = tmp_path / "run3.ckpt"
+    target.write_text("old")
+    link = tmp_path / "latest.ckpt"
+    link.symlink_to(target)
+    assert atomic_write_text(link, "new") == str(link)
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_a_missing_folder_is_named_not_the_temporary_file(tmp_path):
+    from tinygraph.fileio import atomic_write_text
+    with pytest.raises(FileNotFoundError, match="no-such-folder.*does not exist"):
+        atomic_write_text(tmp_path / "no-such-folder" / "x.txt", "x")

@@ -227,3 +227,48 @@ def test_cuda_paths_stay_on_the_device():
     norm = optim.grad_norm(model.parameters())
     want = np.sqrt(sum((p.grad.numpy().astype(np.float64) ** 2).sum() for p in model.parameters()))
     assert norm == pytest.approx(want, rel=1e-6)
+
+
+# -- found in review ------------------------------------------------------------------------
+def test_sequential_item_replaced_by_setattr_or_index_is_what_forward_runs():
+    seq = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    for replace in (lambda new: setattr(seq, "0", new), lambda new: seq.__setitem__(0, new)):
+        new = nn.Linear(2, 3)
+        replace(new)
+        assert seq[0] is new and list(seq)[0] is new and len(seq) == 2
+        seq(tg.ones(4, 2)).sum().backward()
+        assert new.weight.grad is not None
+        assert any(p is new.weight for p in seq.parameters())
+
+
+def test_a_parameter_cannot_be_replaced_by_a_plain_tensor():
+    lin = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="Linear.bias is a Parameter"):
+        lin.bias = tg.zeros(2, requires_grad=True)
+    order = list(lin.state_dict())
+    lin.weight = nn.Parameter(np.zeros((2, 2), np.float32))   # a replacement keeps its place
+    assert list(lin.state_dict()) == order
+    lin.bias = None
+    assert [name for name, _ in lin.named_parameters()] == ["weight"]
+
+
+def test_layer_norm_takes_pytorchs_tuple_and_dropout_refuses_integers():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    ours = nn.LayerNorm((4,), dtype="float64")(tg.tensor(x)).numpy()
+    np.testing.assert_allclose(ours, torch.nn.LayerNorm((4,)).double()(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="last axis"):
+        nn.LayerNorm(4)(tg.tensor(1.0))
+    with pytest.raises(TypeError, match="floating-point input"):
+        nn.Dropout(0.3)(tg.tensor(np.array([1, 2, 3])))
+
+
+def test_empty_linear_and_fan_of_a_kernel_follow_pytorch():
+    with pytest.raises(ValueError, match="Linear: in_features and out_features must be >= 1"):
+        nn.Linear(0, 3)
+    from tinygraph import init
+    assert init.fan_in_and_fan_out((8, 6, 3, 3)) == (54, 72)    # PyTorch: in * field, out * field
+    assert init.fan_in_and_fan_out((4, 3)) == (3, 4)
+    with pytest.raises(ValueError, match="blocks must be >= 1"):
+        init.blockwise_(nn.Parameter(np.zeros((4, 2))), "orthogonal", 0)

@@ -334,3 +334,14 @@ def test_a_stop_at_an_epoch_end_says_after_which_epoch(capsys):
                        progress=False)
     assert history.interrupted and len(history.epochs) == 1
     assert "stopped after epoch 1" in capsys.readouterr().err
+
+
+def test_progress_bar_past_its_total_and_numpy_floats_read_well():
+    from tinygraph.progress import format_stats
+    stream = io.StringIO()
+    stream.isatty = lambda: True
+    bar = ProgressBar(10, stream=stream, min_interval=0.0)
+    for _ in range(20):
+        bar.update()
+    assert "<-" not in stream.getvalue()        # no negative time left
+    assert format_stats({"loss": np.float32(2.3456788)}) == format_stats({"loss": 2.3456788}) == "loss=2.3457"

@@ -255,7 +255,7 @@ class BPTTResult:
     ``grad_norms``: (T,) ‖∂L/∂h(t)‖ summed over the windows whose backward
     reached step t (NaN where not computed, i.e. everywhere unless
     ``track_grad_norms=True``); ``state_grad_norms`` has one such array per
-    state tensor (h, then c for an LSTM). ``windows``: (a, b, r) per window.
+    state tensor (h, then c for an LSTM), and is empty without tracking. ``windows``: (a, b, r) per window.
     ``update_grad_norms``/``clipped``: pre-clip parameter-gradient norm and
     whether clipping changed it, per optimizer step (or once, at the end,
     without an optimizer).

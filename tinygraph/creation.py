@@ -25,6 +25,7 @@ def generator() -> np.random.Generator:
 
 
 def get_default_dtype():
+    """The floating dtype used when none is given (float32 unless set)."""
     return np.dtype(DEFAULT_DTYPE)
 
 
@@ -37,9 +38,18 @@ def set_default_dtype(dtype):
     DEFAULT_DTYPE = np.dtype(dtype).type
 
 
+def _float_dtype(dtype, op):
+    """Refuse a non-float ``dtype`` for random samples (an integer cast would make them all 0)."""
+    if dtype is not None and np.dtype(dtype).kind != "f":
+        raise TypeError(f"{op}: samples need a float dtype, got {np.dtype(dtype)}")
+
+
 def _shape(shape):
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
+    for s in shape:   # int(2.5) would quietly be 2
+        if not isinstance(s, (int, np.integer)) or isinstance(s, bool):
+            raise TypeError(f"shape sizes must be integers, got {s!r} in {tuple(shape)}")
     return tuple(int(s) for s in shape)
 
 
@@ -67,26 +77,31 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False, name=None):
 
 
 def zeros(*shape, dtype=None, device="cpu", requires_grad=False, name=None):
+    """A Tensor of zeros of ``shape`` (sizes or one tuple)."""
     return _finish(np.zeros(_shape(shape), dtype or DEFAULT_DTYPE), None, device, requires_grad, name)
 
 
 def ones(*shape, dtype=None, device="cpu", requires_grad=False, name=None):
+    """A Tensor of ones of ``shape`` (sizes or one tuple)."""
     return _finish(np.ones(_shape(shape), dtype or DEFAULT_DTYPE), None, device, requires_grad, name)
 
 
 def full(shape, fill_value, dtype=None, device="cpu", requires_grad=False, name=None):
+    """A Tensor of ``shape`` filled with ``fill_value``."""
     shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
     return _finish(np.full(shape, fill_value, dtype or DEFAULT_DTYPE), None, device, requires_grad, name)
 
 
 def randn(*shape, dtype=None, device="cpu", requires_grad=False, name=None):
-    """Standard normal samples from tinygraph's seeded generator."""
+    """Standard normal samples from tinygraph's seeded generator (a float dtype)."""
+    _float_dtype(dtype, "randn")
     arr = _rng.standard_normal(_shape(shape)).astype(dtype or DEFAULT_DTYPE)
     return _finish(arr, None, device, requires_grad, name)
 
 
 def rand(*shape, dtype=None, device="cpu", requires_grad=False, name=None):
-    """Uniform [0, 1) samples from tinygraph's seeded generator."""
+    """Uniform [0, 1) samples from tinygraph's seeded generator (a float dtype)."""
+    _float_dtype(dtype, "rand")
     arr = _rng.random(_shape(shape)).astype(dtype or DEFAULT_DTYPE)
     return _finish(arr, None, device, requires_grad, name)
 
@@ -100,14 +115,17 @@ def arange(start, stop=None, step=1, dtype=None, device="cpu", requires_grad=Fal
 
 
 def eye(n, m=None, dtype=None, device="cpu", requires_grad=False):
+    """The (n, m) identity matrix (m = n by default)."""
     return _finish(np.eye(n, m, dtype=dtype or DEFAULT_DTYPE), None, device, requires_grad)
 
 
 def zeros_like(t, dtype=None, device=None, requires_grad=False):
+    """Zeros with ``t``'s shape, dtype and device unless given."""
     device = device or t.device
     return _finish(np.zeros(t.shape, dtype or t.dtype), None, device, requires_grad)
 
 
 def ones_like(t, dtype=None, device=None, requires_grad=False):
+    """Ones with ``t``'s shape, dtype and device unless given."""
     device = device or t.device
     return _finish(np.ones(t.shape, dtype or t.dtype), None, device, requires_grad)

@@ -40,8 +40,12 @@ def atomic_write(path, write_fn, mode="wb", *, encoding=None, fsync=True):
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    # through a symlink to its target, as open(path, "w") writes (the link itself stays)
+    given = os.fspath(path)
+    path = os.path.realpath(given)
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path!r}: its folder {folder!r} does not exist")
     fd, tmp = _create_temporary(folder, os.path.basename(path))
     try:
         if mode == "w":
@@ -66,7 +70,7 @@ def atomic_write(path, write_fn, mode="wb", *, encoding=None, fsync=True):
         raise
     if fsync:
         _fsync_folder(folder)
-    return path
+    return given
 
 
 def _fsync_folder(folder):

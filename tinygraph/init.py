@@ -86,10 +86,12 @@ def identity_(param, gain=1.0):
 
 
 def fan_in_and_fan_out(shape):
-    """(fan_in, fan_out) of a weight shaped (out, in)."""
+    """(fan_in, fan_out) of a weight shaped (out, in, *receptive field), as PyTorch counts them:
+    each is multiplied by the size of the receptive field (1 for a matrix)."""
     if len(shape) < 2:
         raise ValueError(f"fan_in_and_fan_out: needs at least 2 dimensions, got shape {tuple(shape)}")
-    return int(shape[1]), int(shape[0])
+    field = math.prod(int(s) for s in shape[2:])
+    return int(shape[1]) * field, int(shape[0]) * field
 
 
 def xavier_uniform_(param, gain=1.0):
@@ -120,6 +122,8 @@ def blockwise_(param, kind, blocks):
     if kind not in _BLOCK_INITS:
         raise ValueError(f"blockwise_: unknown kind {kind!r}; use one of {sorted(_BLOCK_INITS)}")
     rows, cols = param.shape
+    if int(blocks) < 1:
+        raise ValueError(f"blockwise_: blocks must be >= 1, got {blocks}")
     if rows % blocks:
         raise ValueError(f"blockwise_: {rows} rows cannot be split into {blocks} gate blocks")
     step = rows // blocks

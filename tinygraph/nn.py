@@ -48,15 +48,23 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
         params, modules = self.__dict__["_parameters"], self.__dict__["_modules"]
-        params.pop(key, None)
-        modules.pop(key, None)
+        if key in params and value is not None and not isinstance(value, Parameter):
+            # as PyTorch: a plain Tensor or array here would silently drop the parameter from
+            # parameters() and state_dict(), and the optimizer would stop training it
+            raise TypeError(f"{type(self).__name__}.{key} is a Parameter; assign a Parameter (or None), "
+                            f"not a {type(value).__name__} (or change its .data)")
         if isinstance(value, Parameter):
-            params[key] = value
+            modules.pop(key, None)
+            params[key] = value   # a replacement keeps its place in parameters() and state_dict()
             if value.name is None:
                 value.name = key
         elif isinstance(value, Module):
+            params.pop(key, None)
             modules[key] = value
             value.__dict__["_scope_name"] = key
+        else:
+            params.pop(key, None)
+            modules.pop(key, None)
         object.__setattr__(self, key, value)
 
     def __delattr__(self, key):
@@ -202,6 +210,9 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, dtype=None):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
+        if self.in_features < 1 or self.out_features < 1:
+            raise ValueError(f"Linear: in_features and out_features must be >= 1, got {in_features} and "
+                             f"{out_features}")
         bound = 1.0 / np.sqrt(self.in_features)
         self.weight = init.uniform_(empty_parameter(out_features, in_features, dtype=dtype), -bound, bound)
         self.bias = init.uniform_(empty_parameter(out_features, dtype=dtype), -bound, bound) if bias else None
@@ -270,6 +281,8 @@ class Dropout(Module):
     def forward(self, x):
         if not self.training or self.p == 0.0:
             return x
+        if np.dtype(x.dtype).kind != "f":   # the 1/(1-p) scale would be cut to an integer
+            raise TypeError(f"Dropout: expected a floating-point input, got {x.dtype}")
         from .creation import generator
         xp = backend.array_module(x.data)
         uniform = generator().random(x.shape) if xp is np else xp.random.random(x.shape, dtype=x.dtype)
@@ -289,6 +302,11 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=None):
         super().__init__()
+        if isinstance(normalized_shape, (tuple, list)):   # PyTorch's form: the last axis only here
+            if len(normalized_shape) != 1:
+                raise ValueError(f"LayerNorm: normalizes the last axis only; normalized_shape must be one "
+                                 f"size, got {tuple(normalized_shape)}")
+            normalized_shape = normalized_shape[0]
         self.normalized_shape = int(normalized_shape)
         self.eps = float(eps)
         if elementwise_affine:
@@ -298,7 +316,7 @@ class LayerNorm(Module):
             self.weight = self.bias = None
 
     def forward(self, x):
-        if x.shape[-1] != self.normalized_shape:
+        if x.ndim == 0 or x.shape[-1] != self.normalized_shape:
             raise ValueError(f"LayerNorm: expected last axis {self.normalized_shape}, got shape {x.shape}")
         centred = x - ops.mean(x, axis=-1, keepdims=True)
         var = ops.mean(centred * centred, axis=-1, keepdims=True)
@@ -316,23 +334,33 @@ class ModuleList(Module):
 
     def __init__(self, modules=()):
         super().__init__()
-        object.__setattr__(self, "_items", [])
         for m in modules:
             self.append(m)
 
     def append(self, module):
-        setattr(self, str(len(self._items)), module)
-        self._items.append(module)
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}: items must be Modules, got {type(module).__name__}")
+        setattr(self, str(len(self)), module)
         return self
 
+    def _items(self):
+        # the registered submodules are the one store: setattr(seq, "0", new) and seq[0] = new
+        # replace what forward runs and what parameters() lists alike
+        return list(self._modules.values())
+
     def __getitem__(self, i):
-        return self._items[i]
+        return self._items()[i]
+
+    def __setitem__(self, i, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}: items must be Modules, got {type(module).__name__}")
+        setattr(self, list(self._modules)[i], module)
 
     def __len__(self):
-        return len(self._items)
+        return len(self._modules)
 
     def __iter__(self):
-        return iter(self._items)
+        return iter(self._items())
 
 
 class Sequential(ModuleList):
@@ -342,6 +370,6 @@ class Sequential(ModuleList):
         super().__init__(modules)
 
     def forward(self, x):
-        for m in self._items:
+        for m in self._items():
             x = m(x)
         return x

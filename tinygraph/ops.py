@@ -747,18 +747,22 @@ def pow(a, b):  # noqa: A001 - mirrors the operator name
 
 
 def neg(x):
+    """Elementwise -x."""
     return apply(NEG, x)
 
 
 def exp(x):
+    """Elementwise e**x."""
     return apply(EXP, x)
 
 
 def log(x):
+    """Elementwise natural logarithm."""
     return apply(LOG, x)
 
 
 def sqrt(x):
+    """Elementwise square root."""
     return apply(SQRT, x)
 
 
@@ -768,10 +772,12 @@ def sign(x):
 
 
 def abs(x):  # noqa: A001
+    """Elementwise |x| (gradient sign(x), 0 at 0)."""
     return apply(ABS, x)
 
 
 def tanh(x):
+    """Elementwise hyperbolic tangent (one primitive, as the textbook draws it)."""
     return apply(TANH, x)
 
 
@@ -781,6 +787,7 @@ def sigmoid(x):
 
 
 def relu(x):
+    """Elementwise max(x, 0)."""
     return apply(RELU, x)
 
 
@@ -820,6 +827,7 @@ def sum(x, axis=None, keepdims=False):  # noqa: A001
 
 
 def mean(x, axis=None, keepdims=False):
+    """Mean over ``axis`` (all axes when None)."""
     return apply(MEAN, x, axis=_norm_axis(axis), keepdims=keepdims)
 
 
@@ -834,6 +842,7 @@ def min(x, axis=None, keepdims=False):  # noqa: A001
 
 
 def reshape(x, *shape):
+    """``x`` with a new shape of the same size (``-1`` infers one axis); a view when NumPy can."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
     shape = tuple(map(int, shape))
@@ -856,12 +865,14 @@ def transpose(x, axes=None):
 
 
 def swapaxes(x, a, b):
+    """``x`` with axes ``a`` and ``b`` exchanged (a transpose)."""
     axes = list(range(raw(x).ndim))
     axes[a], axes[b] = axes[b], axes[a]
     return transpose(x, axes)
 
 
 def broadcast_to(x, shape):
+    """``x`` broadcast to ``shape`` (the gradient sums back over the broadcast axes)."""
     shape = tuple(shape)
     if tuple(raw(x).shape) == shape:
         return x
@@ -1056,6 +1067,7 @@ def split(x, sections_or_indices, axis=0):
 
 
 def softmax(x, axis=-1):
+    """exp(x) / sum(exp(x)) along ``axis``, computed stably (one primitive)."""
     return apply(SOFTMAX, x, axis=axis)
 
 
@@ -1075,6 +1087,7 @@ def to_device(x, device):
 
 
 def astype(x, dtype):
+    """``x`` cast to ``dtype`` (the gradient is cast back to x's dtype)."""
     dtype = np.dtype(dtype)
     if raw(x).dtype == dtype:
         return x

@@ -8,10 +8,14 @@ from __future__ import annotations
 import sys
 import time
 
+import numpy as np
+
 __all__ = ["ProgressBar", "format_stats"]
 
 
 def _fmt_value(v):
+    if isinstance(v, np.floating):   # a NumPy float32 is no Python float: format it the same way
+        v = float(v)
     if isinstance(v, float):
         if v != v or v in (float("inf"), float("-inf")):
             return str(v)
@@ -55,7 +59,7 @@ class ProgressBar:
             frac = min(self.count / self.total, 1.0)
             filled = int(round(frac * self.width))
             parts.append(f"|{'#' * filled}{'.' * (self.width - filled)}| {self.count}/{self.total}")
-            eta = (self.total - self.count) / rate if rate > 0 else 0.0
+            eta = max(0, self.total - self.count) / rate if rate > 0 else 0.0
             parts.append(f"[{_fmt_time(elapsed)}<{_fmt_time(eta)}, {rate:.2f} it/s]")
         else:
             parts.append(f"{self.count} it [{_fmt_time(elapsed)}, {rate:.2f} it/s]")
