@@ -26,16 +26,21 @@ Views:
   through an explicit delay node, so the circuit is cyclic.
 * :func:`elide_steps`, :func:`collapse_scopes` - keep big graphs drawable.
 
-Fold key: an op at a time step is identified by ``(scope, ordinal, op)``
-(``ordinal`` is its creation index within its scope and step; the op name is
-included so that a cell that runs different ops at step 0 splits instead of
-merging unrelated nodes). A constant leaf at a step (``x(t)``, ``h0``) has no
+Fold key: an op at a time step is identified by ``(scope, ordinal, op,
+parameters, occurrence)`` (``ordinal`` is its creation index within its scope
+and step; the op name and the parameters it reads keep a cell whose first
+step runs different ops from merging unrelated nodes; the occurrence keeps
+apart two nodes of one step whose ordinals coincide because ``tg.timestep(t)``
+was entered twice). A constant leaf at a step (``x(t)``, ``h0``) has no
 stable ordinal of its own - it is created lazily at first use - so it is
-identified by where it plugs in: ``(first consumer's key, input slot)``.
-Nodes outside any recurrence (parameters, a total loss) stay themselves.
+identified by where it plugs in: ``(consumer's key, input slot)``, for the
+consumer whose key sorts first. A constant read at several steps is
+time-invariant (drawn outside the steps, like a parameter). Nodes outside
+any recurrence (parameters, a total loss) stay themselves.
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 from .graph import Graph, Node
@@ -76,13 +81,42 @@ def _as_graph(source) -> Graph:
     return Graph.from_outputs(source)
 
 
-def _node_attrs(n: Node, kind=None):
-    return dict(
-        kind=kind or node_kind(n), label=n.name or n.op, name=n.name, op=n.op,
+def _node_attrs(n: Node, invariant=frozenset()):
+    attrs = dict(
+        kind=node_kind(n), label=n.name or n.op, name=n.name, op=n.op,
         scope=n.scope or "", timestep=n.timestep, ordinal=n.ordinal,
         shape=tuple(n.shape), dtype=str(n.dtype), backward=_is_backward(n.scope),
         members=(n.id,), reps=(n.id,),
     )
+    if n.id in invariant:
+        attrs.update(timestep=None, time_invariant=True)
+    return attrs
+
+
+def _time_invariant(nodes) -> frozenset:
+    """Ids of constant leaves read at more than one time step.
+
+    Such a constant (a scale, a mask made before the loop) is an input of the
+    whole sequence, like a parameter: drawn once, outside the steps, with no
+    delays. Its node is made lazily at its first use, so it carries that step;
+    left there, every later use would look like state flowing through time.
+    """
+    first_step, invariant = {}, set()
+    for n in nodes:
+        if n.timestep is None:
+            continue
+        for i in n.inputs:
+            if i.is_leaf and not i.requires_grad and i.timestep is not None:
+                if first_step.setdefault(i.id, n.timestep) != n.timestep:
+                    invariant.add(i.id)
+    return frozenset(invariant)
+
+
+def _step_of(invariant):
+    """The step a recorded node is drawn at: None for parameters and time-invariant constants."""
+    def step(n):
+        return None if n.id in invariant else n.timestep
+    return step
 
 
 def _delay(t_src, t_dst) -> int:
@@ -146,25 +180,28 @@ def unfolded(source, steps=None) -> "nx.DiGraph":
     """
     graph = _as_graph(source)
     gaps = _gaps_for(graph, steps)
+    invariant = _time_invariant(graph.nodes)
+    step = _step_of(invariant)
     g = _nx().DiGraph(view="unfolded", detail="ops")
     for n in graph.nodes:
-        if gaps is None or not gaps.hidden(n.timestep):
-            g.add_node(n.id, **_node_attrs(n))
+        if gaps is None or not gaps.hidden(step(n)):
+            g.add_node(n.id, **_node_attrs(n, invariant))
     if gaps is not None:
         gaps.add_nodes(g)
     for n in graph.nodes:
         n_hidden = gaps is not None and gaps.hidden(n.timestep)
         for pos, i in enumerate(n.inputs):
-            i_hidden = gaps is not None and gaps.hidden(i.timestep)
+            i_step = step(i)
+            i_hidden = gaps is not None and gaps.hidden(i_step)
             if n_hidden and i_hidden:
                 continue
-            if n_hidden and i.is_leaf and i.requires_grad:
-                continue  # a parameter feeding hidden steps adds nothing to the picture
-            u = gaps.gap_of[i.timestep] if i_hidden else i.id
+            if n_hidden and i.is_leaf and (i.requires_grad or i.id in invariant):
+                continue  # a parameter (or constant) feeding hidden steps adds nothing to the picture
+            u = gaps.gap_of[i_step] if i_hidden else i.id
             v = gaps.gap_of[n.timestep] if n_hidden else n.id
             if u == v:
                 continue
-            _add_or_merge_edge(g, u, v, positions=(pos,), delay=_delay(i.timestep, n.timestep),
+            _add_or_merge_edge(g, u, v, positions=(pos,), delay=_delay(i_step, n.timestep),
                                params=(i.name or "param",) if i.is_leaf and i.requires_grad else ())
     return merge_shared_inputs(g, graph.nodes)
 
@@ -232,8 +269,8 @@ def merge_shared_inputs(view, nodes):
     first: dict = {}
     duplicates = []
     for n in nodes:
-        if n.id not in view:
-            continue
+        if n.id not in view or view.nodes[n.id]["timestep"] is None:
+            continue  # not drawn at a step (a time-invariant constant): already drawn once
         key = _input_identity(n)
         if key is None:
             continue
@@ -356,6 +393,8 @@ def variables(source, keep=None, steps=None) -> "nx.DiGraph":
     graph = _as_graph(source)
     gaps = _gaps_for(graph, steps)
     nodes = graph.nodes
+    invariant = _time_invariant(nodes)
+    step = _step_of(invariant)
     outputs = {n.id for n in graph.outputs}
     keep = set(keep or ())
     kept = {n.id for n in nodes if n.is_leaf or n.name or n.id in outputs or n.id in keep}
@@ -367,7 +406,7 @@ def variables(source, keep=None, steps=None) -> "nx.DiGraph":
     reach: dict = {}
 
     def contribution(i):
-        if gaps is not None and gaps.hidden(i.timestep):
+        if gaps is not None and gaps.hidden(step(i)):
             return {gaps.gap_of[i.timestep]: set()}
         if i.id in kept:
             if kinds[i.id] == "param":
@@ -435,15 +474,15 @@ def variables(source, keep=None, steps=None) -> "nx.DiGraph":
 
     g = _nx().DiGraph(view="unfolded", detail="variables")
     for n in nodes:
-        if n.id in kept and (gaps is None or not gaps.hidden(n.timestep)):
-            g.add_node(n.id, **_node_attrs(n))
+        if n.id in kept and (gaps is None or not gaps.hidden(step(n))):
+            g.add_node(n.id, **_node_attrs(n, invariant))
     if gaps is not None:
         gaps.add_nodes(g)
     for n in nodes:
         if n.is_leaf:
             continue
         if gaps is not None and gaps.hidden(n.timestep):
-            _edges_into_gap(g, n, gaps, kept, reach, flatten, kinds)
+            _edges_into_gap(g, n, gaps, kept, reach, flatten, kinds, step)
             continue
         merged = sources_of(n)
         if n.id not in kept:
@@ -455,17 +494,17 @@ def variables(source, keep=None, steps=None) -> "nx.DiGraph":
                 continue
             src = by_id[s]
             params = (names[s],) if kinds[s] == "param" else tuple(sorted(ws))
-            g.add_edge(s, n.id, positions=(pos,), delay=_delay(src.timestep, n.timestep),
+            g.add_edge(s, n.id, positions=(pos,), delay=_delay(step(src), n.timestep),
                        params=params)
     _assign_contracted_members(g, nodes, kept)
     return merge_shared_inputs(g, nodes)
 
 
-def _edges_into_gap(g, n, gaps, kept, reach, flatten, kinds):
+def _edges_into_gap(g, n, gaps, kept, reach, flatten, kinds, step):
     """State flowing from a shown step into hidden ones ends at the gap's elision node."""
     gap = gaps.gap_of[n.timestep]
     for i in n.inputs:
-        if i.timestep is None or gaps.hidden(i.timestep):
+        if step(i) is None or gaps.hidden(i.timestep):
             continue  # only state that leaves a shown step for a hidden one
         sources = [i.id] if i.id in kept else [s for s in flatten(reach[i.id])
                                               if not isinstance(s, tuple)]
@@ -511,27 +550,79 @@ def _assign_contracted_members(g, nodes, kept):
 
 def _fold_keys(view):
     """Circuit key of every node of an unfolded view (ops or variables level)."""
+    keys = {v: ("node", v) for v, a in view.nodes(data=True)
+            if a["timestep"] is None and a["kind"] != "elided"}
+    _key_ops(view, keys)
+    _key_step_leaves(view, keys)
+    return keys
+
+
+def _param_sources(view, v, keys):
+    """Fold keys of the parameters that feed ``v``.
+
+    Part of an op's key, so ``x @ U`` at the first step never folds with
+    ``h @ W`` at later ones although both are the step's first matmul.
+    Parameters only: an op outside the steps (a loss slicing its gradient per
+    step) is a different node at every step, and a constant read at several
+    steps may stand in for a state (``h(-1)`` of a two-step recurrence).
+    Sorted by ``repr``: keys may mix ids and tuples, which do not compare.
+    """
+    nodes = view.nodes
+    params = [keys[u] for u in view.predecessors(v) if nodes[u]["kind"] == "param" and u in keys]
+    return tuple(params if len(params) < 2 else sorted(params, key=repr))
+
+
+def _created(order, v, a):
+    """Creation rank of a view node: its recorded id (a scope box: its first member's)."""
+    if isinstance(v, int):
+        return (v, order[v])
+    reps = a.get("reps") or a.get("members")
+    return (min(reps) if reps else -1, order[v])
+
+
+def _key_ops(view, keys):
+    """Key each op (or scope box) at a step by (scope, ordinal, op, parameters, occurrence).
+
+    The occurrence index counts earlier nodes of the same step with the same
+    key, in creation order: re-entering ``tg.timestep(t)`` restarts step t's
+    ordinals (a readout pass, a helper called twice per step), and two nodes of
+    one step must never become one circuit node.
+    """
     order = {v: k for k, v in enumerate(view.nodes)}
-    keys = {}
-    for v, a in view.nodes(data=True):
-        if a["kind"] in ("elided",):
-            continue
-        if a["timestep"] is None:
-            keys[v] = ("node", v)
-        elif a["kind"] == "op" or a["kind"] == "group":
-            keys[v] = ("op", a["scope"], a["ordinal"], a["op"])
-    # leaves at a step: keyed by where they plug in (consumers already keyed)
+    ops = [v for v, a in view.nodes(data=True)
+           if a["timestep"] is not None and a["kind"] in ("op", "group")]
+    ops.sort(key=lambda v: _created(order, v, view.nodes[v]))
+    seen: dict = {}
+    for v in ops:
+        a = view.nodes[v]
+        base = ("op", a["scope"], a["ordinal"], a["op"], _param_sources(view, v, keys))
+        occurrence = seen.get((base, a["timestep"]), 0)
+        seen[(base, a["timestep"])] = occurrence + 1
+        keys[v] = base + (occurrence,)
+
+
+def _key_step_leaves(view, keys):
+    """Key a constant leaf at a step (``x(t)``, ``h0``) by where it plugs in.
+
+    It has no stable ordinal of its own (it is made lazily at first use), so
+    its key is (consumer's key, input slot) for the consumer that sorts first:
+    a criterion of the keys alone, so a leaf read by two directions picks the
+    same consumer at every step whatever order the graph was walked in.
+    Consumers at a step come before consumers outside the steps (a total
+    loss reads every step's leaf, which would not fold).
+    """
     for v, a in view.nodes(data=True):
         if v in keys or a["kind"] == "elided":
             continue
-        consumers = [c for c in view.successors(v) if c in keys]
-        if not consumers:
+        plugs = [(c, slot) for c in view.successors(v) if c in keys
+                 for slot in (view.edges[v, c].get("positions") or (0,))]
+        if not plugs:
             keys[v] = ("node", v)
             continue
-        first = min(consumers, key=order.__getitem__)
-        slot = min(view.edges[v, first].get("positions", (0,)) or (0,))
-        keys[v] = ("input", keys[first], slot)
-    return keys
+        if len(plugs) > 1:  # repr only where there is a choice: it is the costly part
+            plugs.sort(key=lambda p: (view.nodes[p[0]]["timestep"] is None, repr(keys[p[0]]), p[1]))
+        consumer, slot = plugs[0]
+        keys[v] = ("input", keys[consumer], slot)
 
 
 def label_initial_states(view):
@@ -598,7 +689,63 @@ def fold(view) -> "nx.DiGraph":
             _merge_edge(c, delay, kv, e, delay=0)
         else:
             _merge_edge(c, ku, kv, e, delay=0)
+    _note_mixed_inputs(c, view, keys)
     return c
+
+
+def _input_pattern(view, v, keys, index):
+    """What feeds step node ``v`` apart from state: keys of same-step ops and parameters.
+
+    State and constants are left out on purpose: ``h0`` at the first step and
+    ``h(t-1)`` through a delay later are the same input of the circuit.
+    ``index`` numbers keys as they are met, so patterns compare as sorted ints.
+    """
+    t = view.nodes[v]["timestep"]
+    pattern = []
+    for u in view.predecessors(v):
+        a = view.nodes[u]
+        if u in keys and ((a["timestep"] == t and a["kind"] in ("op", "group"))
+                          or a["kind"] == "param"):
+            pattern.append(index.setdefault(keys[u], len(index)))
+    return tuple(sorted(pattern))
+
+
+def _note_mixed_inputs(c, view, keys):
+    """Flag circuit nodes whose steps are fed differently (a cell whose first step differs).
+
+    Such a node is still one (scope, ordinal, op, parameters) of the cell, but
+    its steps compute different things: mark it ``mixed_inputs`` and warn, so
+    a user reads the unfolded graph before trusting the circuit. Forward nodes
+    only: a recorded backward walk always differs at its ends (the last step
+    starts the gradient, the first has no earlier state to feed), by design.
+    """
+    patterns: dict = {}
+    index: dict = {}
+    for v, a in view.nodes(data=True):
+        if a["timestep"] is not None and a["kind"] in ("op", "group") and v in keys \
+                and not a.get("backward"):
+            pattern = _input_pattern(view, v, keys, index)
+            patterns.setdefault(keys[v], {}).setdefault(pattern, []).append(a["timestep"])
+    mixed = []
+    for k, by_pattern in patterns.items():
+        if len(by_pattern) > 1:
+            node = c.nodes[k]
+            node["mixed_inputs"] = sorted(sorted(steps) for steps in by_pattern.values())
+            mixed.append(f"{node['label']!r}" + (f" in {node['scope']}" if node["scope"] else "")
+                         + " (steps " + " vs ".join(_steps_text(s) for s in node["mixed_inputs"])
+                         + ")")
+    if mixed:
+        note = ("circuit nodes fold steps whose inputs differ: " + ", ".join(mixed)
+                + "; the cell records different ops at some steps, see the unfolded graph")
+        c.graph["notes"] = list(c.graph.get("notes", ())) + [note]
+        warnings.warn(f"fold: {note}", UserWarning, stacklevel=3)
+
+
+def _steps_text(steps):
+    """``[1, 2, 3]`` -> ``"1-3"``, ``[0]`` -> ``"0"``, ``[0, 2]`` -> ``"0,2"``."""
+    if len(steps) > 2 and steps == list(range(steps[0], steps[-1] + 1)):
+        return f"{steps[0]}-{steps[-1]}"
+    return ",".join(str(t) for t in steps)
 
 
 def _given_label(a) -> bool:
@@ -687,11 +834,16 @@ def elide_steps(view, shown):
         sv = gaps.gap_of[tv] if gaps.hidden(tv) else v
         if su == sv:
             continue
-        if view.nodes[u]["kind"] == "param" and gaps.hidden(tv):
-            continue  # a parameter feeding hidden steps adds nothing to the picture
+        if _outside_input(view.nodes[u]) and gaps.hidden(tv):
+            continue  # a parameter (or constant) feeding hidden steps adds nothing to the picture
         if not out.has_edge(su, sv):
             out.add_edge(su, sv, **e)
     return out
+
+
+def _outside_input(a) -> bool:
+    """True for a parameter or a time-invariant constant: one node read by every step."""
+    return a["kind"] == "param" or bool(a.get("time_invariant"))
 
 
 def _scope_group(scope, collapse):

@@ -371,7 +371,13 @@ def scope(name: str):
 
 @contextlib.contextmanager
 def timestep(t):
-    """Tag nodes created inside with time step ``t`` (the recurrence driver calls this)."""
+    """Tag nodes created inside with time step ``t`` (the recurrence driver calls this).
+
+    Entering ``t`` restarts its ordinal counters, so a second recording of the
+    same cell numbers step t alike. Re-entering ``t`` within one recording (a
+    readout pass) therefore repeats ordinals: folding tells such nodes apart by
+    their parameters and by their occurrence within the step.
+    """
     st = STATE
     old = st.timestep
     st.timestep = t
@@ -423,14 +429,17 @@ def _start_backward_ordinals(st, scope_text, step):
 
 
 def current_scope() -> str:
+    """The module scope new nodes are recorded under (``""`` at the top)."""
     return STATE.scope_text
 
 
 def current_timestep():
+    """The time step new nodes are recorded at (None outside ``tg.timestep``)."""
     return STATE.timestep
 
 
 def is_grad_enabled() -> bool:
+    """True unless inside ``tg.no_grad()``: whether ops are recorded."""
     return STATE.grad_enabled
 
 
