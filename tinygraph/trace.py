@@ -431,6 +431,7 @@ class TracedStep:
         self.compiled = {}  # (shape, dtype, device) per input [+ values read as constants] -> CompiledFunction
         self.value_positions = {}  # signature -> the inputs whose values the schedule depends on
         self.traces = 0
+        self._warned_of_evictions = False
 
     def __call__(self, *inputs):
         compiled, outs = self._replay(inputs)
@@ -472,7 +473,8 @@ class TracedStep:
         compiled = self.compiled.get(key)
         if compiled is None:
             if len(self.compiled) >= self.max_traces:
-                if self.traces == self.max_traces:
+                if not self._warned_of_evictions:   # once, whatever reserve() did to the limit
+                    self._warned_of_evictions = True
                     warnings.warn(
                         f"traced_step: {self.traces + 1} input signatures so far (shapes {key[0][0]}, ...); "
                         "inputs whose shapes (or values read as constants, such as lengths) keep changing "
