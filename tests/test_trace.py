@@ -593,3 +593,11 @@ def test_traced_step_with_model_keys_on_train_and_eval_modes():
     with tg.no_grad():
         assert evaluated == pytest.approx(loss(tg.tensor(x), tg.tensor(y)).item(), rel=1e-12)
     assert step.traces == 2
+
+
+def test_a_compiled_function_refuses_an_input_of_another_dtype():
+    x = tg.tensor(np.ones(3), requires_grad=True)
+    compiled = trace(lambda a, m: tg.where(m, a, 0.0).sum(), x, np.array([True, False, True]))
+    assert float(compiled(np.ones(3), np.array([True, True, True]))) == 3.0
+    with pytest.raises(ValueError, match="input is int64.*traced with bool"):
+        compiled(np.ones(3), np.array([1, 0, 1]))

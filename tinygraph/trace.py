@@ -72,6 +72,7 @@ class CompiledFunction:
         # an input fn never read is in no slot (None): it is checked and ignored
         self.input_slots = [index.get(n.id) for n in input_nodes]
         self.input_shapes = [tuple(n.shape) for n in input_nodes]
+        self.input_dtypes = [np.dtype(n.dtype) for n in input_nodes]
         # inputs whose values were read on the host while tracing (``host_read``: .numpy(),
         # .item(), lengths, a Tensor index), and integer/bool inputs no op consumed (read
         # on the host some other way, or ignored): their values are part of the schedule,
@@ -126,10 +127,11 @@ class CompiledFunction:
                 values[slot] = p.data
         inputs = [x.data if isinstance(x, Tensor) else x if hasattr(x, "shape") else np.asarray(x)
                   for x in inputs]
-        for slot, shape, x in zip(self.input_slots, self.input_shapes, inputs):
-            if tuple(x.shape) != shape:
-                raise ValueError(f"compiled function: input has shape {tuple(x.shape)}, traced with {shape}; "
-                                 "trace again for new shapes")
+        for slot, shape, dtype, x in zip(self.input_slots, self.input_shapes, self.input_dtypes, inputs):
+            if tuple(x.shape) != shape or x.dtype != dtype:
+                # a dtype matters too: an integer mask where a boolean one was traced would index
+                raise ValueError(f"compiled function: input is {x.dtype}{tuple(x.shape)}, traced with "
+                                 f"{dtype}{shape}; trace again for new shapes or dtypes")
             if slot is not None:
                 values[slot] = x
         for k, traced in self.value_inputs.items():
