@@ -39,7 +39,8 @@ def run_argv(argv):
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     from benchmarks.__main__ import main as suite_main
-    return int(suite_main(list(argv)) or 0)
+    # the suite's usage line and errors then name the command that was typed
+    return int(suite_main(list(argv), prog="tinygraph bench") or 0)
 
 
 def run(args):

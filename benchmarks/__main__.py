@@ -17,6 +17,7 @@ which discounts rounds disturbed by other work on the machine.
     python -m benchmarks                   # A-E, tables on stdout
     python -m benchmarks --skip-large      # A-D (E takes ~0.5 s per step per implementation)
     python -m benchmarks --quick           # a few seconds: 2 rounds, 1 call, no E
+    python -m benchmarks --quick --rounds 5   # --rounds/--repeat given explicitly win over --quick
     python -m benchmarks --workloads A,B --decomposed --json results.json
     python -m benchmarks --gpu-only        # B and E on CuPy vs torch CUDA (scripts/gpu_check.sh)
 
@@ -380,19 +381,40 @@ def run_gpu(selected, settings, cpu_records):
 
 # -- command line ------------------------------------------------------------------
 
-def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+def _positive_int(text):
+    """argparse type for --rounds/--repeat: 0 would time nothing, a negative count breaks the statistics."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check_json_path(ap, path):
+    """Refuse a --json PATH whose folder is missing now, not after minutes of timing."""
+    if path in (None, "-"):
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        ap.error(f"--json {path}: the folder {folder} does not exist")
+
+
+def parse_args(argv, prog="python -m benchmarks"):
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help="comma-separated keys among %(default)s")
-    ap.add_argument("--quick", action="store_true", help="2 rounds of 1 call, no E: a few seconds")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 rounds of 1 call, no E: a few seconds (an explicit --rounds/--repeat wins)")
     ap.add_argument("--skip-large", action="store_true", help="leave out workload E")
     ap.add_argument("--decomposed", action="store_true",
                     help="also time tinygraph's decomposed layers (fused=False), eager and traced, "
                          "and report decomposed/fused")
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU part (B and E)")
-    ap.add_argument("--rounds", type=int, help="rounds per workload (default 7, 3 for E)")
-    ap.add_argument("--repeat", type=int, help="calls per round (default 3, 1 for E)")
+    ap.add_argument("--rounds", type=_positive_int, help="rounds per workload, at least 1 (default 7, 3 for E)")
+    ap.add_argument("--repeat", type=_positive_int, help="calls per round, at least 1 (default 3, 1 for E)")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH ('-' for stdout)")
     args = ap.parse_args(argv)
     selected = [k.strip().upper() for k in args.workloads.split(",") if k.strip()]
@@ -400,9 +422,15 @@ def parse_args(argv):
     if unknown:
         ap.error(f"unknown workloads {unknown}; choose among {', '.join(WORKLOADS)}")
     if args.quick or args.skip_large:
+        dropped = [k for k in selected if WORKLOADS[k].large]
         selected = [k for k in selected if not WORKLOADS[k].large]
+        if dropped and not selected:  # otherwise the run would time nothing and still succeed
+            flag = "--quick" if args.quick else "--skip-large"
+            ap.error(f"{flag} leaves out the large workload {', '.join(dropped)}, and nothing else was "
+                     f"selected; drop {flag} or choose other workloads")
     if args.gpu_only:
         selected = [k for k in selected if k in GPU_WORKLOADS]
+    _check_json_path(ap, args.json)
     args.selected = selected
     return args
 
@@ -411,14 +439,17 @@ def settings_for(args):
     """workload -> (rounds, repeat) under the command-line options."""
     def settings(workload):
         if args.quick:
-            return 2, 1
-        rounds, repeat = (3, 1) if workload.large else (7, 3)
-        return args.rounds or rounds, args.repeat or repeat
+            rounds, repeat = 2, 1
+        else:
+            rounds, repeat = (3, 1) if workload.large else (7, 3)
+        # what the user typed wins over both the defaults and --quick
+        return (args.rounds if args.rounds is not None else rounds,
+                args.repeat if args.repeat is not None else repeat)
     return settings
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, prog="python -m benchmarks"):
+    args = parse_args(argv, prog)
     _REPORT[0] = sys.stderr if args.json == "-" else sys.stdout
     info = machine_info()
     log(machine_line(info))

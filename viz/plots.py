@@ -1,7 +1,8 @@
 """Matplotlib plots of training and gradient flow (matplotlib is an optional extra).
 
 Each function draws on ``ax`` when given, otherwise on a new figure; with
-``path`` it saves a PNG atomically (temporary file + ``os.replace``) and
+``path`` it saves the figure atomically (temporary file + ``os.replace``),
+in the format the suffix names (``.png``, ``.svg``, ``.pdf``, ...), and
 closes the figure it made. Each returns the figure. The Agg backend is used
 when pyplot has not been set up yet, so nothing needs a display.
 """
@@ -28,27 +29,57 @@ def _pyplot():
     return plt
 
 
-def _figure(ax, figsize):
+def _figure(ax, figsize, path=None):
     plt = _pyplot()
+    if path is not None:
+        _format_of(path)  # refuse a bad suffix before drawing anything
     if ax is not None:
         return ax.figure, ax, False
     fig, ax = plt.subplots(figsize=figsize)
     return fig, ax, True
 
 
+def _format_of(path):
+    """The matplotlib format named by ``path``'s suffix; ValueError for one it cannot write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    known = FigureCanvasBase.get_supported_filetypes()
+    if suffix[1:] not in known:
+        raise ValueError(f"cannot save a plot as {suffix or 'a file without a suffix'} ({os.fspath(path)!r}); "
+                         f"use one of {', '.join('.' + k for k in sorted(known))}")
+    return suffix[1:]
+
+
 def save_figure(fig, path, dpi=100):
-    """Write ``fig`` to ``path`` as PNG without ever leaving a half-written file."""
+    """Write ``fig`` to ``path`` (format from the suffix) without ever leaving a half-written file."""
     path = os.fspath(path)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    fmt = _format_of(path)
+    # the temporary file has no telling suffix, so the format is passed explicitly
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
     return path
 
 
 def _finish(fig, owned, path):
     if path is not None:
-        save_figure(fig, path)
-        if owned:
-            _pyplot().close(fig)
+        try:
+            save_figure(fig, path)
+        finally:  # a figure this module made is not left open, even when saving fails
+            if owned:
+                _pyplot().close(fig)
     return fig
+
+
+def _flow_lines(label, values):
+    """(line label, norms over t) pairs for one curve: one per state row of a per_state result."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim <= 1:
+        return [(str(label), np.atleast_1d(values))]
+    if values.ndim > 2:
+        raise ValueError(f"plot_gradient_flow: curve {label!r} has shape {values.shape}; give norms (T,) "
+                         "or one row per state tensor (states, T)")
+    # gradient_flow(..., per_state=True) gives (h,) or (h, c): a line per state, not one 2T-long line
+    names = ("h", "c") if len(values) <= 2 else [f"state {i}" for i in range(len(values))]
+    return [(f"{label} ({name})", row) for name, row in zip(names, values)]
 
 
 def plot_gradient_flow(curves, path=None, ax=None, title="Gradient flow: ‖∂L/∂h(t)‖",
@@ -57,15 +88,17 @@ def plot_gradient_flow(curves, path=None, ax=None, title="Gradient flow: ‖∂L
 
     Feed it ``tinygraph.bptt.gradient_flow(...)`` for several models (a tanh
     RNN, an LSTM, one with scaled-up recurrent weights) to see vanishing and
-    exploding gradients side by side. Zeros and NaNs are left out (log scale).
+    exploding gradients side by side. A ``per_state=True`` result, ``(h, c)``,
+    is drawn as one line per state ("label (h)", "label (c)"). Zeros and NaNs
+    are left out (log scale).
     """
     if not curves:
         raise ValueError("plot_gradient_flow: give at least one curve (label -> array of norms)")
-    fig, ax, owned = _figure(ax, (7, 4))
-    for label, values in curves.items():
-        values = np.asarray(values, dtype=np.float64).ravel()
+    lines = [line for label, values in curves.items() for line in _flow_lines(label, values)]
+    fig, ax, owned = _figure(ax, (7, 4), path)
+    for label, values in lines:
         shown = np.where((values > 0) & np.isfinite(values), values, np.nan)
-        ax.plot(np.arange(len(values)), shown, marker="o", markersize=2.5, linewidth=1.4, label=str(label))
+        ax.plot(np.arange(len(values)), shown, marker="o", markersize=2.5, linewidth=1.4, label=label)
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("gradient norm (log scale)")
@@ -81,7 +114,7 @@ def plot_gradient_heatmap(matrix, path=None, ax=None, title="‖∂L/∂h(t)‖ 
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.size == 0:
         raise ValueError(f"plot_gradient_heatmap: need a non-empty 2-D array (updates x T), got shape {matrix.shape}")
-    fig, ax, owned = _figure(ax, (7, 4))
+    fig, ax, owned = _figure(ax, (7, 4), path)
     with np.errstate(divide="ignore", invalid="ignore"):
         logged = np.where(matrix > 0, np.log10(matrix), np.nan)
     image = ax.imshow(logged, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
@@ -92,42 +125,83 @@ def plot_gradient_heatmap(matrix, path=None, ax=None, title="‖∂L/∂h(t)‖ 
     return _finish(fig, owned, path)
 
 
+def _per_epoch(values):
+    """Per-epoch values as floats (None -> NaN), or None when there is nothing to draw."""
+    if values is None or all(v is None for v in values):
+        return None
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64).ravel()
+
+
+def _dict_step_epoch(history, steps):
+    """The optional per-update epoch labels of a dict ("step_epoch", or "epoch" as History.arrays() names it)."""
+    key = "step_epoch" if "step_epoch" in history else "epoch" if "epoch" in history else None
+    if key is None:
+        return None
+    labels = np.asarray(history[key]).ravel()
+    if len(labels) != len(steps):
+        raise ValueError(f"plot_loss_curve: {key!r} must give the epoch of every update "
+                         f"({len(steps)} losses), got {len(labels)} values")
+    return labels
+
+
 def _loss_series(history):
-    """(per-step losses, per-epoch train, per-epoch eval) from a History, dict or array."""
+    """(per-step losses, per-epoch train, per-epoch eval, per-step epoch or None) from a History, dict or array."""
     if hasattr(history, "step_loss"):
-        return (np.asarray(history.step_loss, dtype=np.float64), history.metric("train_loss"),
-                history.metric("eval_loss"), np.asarray(history.step_epoch))
+        return (np.asarray(history.step_loss, dtype=np.float64), _per_epoch(history.metric("train_loss")),
+                _per_epoch(history.metric("eval_loss")), np.asarray(history.step_epoch))
     if isinstance(history, dict):
-        return (np.asarray(history.get("loss", []), dtype=np.float64), history.get("train_loss"),
-                history.get("eval_loss"), None)
+        steps = np.asarray(history.get("loss", []), dtype=np.float64).ravel()
+        return (steps, _per_epoch(history.get("train_loss")), _per_epoch(history.get("eval_loss")),
+                _dict_step_epoch(history, steps))
     return np.asarray(history, dtype=np.float64).ravel(), None, None, None
 
 
-def plot_loss_curve(history, path=None, ax=None, title="Training loss", log=False):
-    """Per-update loss (faint) with its running mean, plus per-epoch train/eval loss.
+def _epoch_ends(n_steps, step_epoch, n_epochs):
+    """The update number each epoch's point sits at: the last update of that epoch."""
+    if step_epoch is not None and len(step_epoch):
+        return np.array([np.nonzero(step_epoch == e)[0].max() + 1 for e in np.unique(step_epoch)])[:n_epochs]
+    # no per-update epoch labels: take the epochs as equal shares of the updates
+    return np.round(np.arange(1, n_epochs + 1) * n_steps / n_epochs).astype(int)
 
-    ``history`` is a :class:`tinygraph.bptt.History`, a dict with ``"loss"``
-    (and optionally ``"train_loss"``/``"eval_loss"`` per epoch), or an array.
-    """
-    steps, train, evals, step_epoch = _loss_series(history)
-    if steps.size == 0:
-        raise ValueError("plot_loss_curve: the history holds no losses")
-    fig, ax, owned = _figure(ax, (7, 4))
+
+def _plot_steps(ax, steps):
+    """The per-update loss, faint, and its running mean."""
     x = np.arange(1, len(steps) + 1)
     ax.plot(x, steps, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss per update")
     width = max(1, len(steps) // 20)
     if width > 1:
         smooth = np.convolve(steps, np.ones(width) / width, mode="valid")
         ax.plot(x[width - 1:], smooth, color="tab:blue", linewidth=1.6, label=f"running mean ({width})")
-    if train and step_epoch is not None and len(step_epoch):
-        ends = [int(np.nonzero(step_epoch == e)[0].max()) + 1 for e in np.unique(step_epoch)][:len(train)]
-        ax.plot(ends, train[:len(ends)], "o-", color="tab:orange", label="train (epoch mean)")
-        if evals and any(v is not None for v in evals):
-            ax.plot(ends, [np.nan if v is None else v for v in evals[:len(ends)]], "s--",
-                    color="tab:green", label="eval")
+
+
+def plot_loss_curve(history, path=None, ax=None, title="Training loss", log=False):
+    """Per-update loss (faint) with its running mean, plus per-epoch train/eval loss.
+
+    ``history`` is a :class:`tinygraph.bptt.History`, a dict or an array. A
+    dict holds ``"loss"`` (per update) and/or ``"train_loss"``/``"eval_loss"``
+    (per epoch), and optionally ``"step_epoch"`` (or ``"epoch"``, as
+    ``History.arrays()`` names it): the epoch of every update. Each epoch's
+    point sits at its last update; without per-update epochs the epochs are
+    taken as equal shares of the updates, and without per-update losses the
+    per-epoch losses are drawn against the epoch number.
+    """
+    steps, train, evals, step_epoch = _loss_series(history)
+    n_epochs = max(len(series) for series in (train, evals, ()) if series is not None)
+    if steps.size == 0 and n_epochs == 0:
+        raise ValueError("plot_loss_curve: the history holds no losses")
+    fig, ax, owned = _figure(ax, (7, 4), path)
+    if steps.size:
+        _plot_steps(ax, steps)
+        x = _epoch_ends(len(steps), step_epoch, n_epochs) if n_epochs else None
+    else:
+        x = np.arange(1, n_epochs + 1)
+    if train is not None:
+        ax.plot(x[:len(train)], train[:len(x)], "o-", color="tab:orange", label="train (epoch mean)")
+    if evals is not None:
+        ax.plot(x[:len(evals)], evals[:len(x)], "s--", color="tab:green", label="eval")
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel("update")
+    ax.set_xlabel("update" if steps.size else "epoch")
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)

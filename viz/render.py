@@ -5,8 +5,10 @@ the DOT source with a timeout (so a huge diagram cannot hang the caller):
 first the system ``dot``, then ``graphviz-pure`` (the pip-installable port of
 Graphviz, same command line), which is also tried when ``dot`` fails on a
 diagram (its layout code has crash bugs on some large clustered graphs).
-Errors quote only the first lines of the renderer's stderr. When neither exists, :func:`save` still writes
-the ``.gv`` file and raises :class:`RenderError` saying what to install.
+Errors quote only the first lines of the renderer's stderr. graphviz-pure
+writes no PDF, so PDF needs the system ``dot``. When no program here can
+write the format, :func:`save` still writes the ``.gv`` file and raises
+:class:`RenderError` saying what to install.
 Files are written atomically (temporary file, then rename).
 """
 from __future__ import annotations
@@ -23,15 +25,24 @@ __all__ = ["save", "render", "render_svg", "find_renderer", "use_graphviz_pure",
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot"}
 RENDERERS = ("dot", "graphviz-pure")
 DEFAULT_TIMEOUT_S = 60
+SYSTEM_GRAPHVIZ = "the system package (`apt-get install graphviz` / `brew install graphviz`)"
 INSTALL_HINT = (
     "install Graphviz: `pip install graphviz-pure` (self-contained, no system packages; "
-    "also part of `pip install tinygraph[viz]`) or the system package "
-    "(`apt-get install graphviz` / `brew install graphviz`)"
+    "also part of `pip install tinygraph[viz]`) or " + SYSTEM_GRAPHVIZ
 )
+# how to get each program on its own, for a renderer= that is missing
+PROGRAM_HINTS = {"dot": "install " + SYSTEM_GRAPHVIZ, "graphviz-pure": "`pip install graphviz-pure`"}
+# graphviz-pure's -T list has svg and png but no pdf
+DOT_ONLY_FORMATS = {"pdf"}
+FALLBACK_HINT = "; `pip install graphviz-pure` gives a second renderer to fall back on"
 
 
 class RenderError(RuntimeError):
     """No Graphviz program is available, or it failed on this diagram."""
+
+
+class _NoRenderer(RenderError):
+    """No program here can write the format: save() then leaves the DOT source behind."""
 
 
 def find_renderer(prefer=None):
@@ -88,30 +99,61 @@ def _run(program, source, fmt, timeout):
     return done.stdout, None
 
 
+def _is_pure(name):
+    return os.path.basename(name) == "graphviz-pure"
+
+
+def _programs(fmt, renderer):
+    """(name, path) of each program to try for ``fmt``, in order."""
+    names = (renderer,) if renderer else RENDERERS
+    if fmt in DOT_ONLY_FORMATS:
+        names = [name for name in names if not _is_pure(name)]
+    found = [(name, find_renderer(name)) for name in names]
+    return [(name, path) for name, path in found if path]
+
+
+def _missing(fmt, renderer):
+    """Why nothing can write ``fmt``, and what would help."""
+    if fmt in DOT_ONLY_FORMATS:  # installing graphviz-pure would not help here
+        return (f"cannot render {fmt}: {fmt.upper()} needs the system Graphviz's dot "
+                f"(graphviz-pure writes svg and png only); install {SYSTEM_GRAPHVIZ}, or save as .svg or .png")
+    if not renderer:
+        return f"cannot render {fmt}: no Graphviz program ({' or '.join(RENDERERS)}) found on PATH; " + INSTALL_HINT
+    others = [name for name in RENDERERS if name != renderer and find_renderer(name)]
+    help_ = (f"{others[0]} is installed: pass renderer={others[0]!r} or leave renderer unset" if others
+             else PROGRAM_HINTS.get(renderer, INSTALL_HINT))
+    return f"cannot render {fmt}: {renderer} not found on PATH; {help_}"
+
+
+def _fallback_hint(fmt, programs, renderer, failures):
+    """Suggest graphviz-pure only where it would be a second chance: dot alone failed, and not on bad DOT."""
+    if renderer or fmt in DOT_ONLY_FORMATS or len(programs) != 1 or programs[0][0] != "dot":
+        return ""
+    if "syntax error" in failures[0]:  # every renderer rejects malformed DOT the same way
+        return ""
+    return FALLBACK_HINT
+
+
 def render(diagram, fmt="svg", renderer=None, timeout=DEFAULT_TIMEOUT_S) -> bytes:
     """Run Graphviz on ``diagram`` (a Digraph or DOT text) and return the output bytes.
 
     ``renderer``: "dot", "graphviz-pure", or None (the first available; when the
     system ``dot`` fails on a diagram, graphviz-pure is tried before giving up).
+    PDF needs ``dot``: graphviz-pure cannot write it.
     """
     source = _source(diagram)
     if fmt == "dot":
         return source.encode("utf-8")
-    programs = [find_renderer(name) for name in ((renderer,) if renderer else RENDERERS)]
-    programs = [p for p in programs if p]
+    programs = _programs(fmt, renderer)
     if not programs:
-        wanted = renderer or " or ".join(RENDERERS)
-        raise RenderError(f"cannot render {fmt}: no Graphviz program ({wanted}) found on PATH; "
-                          + INSTALL_HINT)
+        raise _NoRenderer(_missing(fmt, renderer))
     failures = []
-    for program in programs:
+    for _, program in programs:
         output, failure = _run(program, source, fmt, timeout)
         if failure is None:
             return output
         failures.append(failure)
-    hint = "" if renderer or len(programs) > 1 else \
-        "; `pip install graphviz-pure` gives a second renderer to fall back on"
-    raise RenderError("; then ".join(failures) + hint)
+    raise RenderError("; then ".join(failures) + _fallback_hint(fmt, programs, renderer, failures))
 
 
 def render_svg(diagram, renderer=None, timeout=DEFAULT_TIMEOUT_S) -> str:
@@ -128,7 +170,8 @@ def _atomic_write(path, data: bytes):
 def save(diagram, path, renderer=None, timeout=DEFAULT_TIMEOUT_S):
     """Write ``diagram`` to ``path``; the suffix picks the format (.svg .png .pdf .dot .gv).
 
-    Without any Graphviz program the DOT source is written next to ``path``
+    When no Graphviz program here can write the format (none at all, or only
+    graphviz-pure for ``.pdf``) the DOT source is written next to ``path``
     (suffix ``.gv``) and :class:`RenderError` says what to install.
     Returns ``path``.
     """
@@ -143,11 +186,10 @@ def save(diagram, path, renderer=None, timeout=DEFAULT_TIMEOUT_S):
         return path
     try:
         data = render(diagram, fmt, renderer, timeout)
-    except RenderError as exc:
-        if find_renderer(renderer) is None:
-            fallback = os.path.splitext(path)[0] + ".gv"
-            _atomic_write(fallback, _source(diagram).encode("utf-8"))
-            raise RenderError(f"{exc}. The DOT source was written to {fallback}") from None
-        raise
+    except _NoRenderer as exc:
+        # the diagram is not lost: the .gv file renders later, once Graphviz is there
+        fallback = os.path.splitext(path)[0] + ".gv"
+        _atomic_write(fallback, _source(diagram).encode("utf-8"))
+        raise RenderError(f"{exc}. The DOT source was written to {fallback}") from None
     _atomic_write(path, data)
     return path

@@ -224,8 +224,13 @@ def _one_frame_and_marks(stepper, view, bar):
 
 
 def _json_for_script(data):
-    # "</" would end the <script> element early
-    return json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    """JSON that cannot end or change the <script> element it sits in.
+
+    Every "<" becomes the escape \\u003c: "</script" would end the element, and
+    "<!--" followed by "<script" would put the HTML parser in its escaped
+    state, swallowing the player's own script. JSON.parse reads it back as "<".
+    """
+    return json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
 
 
 def _page(title, frames, steps, timesteps, summary):
