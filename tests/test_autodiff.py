@@ -607,3 +607,77 @@ def test_retained_gradient_has_the_tensors_dtype():
     (y * np.full(3, 0.5)).sum().backward()      # a float64 constant makes the incoming gradient float64
     assert y.grad.dtype == np.float32 and x.grad.dtype == np.float32
     np.testing.assert_allclose(y.grad.data, 0.5)
+
+
+# ---------------------------------------------------------------------------
+# gradient hooks (Tensor.register_hook)
+# ---------------------------------------------------------------------------
+def test_leaf_hooks_run_in_order_before_accumulation_and_can_be_removed():
+    x = t64([1.0, 2.0])
+    seen = []
+    first = x.register_hook(lambda g: seen.append(g.numpy().copy()) or g * 10.0)
+    x.register_hook(lambda g: g + 1.0)
+    (x * 3.0).sum().backward()
+    np.testing.assert_array_equal(seen[0], [3.0, 3.0])          # the complete gradient, unhooked
+    np.testing.assert_array_equal(x.grad.numpy(), [31.0, 31.0])  # (3 * 10) + 1
+    first.remove()
+    x.grad = None
+    (x * 3.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [4.0, 4.0])
+
+
+def test_a_hook_on_an_intermediate_gets_its_summed_gradient_and_changes_what_flows_on():
+    x = t64([0.5, -1.0])
+    h = tg.tanh(x)
+    seen = []
+    h.register_hook(lambda g: seen.append(g.numpy().copy()) or g * 0.5)
+    loss = (h * 2.0).sum() + (h * h).sum()      # h is used twice: the hook sees the sum
+    loss.backward()
+    hv = np.tanh([0.5, -1.0])
+    np.testing.assert_allclose(seen[0], 2.0 + 2.0 * hv)
+    np.testing.assert_allclose(x.grad.numpy(), 0.5 * (2.0 + 2.0 * hv) * (1 - hv ** 2))
+
+
+def test_hooks_run_in_grad_and_record_under_create_graph():
+    x = t64([1.5])
+    x.register_hook(lambda g: g * x)            # a recorded product: d/dx (x * dL/dx)
+    g, = tg.grad((x ** 3).sum(), [x], create_graph=True)
+    np.testing.assert_allclose(g.numpy(), [3 * 1.5 ** 2 * 1.5])
+    h, = tg.grad(g.sum(), [x])                  # d/dx 3 x^3 = 9 x^2 ... hooked again: times x
+    np.testing.assert_allclose(h.numpy(), [9 * 1.5 ** 2 * 1.5])
+
+
+def test_hook_errors_are_clear():
+    x = t64([1.0, 2.0])
+    x.register_hook(lambda g: g.sum())
+    with pytest.raises(ValueError, match=r"gradient hook .* returned shape \(\), the gradient has shape \(2,\)"):
+        (x * 2.0).sum().backward()
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        t64([1.0], requires_grad=False).register_hook(lambda g: g)
+
+
+def test_a_parameters_hook_survives_a_cast_and_runs_in_a_traced_step():
+    lin = tg.nn.Linear(3, 2, dtype="float32")
+    lin.weight.register_hook(lambda g: g * 0.0)  # freeze the weight through its gradient
+    lin.double()
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    (lin(tg.tensor(x)) ** 2).sum().backward()
+    assert not lin.weight.grad.numpy().any() and lin.bias.grad.numpy().any()
+    eager_bias = lin.bias.grad.numpy().copy()
+    lin.zero_grad()
+    step = tg.traced_step(lambda x: (lin(x) ** 2).sum(), list(lin.parameters()))
+    step(x)
+    assert not lin.weight.grad.numpy().any()
+    np.testing.assert_allclose(lin.bias.grad.numpy(), eager_bias, rtol=1e-12)
+
+
+def test_trace_refuses_a_hook_on_an_intermediate_tensor():
+    w = t64([1.0, 2.0])
+
+    def loss(x):
+        h = x * w
+        h.register_hook(lambda g: g)
+        return h.sum()
+
+    with pytest.raises(ValueError, match="gradient hook is registered on an intermediate tensor"):
+        tg.traced_step(loss, [w])(np.ones(2))

@@ -114,6 +114,8 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
                 continue
             if type(g) is SparseGrad:
                 g = g.dense()
+            if node.hooks:
+                g = _run_hooks(node, g, create_graph)
             if wanted is not None and node.id in wanted:
                 results[node.id] = (node, g)
             prim = node.prim
@@ -200,6 +202,23 @@ def run_backward(roots, root_grads, *, retain_graph, create_graph, targets=None,
             recording.__exit__(None, None, None)
         STATE.sparse_grads = old_sparse
     return results
+
+
+def _run_hooks(node, g, create_graph):
+    """``g`` passed through the node's ``Tensor.register_hook`` functions, in registration order."""
+    for hook in list(node.hooks.values()):
+        out = hook(g if isinstance(g, Tensor) else Tensor(g))
+        if out is None:
+            continue
+        data = out.data if isinstance(out, Tensor) else out
+        if tuple(getattr(data, "shape", ())) != tuple(node.shape):
+            raise ValueError(f"gradient hook on {node.name or node.op}: returned shape "
+                             f"{tuple(getattr(data, 'shape', ()))}, the gradient has shape {tuple(node.shape)}")
+        if create_graph:
+            g = out if isinstance(out, Tensor) else Tensor(data)
+        else:
+            g = data
+    return g
 
 
 def _retain(node, g):

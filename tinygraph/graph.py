@@ -71,7 +71,7 @@ class Node:
     __slots__ = (
         "id", "op", "inputs", "attrs", "shape", "dtype", "name", "scope",
         "timestep", "ordinal", "prim", "saved", "out_ref", "requires_grad",
-        "retains_grad", "literals", "value", "residuals", "__weakref__",
+        "retains_grad", "literals", "value", "residuals", "hooks", "__weakref__",
     )
 
     def __init__(self, op, inputs, attrs, shape, dtype, prim=None, saved=None,
@@ -93,6 +93,7 @@ class Node:
         self.residuals = None
         self.requires_grad = requires_grad
         self.retains_grad = False
+        self.hooks = None  # {handle id: fn} from Tensor.register_hook
         # non-tensor arguments as ((position, value), ...): they outlive ``saved``
         # so a dump after backward still shows ``mul(%0, 2.0)``
         self.literals = literals
@@ -146,6 +147,7 @@ def op_node(prim, inputs, attrs, value, saved, literals, residuals):
     node.residuals = residuals
     node.requires_grad = True
     node.retains_grad = False
+    node.hooks = None
     node.literals = literals
     node.name = None
     st = STATE

@@ -170,9 +170,9 @@ class Module:
             p.data = p.data.astype(dtype)
             # the leaf node remembers the old dtype: give the parameter a fresh one now, outside
             # any scope or time step (a node made lazily inside a forward would take the cell's)
-            p._node = None
+            old, p._node = p._node, None
             if p.requires_grad:
-                p._leaf_node()
+                p._leaf_node().hooks = old.hooks if old is not None else None   # its gradient hooks stay
         return self
 
     def extra_repr(self) -> str:

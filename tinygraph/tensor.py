@@ -1,6 +1,7 @@
 """Tensor: an array (NumPy or CuPy) plus the graph node that produced it."""
 from __future__ import annotations
 
+import itertools
 import weakref
 
 import numpy as np
@@ -9,6 +10,19 @@ from . import backend
 from .graph import STATE, Node, note_host_read
 
 __all__ = ["Tensor"]
+
+
+class RemovableHandle:
+    """What ``Tensor.register_hook`` returns: ``remove()`` takes the hook off again."""
+
+    _ids = itertools.count()
+
+    def __init__(self, hooks):
+        self.id = next(RemovableHandle._ids)
+        self._hooks = hooks
+
+    def remove(self):
+        self._hooks.pop(self.id, None)
 
 
 class Tensor:
@@ -111,6 +125,29 @@ class Tensor:
             if self._node is not None and self._node.prim is None:
                 self._node = None
         return self
+
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` with this tensor's gradient during every backward or ``grad()``.
+
+        As in PyTorch: the hook gets the gradient as a Tensor once it is
+        complete (summed over every use), and may return a new gradient of the
+        same shape to use instead (or None to keep it). Do not change its
+        argument in place. On a leaf (a parameter) it runs before the gradient
+        is added to ``.grad``. Returns a handle whose ``remove()`` takes the
+        hook off. ``traced_step`` runs the hooks of its parameters; a hook on
+        an intermediate tensor is refused by ``trace`` (a replay has no
+        tensors to call it with).
+        """
+        if not self.requires_grad:
+            raise RuntimeError("register_hook: this tensor does not require grad, so it gets no gradient")
+        if not callable(hook):
+            raise TypeError(f"register_hook: expected a callable, got {type(hook).__name__}")
+        node = self._node if self._node is not None else self._leaf_node()
+        if node.hooks is None:
+            node.hooks = {}
+        handle = RemovableHandle(node.hooks)
+        node.hooks[handle.id] = hook
+        return handle
 
     def retain_grad(self):
         """Keep ``.grad`` on this non-leaf tensor after backward."""

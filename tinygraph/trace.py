@@ -47,7 +47,7 @@ import warnings
 import numpy as np
 
 from . import backend, fusion
-from .autodiff import _accumulate, _as_dtype, _owned
+from .autodiff import _accumulate, _as_dtype, _owned, _run_hooks
 from .creation import generator
 from .graph import STATE, Graph, enable_grad
 from .ops import MATMUL, SparseGrad, sum_to
@@ -275,7 +275,12 @@ class CompiledFunction:
             g = grads.get(slot) if slot is not None else None
             return g.dense() if type(g) is SparseGrad else g
 
-        return [result(s) for s in self.input_slots], [result(s) for s in self.param_slots]
+        def hooked(p, g):   # a parameter's gradient hooks run on its replayed gradient, as in eager
+            node = p._node
+            return _run_hooks(node, g, False) if g is not None and node is not None and node.hooks else g
+
+        return ([result(s) for s in self.input_slots],
+                [hooked(p, result(s)) for p, s in zip(self.params, self.param_slots)])
 
 
 def _batched_right_grad(pairs, b):
@@ -330,7 +335,7 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
         if node is not None and node.prim is None and (tuple(node.shape) != tuple(p.data.shape)
                                                        or node.dtype != p.data.dtype):
             p._node = None
-            p._leaf_node()
+            p._leaf_node().hooks = node.hooks
     old_reads, STATE.host_reads = STATE.host_reads, []
     try:
         with enable_grad():
@@ -349,6 +354,12 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
                 "return its traced value every time; return the Tensor before detaching it (traced BPTT "
                 "cuts the state itself), or run this function eagerly")
     graph = Graph.from_outputs(*outputs)
+    hooked = [n for n in graph.nodes if n.hooks and n.prim is not None]
+    if hooked:
+        raise ValueError(
+            f"trace: a gradient hook is registered on an intermediate tensor ({hooked[0].name or hooked[0].op}, "
+            f"scope {hooked[0].scope or '<top>'!r}); a replay makes no tensors to call it with. Hooks on "
+            "parameters are kept; move the hook there, or run this function eagerly")
     input_ids = {x._node.id for x in leaves}
     if not params:  # default: every parameter-like leaf the function read
         params = [n.tensor for n in graph.nodes
