@@ -244,3 +244,14 @@ def test_creation_refuses_fractional_sizes_and_integer_samples():
         tg.rand(3, dtype=np.int64)
     with pytest.raises(TypeError, match="randn: samples need a float dtype"):
         tg.randn(3, dtype=np.int32)
+
+
+def test_mse_against_a_float64_numpy_target_keeps_a_float32_backward():
+    w = tg.tensor(np.ones((3, 2), np.float32), requires_grad=True)
+    pred = tg.tensor(np.ones((4, 3), np.float32)) @ w
+    seen = []
+    pred.register_hook(lambda g: seen.append(g.dtype))
+    loss = tg.mse_loss(pred, np.random.default_rng(0).standard_normal((4, 2)))
+    assert loss.dtype == np.float32
+    loss.backward()
+    assert seen == [np.float32] and w.grad.dtype == np.float32

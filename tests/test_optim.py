@@ -322,3 +322,30 @@ def test_a_parameter_given_twice_is_refused():
     p = nn.Parameter(np.ones(2))
     with pytest.raises(ValueError, match="parameter 1 .* same object as parameter 0"):
         optim.SGD([p, p], lr=0.1)
+
+
+# -- float32 stays float32 (a silent float64 doubles the memory traffic) --------------------
+def test_numpy_float64_hyperparameters_and_clip_bounds_keep_float32_state():
+    p = nn.Parameter(np.ones(4, np.float32))
+    opt = optim.SGD([p], lr=np.float64(0.1), momentum=0.9, weight_decay=np.float64(1e-4))
+    tg.sum(p * p).backward()
+    optim.clip_grad_value([p], np.float64(0.5))
+    assert p.grad.dtype == np.float32
+    opt.step()
+    opt.lr = np.float64(0.05)                  # a schedule setting it later, too
+    opt.step()
+    assert p.dtype == np.float32 and opt.state[0]["momentum_buffer"].dtype == np.float32
+    assert type(opt.lr) is float
+    adam = optim.Adam([p], lr=np.float32(1e-3), betas=(np.float64(0.9), 0.999), eps=np.float64(1e-8))
+    adam.step()
+    assert all(v.dtype == np.float32 for v in adam.state[0].values() if hasattr(v, "dtype"))
+
+
+def test_grad_norm_is_float64_accurate_on_float32_gradients():
+    g = np.full(1_000_000, 0.1, np.float32)
+    p = nn.Parameter(np.zeros_like(g))
+    p.grad = tg.Tensor(g)
+    # each square is rounded to float32 (rel 6e-8), the sum runs in float64: a float32 running sum
+    # over a million terms would be off by about 2e-5
+    exact = float(np.sqrt((g.astype(np.float64) ** 2).sum()))
+    assert optim.grad_norm([p]) == pytest.approx(exact, rel=1e-7)

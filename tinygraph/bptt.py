@@ -162,7 +162,7 @@ def _seq_len(xs):
 # ---------------------------------------------------------------------------
 def _norm(array):
     xp = backend.array_module(array)
-    return float(xp.sqrt((array.astype(np.float64) ** 2).sum()))
+    return float(xp.sqrt(xp.square(array).sum(dtype=np.float64)))   # no float64 copy of the array
 
 
 def _parameters_of(model, optimizer):

@@ -97,5 +97,9 @@ def mse_loss(pred, target, reduction="mean"):
     ts = target.shape if isinstance(target, Tensor) else np.shape(target)
     if tuple(ps) != tuple(ts):
         raise ValueError(f"mse_loss: prediction shape {tuple(ps)} differs from target shape {tuple(ts)}")
+    if isinstance(pred, Tensor) and not isinstance(target, Tensor) and hasattr(target, "dtype") \
+            and np.dtype(target.dtype) != np.dtype(pred.dtype):
+        # a float64 NumPy target would turn a float32 model's whole backward into float64
+        target = backend.array_module(pred.data).asarray(target).astype(pred.dtype)
     diff = ops.sub(pred, target)
     return _reduce(ops.mul(diff, diff), reduction, "mse_loss")

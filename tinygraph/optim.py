@@ -59,6 +59,13 @@ class Optimizer:
     hyperparameters: tuple = ("lr",)
     adds_weight_decay_to_grad = True
 
+    def __setattr__(self, name, value):
+        if name in type(self).hyperparameters:
+            # np.float64(1e-3) is a strong float64 in NumPy arithmetic: a float32 parameter's
+            # update and buffers would become float64. A Python float stays weak, as in ops.
+            value = _scalar(value) if not isinstance(value, tuple) else tuple(_scalar(v) for v in value)
+        object.__setattr__(self, name, value)
+
     def __init__(self, params, **hyper):
         self.params = _param_list(params)
         if hyper.get("weight_decay", 0.0) < 0:
@@ -327,7 +334,9 @@ def grad_norm(params, norm_type=2.0) -> float:
     norm_type = float(norm_type)
     if math.isinf(norm_type):
         return float(functools.reduce(xp.maximum, [xp.abs(g).max() for g in grads]))
-    total = sum((xp.abs(g.astype(np.float64)) ** norm_type).sum() for g in grads)
+    # summed in float64 without a float64 copy of each gradient (the sum casts chunk by chunk)
+    powers = (xp.square(g) if norm_type == 2.0 else xp.abs(g) ** norm_type for g in grads)
+    total = sum(x.sum(dtype=np.float64) for x in powers)
     return float(total) ** (1.0 / norm_type)
 
 
@@ -359,4 +368,6 @@ def clip_grad_value(params, clip_value):
     if clip_value < 0:
         raise ValueError(f"clip_grad_value: clip_value must be >= 0, got {clip_value}")
     for p in _with_grads(params):
-        p.grad.data = _xp(p.grad.data).clip(p.grad.data, -clip_value, clip_value)
+        g = p.grad.data
+        c = g.dtype.type(clip_value)   # a NumPy float64 bound would make the gradient float64
+        p.grad.data = _xp(g).clip(g, -c, c)
