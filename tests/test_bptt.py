@@ -400,3 +400,58 @@ def test_optimizer_over_some_parameters_clips_and_reports_only_theirs(traced):
     for p, q in zip([model.V, model.c, model.U], head + [ref.U]):
         np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(model.U.grad.numpy(), grad_U.numpy(), rtol=1e-10)   # the last window's only
+
+
+# -- what the drivers refuse, and how they say it (a new user's report) ---------------------
+def test_drivers_refuse_batch_first_layers_and_targets_that_are_not_per_step():
+    from tinygraph.models import LSTM
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((6, 4, 3)), rng.integers(0, 2, (6, 4))
+
+    class Tagger(Module):
+        def __init__(self, **options):
+            super().__init__()
+            self.rnn = LSTM(3, 2, **options)
+
+        def forward(self, x, state=None):
+            return self.rnn(x, state)
+
+    with pytest.raises(ValueError, match="batch_first=True layer"):
+        bptt.backprop_through_time(Tagger(batch_first=True), xs, ys, tg.cross_entropy, k1=2)
+    with pytest.raises(ValueError, match="batch_first=True"):
+        bptt.gradient_flow(Tagger(batch_first=True), xs, ys, tg.cross_entropy)
+    square = rng.standard_normal((4, 4, 3))               # T == B: a (B,) label vector passes shape[0]
+    with pytest.raises(ValueError, match="not per step and per sequence.*many-to-one"):
+        bptt.backprop_through_time(Tagger(), square, rng.integers(0, 2, 4), tg.cross_entropy, k1=2)
+    with pytest.raises(ValueError, match="many-to-one"):
+        bptt.backprop_through_time(Tagger(), xs, rng.integers(0, 2, 4), tg.cross_entropy)
+
+
+def test_a_model_that_does_not_return_outputs_and_state_is_named():
+    class OutputsOnly(Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = ElmanRNN(3, 4, 2)
+
+        def forward(self, x, state=None):
+            return self.rnn(x, state)[0]
+
+    rng = np.random.default_rng(1)
+    xs, ys = rng.standard_normal((4, 2, 3)), rng.integers(0, 2, (4, 2))
+    with pytest.raises(TypeError, match=r"must return \(outputs, state\); got a Tensor of shape \(2, 2, 2\)"):
+        bptt.backprop_through_time(OutputsOnly(), xs, ys, tg.cross_entropy, k1=2)
+
+
+def test_fit_refuses_padded_batches_and_uneven_carried_batches():
+    from tinygraph import data
+    from tinygraph.optim import SGD
+    model = ElmanRNN(1, 3, 2)
+    batches = data.make_batches([[1, 0, 1], [1, 1]], [[0, 1, 0], [1, 0]], batch_size=2)
+    with pytest.raises(TypeError, match="padded Batch.*lengths=b.lengths"):
+        bptt.fit(model, batches, tg.cross_entropy, SGD(model.parameters(), lr=0.1), epochs=1, progress=False)
+    rng = np.random.default_rng(2)
+    uneven = [(rng.standard_normal((4, 3, 1)), rng.integers(0, 2, (4, 3))),
+              (rng.standard_normal((4, 2, 1)), rng.integers(0, 2, (4, 2)))]
+    with pytest.raises(ValueError, match="carry_state needs the same batch size"):
+        bptt.fit(model, uneven, tg.cross_entropy, SGD(model.parameters(), lr=0.1), epochs=1,
+                 carry_state=True, progress=False)

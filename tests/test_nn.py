@@ -272,3 +272,16 @@ def test_empty_linear_and_fan_of_a_kernel_follow_pytorch():
     assert init.fan_in_and_fan_out((4, 3)) == (3, 4)
     with pytest.raises(ValueError, match="blocks must be >= 1"):
         init.blockwise_(nn.Parameter(np.zeros((4, 2))), "orthogonal", 0)
+
+
+def test_to_takes_a_dtype_as_pytorch_does_and_a_checkpoint_loaded_as_a_state_dict_says_what_to_use(tmp_path):
+    lin = nn.Linear(2, 2)
+    assert lin.to(np.float64).weight.dtype == np.float64 and lin.to("float32").weight.dtype == np.float32
+    with pytest.raises(TypeError, match="float dtype"):
+        lin.to(np.int32)
+    assert tg.ones(2).to("float64").dtype == np.float64
+    from tinygraph.training import load_checkpoint, save_checkpoint
+    save_checkpoint(tmp_path / "run.npz", lin, None, {"epoch": 1})
+    with pytest.raises(KeyError, match="load_checkpoint"):
+        lin.load_state_dict(tg.load(tmp_path / "run.npz"))
+    load_checkpoint(tmp_path / "run.npz", nn.Linear(2, 2), None)

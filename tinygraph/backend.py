@@ -79,7 +79,21 @@ def parse_device(device) -> tuple[str, int]:
             return ("cuda", int(text[5:]))
         except ValueError:
             pass
-    raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    hint = ""
+    if as_dtype(device) is not None:
+        hint = f" ({device!r} is a dtype: cast with .astype({str(device)!r}), .double() or .float())"
+    raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'{hint}")
+
+
+def as_dtype(value):
+    """``value`` as a NumPy dtype when it names one (np.float64, "float32"), else None (a device)."""
+    if isinstance(value, str) and (value.strip().lower() in ("cpu", "cuda", "gpu")
+                                   or value.strip().lower().startswith("cuda:")):
+        return None
+    try:
+        return np.dtype(value)
+    except TypeError:
+        return None
 
 
 def device_of(array) -> str:

@@ -150,6 +150,31 @@ def _target_slice(y, a, b):
     return y[a:b]
 
 
+def _check_time_major(model, xs, targets, T):
+    """The drivers cut along axis 0 as time: refuse what would make them cut something else."""
+    if any(getattr(m, "batch_first", False) is True for m in _modules_of(model)):
+        raise ValueError(
+            "BPTT: the model has a batch_first=True layer, but the drivers cut windows along axis 0 as "
+            "time (a window would be a group of sequences); build it with batch_first=False and pass "
+            "time-major (T, B, ...) inputs and targets")
+    if targets is None:
+        return
+    tshape = targets.shape if hasattr(targets, "shape") else np.shape(targets)
+    xshape = xs.shape if hasattr(xs, "shape") else np.shape(xs)
+    if tshape and int(tshape[0]) != T:
+        raise ValueError(f"BPTT: inputs have {T} steps but targets have {tshape[0]} (both time-major). "
+                         "The drivers need one target per step, (T, B, ...); for one label per "
+                         "sequence (many-to-one) write the loop yourself, as examples/sentiment.py does")
+    if len(tshape) < 2 or (len(xshape) >= 2 and int(tshape[1]) != int(xshape[1])):
+        raise ValueError(f"BPTT: targets of shape {tuple(tshape)} are not per step and per sequence like the "
+                         f"inputs {tuple(xshape)} (time-major (T, B, ...)); for one label per sequence "
+                         "(many-to-one) write the loop yourself, as examples/sentiment.py does")
+
+
+def _modules_of(model):
+    return list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
+
+
 def _seq_len(xs):
     shape = xs.shape if hasattr(xs, "shape") else np.shape(xs)
     if not shape:
@@ -225,9 +250,16 @@ def _model_call(model):
         takes = "targets" in inspect.signature(getattr(model, "forward", model)).parameters
     except (TypeError, ValueError):
         takes = False
-    if takes:
-        return lambda x, state, y: model(x, state, targets=y)
-    return lambda x, state, y: model(x, state)
+    run = (lambda x, state, y: model(x, state, targets=y)) if takes else (lambda x, state, y: model(x, state))
+
+    def call(x, state, y):
+        out = run(x, state, y)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            got = f"a {type(out).__name__} of shape {out.shape}" if hasattr(out, "shape") else \
+                f"a {type(out).__name__}" + (f" of {len(out)} items" if isinstance(out, (tuple, list)) else "")
+            raise TypeError(f"BPTT: model(x, state) must return (outputs, state); got {got}")
+        return out
+    return call
 
 
 def _bidirectional(model):
@@ -359,9 +391,7 @@ def backprop_through_time(model, xs, targets, loss_fn, *, state=None, k1=None, k
     T = _seq_len(xs)
     if T == 0:
         raise ValueError("BPTT: the sequence is empty (T = 0)")
-    tshape = targets.shape if hasattr(targets, "shape") else np.shape(targets)
-    if tshape and int(tshape[0]) != T:
-        raise ValueError(f"BPTT: inputs have {T} steps but targets have {tshape[0]} (both time-major)")
+    _check_time_major(model, xs, targets, T)
     k1, k2 = resolve_window(k1, k2, T)
     params = _parameters_of(model, optimizer)
     trained = _trained_parameters(params, optimizer)
@@ -556,6 +586,9 @@ class StatefulBPTT:
 def _unrolled(model, xs, state, targets=None, what="gradient_flow"):
     """Run one step per call: (outputs (T, ...), per step [sources of each state tensor])."""
     _require_unidirectional(model, what)
+    if any(getattr(m, "batch_first", False) is True for m in _modules_of(model)):
+        raise ValueError(f"{what} runs the model one time step per call along axis 0; a batch_first=True "
+                         "layer would read a step as a group of sequences: use batch_first=False")
     xs = _as_model_input(xs, _parameters_of(model, None))
     call = _model_call(model) if targets is not None else (lambda x, s, y: model(x, s))
     s = truncate(state)

@@ -123,7 +123,11 @@ class Module:
         missing = [n for n in own if n not in state]
         unexpected = [n for n in state if n not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing parameters {missing}, unexpected {unexpected}")
+            hint = ""
+            if "meta" in state and any(str(k).startswith("model/") for k in state):
+                hint = ("; this is a training checkpoint (fit's): load it with "
+                        "tinygraph.training.load_checkpoint(path, model, optimizer_or_None)")
+            raise KeyError(f"load_state_dict: missing parameters {missing}, unexpected {unexpected}{hint}")
         for n, value in state.items():
             if n in own and tuple(np.shape(value)) != own[n].shape:
                 raise ValueError(
@@ -149,8 +153,19 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def to(self, device):
-        """Move every parameter to ``device`` in place; returns self."""
+    def to(self, device=None, dtype=None):
+        """Move every parameter to ``device`` and/or cast it to a float ``dtype``, in place; returns self.
+
+        As in PyTorch, ``model.to(np.float64)`` or ``model.to("float64")`` casts.
+        """
+        if dtype is None and backend.as_dtype(device) is not None:
+            device, dtype = None, device
+        if dtype is not None:
+            if np.dtype(dtype).kind != "f":
+                raise TypeError(f"{type(self).__name__}.to: parameters need a float dtype, got {np.dtype(dtype)}")
+            self._cast(np.dtype(dtype).type)
+        if device is None:
+            return self
         for p in self.parameters():
             p.data = backend.to_device(p.data, device)
             if p.grad is not None:

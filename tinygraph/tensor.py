@@ -194,8 +194,11 @@ class Tensor:
         return Tensor(self.data.argmax(axis=axis))
 
     def to(self, device):
-        """Copy to ``device`` ('cpu', 'cuda', 'cuda:N'); differentiable."""
+        """Copy to ``device`` ('cpu', 'cuda', 'cuda:N'), or cast to a dtype given instead; differentiable."""
         from . import ops
+        dtype = backend.as_dtype(device)
+        if dtype is not None:
+            return self.astype(dtype)
         return ops.to_device(self, device)
 
     def cpu(self):

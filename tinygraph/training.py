@@ -230,7 +230,27 @@ def _epoch_data(data, epoch):
     return data
 
 
+def _check_carry(carry, xs):
+    """carry_state=True hands each batch the last one's state: the batch sizes must agree."""
+    if carry is None:
+        return
+    first = carry
+    while isinstance(first, (tuple, list)):
+        first = first[0]
+    shape = xs.shape if hasattr(xs, "shape") else np.shape(xs)
+    if hasattr(first, "shape") and len(shape) >= 2 and len(first.shape) >= 2 and first.shape[-2] != shape[1]:
+        raise ValueError(f"fit(carry_state=True): this batch has {shape[1]} sequences but the state carried "
+                         f"from the previous batch has {first.shape[-2]}; carry_state needs the same batch "
+                         "size in every batch (drop or pad the last one)")
+
+
 def _unpack(batch):
+    if hasattr(batch, "lengths") and hasattr(batch, "mask"):   # a padded data.Batch
+        raise TypeError(
+            "fit: got a padded Batch (data.make_batches). fit and backprop_through_time train full-length, "
+            "time-major (xs, targets) pairs and have no lengths or mask to pass on, so the padding would "
+            "count as data. For padded batches write the loop: model(b.inputs, lengths=b.lengths) and "
+            "tg.cross_entropy(..., mask=b.mask), as examples/pos_tagging.py and sentiment.py do")
     try:
         xs, targets = batch
     except (TypeError, ValueError):
@@ -481,6 +501,7 @@ def fit(model, data, loss_fn, optimizer, *, epochs, k1=None, k2=None, clip_norm=
                 bar.count = run.batch
                 for batch in batches:
                     xs, targets = _unpack(batch)
+                    _check_carry(run.carry, xs)
                     consistent = False
                     result = backprop_through_time(
                         model, xs, targets, loss_fn, state=run.carry, k1=k1, k2=k2, optimizer=optimizer,
