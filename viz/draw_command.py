@@ -30,7 +30,8 @@ def configure(parser):
                         help="fold a scope (e.g. 'LSTM.layer0') or a depth (e.g. 2) into boxes")
     parser.add_argument("--legend", action="store_true", help="add a colour legend")
     parser.add_argument("-o", "--output", default="graph.svg",
-                        help="output file; the suffix picks the format: .svg .png .pdf .dot .gv")
+                        help="output file; the suffix picks the format: .svg .png .pdf .dot .gv. With "
+                             "--view both (the default) two files: NAME-unfolded.svg and NAME-circuit.svg")
 
 
 def output_paths(output, view):
