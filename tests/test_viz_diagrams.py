@@ -293,3 +293,12 @@ def test_backward_drawing_of_a_fused_layer_says_it_is_fused_not_freed(layer):
     with pytest.raises(RuntimeError) as info:
         diagrams.draw_graph(tg.sum(out * out), backward=True)
     assert "fused first-order kernel" in str(info.value) and "freed" not in str(info.value)
+
+
+def test_a_bidirectional_layers_gradients_say_which_direction():
+    from tinygraph.models import RNN
+    tg.manual_seed(0)
+    out, _ = RNN(2, 3, bidirectional=True)(tg.tensor(np.ones((3, 1, 2), np.float32)))
+    source = diagrams.draw_circuit(out.sum(), detail="variables", backward=True).source
+    labels = sorted(re.findall(r'label="?(dL/d[^"\\]*)', source))
+    assert labels == sorted(f"dL/d{p} [{d}]" for p in "UWb" for d in ("forward", "backward"))

@@ -629,16 +629,7 @@ class Stepper:
         """Where a leaf is used: the scope its consumers share (parameters carry none)."""
         if leaf.scope:
             return leaf.scope
-        scopes = [c.scope.split(".") for c in self._consumers.get(leaf.id, ()) if c.scope]
-        if not scopes:
-            return ""
-        common = scopes[0]
-        for parts in scopes[1:]:
-            k = 0
-            while k < min(len(common), len(parts)) and common[k] == parts[k]:
-                k += 1
-            common = common[:k]
-        return ".".join(common)
+        return _common_scope([c.scope for c in self._consumers.get(leaf.id, ()) if c.scope])
 
     def _through_rearrangements(self, leaf, shares):
         """Look through a transpose/reshape used once, to the shares summed before it."""
@@ -859,6 +850,20 @@ def _norm(array):
 
 # a named node further than this downstream says little about where a share came from
 _SOURCE_DEPTH = 4
+
+
+def _common_scope(scopes):
+    """The dotted scope prefix that ``scopes`` all share ('' when none)."""
+    parts = [s.split(".") for s in scopes]
+    if not parts:
+        return ""
+    common = parts[0]
+    for p in parts[1:]:
+        k = 0
+        while k < min(len(common), len(p)) and common[k] == p[k]:
+            k += 1
+        common = common[:k]
+    return ".".join(common)
 
 
 def _distinguishing_scopes(scopes):

@@ -29,6 +29,27 @@ __all__ = ["draw_graph", "draw_unfolded", "draw_circuit", "to_networkx", "unfold
 DEFAULT_MAX_NODES = 300
 
 
+def _gradient_names(leaves, forward):
+    """The parameters' names for their gradients' labels; two alike (a bidirectional layer's two U)
+    say where each is used, as the stepper's leaf sums do: ``U [forward]``, ``U [backward]``."""
+    from tinygraph.stepper import _common_scope, _distinguishing_scopes
+
+    names = [leaf.name or "param" for leaf in leaves]
+    consumers = {}
+    for node in forward.nodes:
+        for inp in node.inputs:
+            consumers.setdefault(inp.id, []).append(node)
+    for name in set(names):
+        group = [k for k, n in enumerate(names) if n == name]
+        if len(group) < 2:
+            continue
+        homes = [_common_scope([c.scope for c in consumers.get(leaves[k].id, ()) if c.scope]) for k in group]
+        for k, where in zip(group, _distinguishing_scopes(homes)):
+            if where:
+                names[k] = f"{name} [{where}]"
+    return names
+
+
 class _Recording:
     """The graph to draw, plus what labels need (node lookup, outputs, renamed nodes)."""
 
@@ -73,10 +94,10 @@ class _Recording:
                     "call loss.backward(create_graph=True) and draw afterwards") from exc
             recorded = [(n, g) for n, g in zip(leaves, grads) if g is not None]
         out = []
-        for leaf, g in recorded:
-            if g._node is None:
-                continue
-            self.renamed[g._node.id] = f"dL/d{leaf.name or 'param'}"
+        recorded = [(leaf, g) for leaf, g in recorded if g._node is not None]
+        names = _gradient_names([leaf for leaf, _ in recorded], forward)
+        for (leaf, g), name in zip(recorded, names):
+            self.renamed[g._node.id] = f"dL/d{name}"
             self.outputs.add(g._node.id)
             out.append(g)
         self.keep_alive = out
