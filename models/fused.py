@@ -77,6 +77,11 @@ LSTM_CELL = ops.register("lstm_cell", _forward, _vjp, residuals=True, second_ord
 
 def lstm_cell(x, h, c, U, W, b=None):
     """One fused LSTM step: (x (B, D), h, c (B, H), U (4H, D), W (4H, H), b (4H)) -> (h', c')."""
+    xs, hs, cs = (tuple(ops.raw(v).shape) for v in (x, h, c))
+    if len(xs) != 2 or hs != cs or hs != (xs[0], ops.raw(W).shape[-1]):
+        # the closed-form VJP has no broadcasting to undo: a (1, H) state would fail in backward
+        raise ValueError(f"lstm_cell: x must be (B, D) and h, c (B, H) with the same B, got x {xs}, "
+                         f"h {hs}, c {cs}")
     if b is None:
         data = ops.raw(U)
         b = backend.array_module(data).zeros(data.shape[0], dtype=data.dtype)

@@ -30,8 +30,9 @@ class _Encoder(Module):
 
     def _build(self, vocab_or_input, embedding_dim, cell, hidden_size, num_layers, bidirectional, dropout,
                batch_first, layer_options):
+        self.dtype = layer_options.get("dtype")   # the embedding and the readout too, not the layer alone
         if embedding_dim is not None:
-            self.embedding = Embedding(vocab_or_input, embedding_dim)
+            self.embedding = Embedding(vocab_or_input, embedding_dim, dtype=self.dtype)
             width = int(embedding_dim)
         else:
             self.embedding = None
@@ -67,7 +68,7 @@ class SequenceTagger(_Encoder):
         super().__init__()
         self._build(vocab_or_input, embedding_dim, cell, _hidden(hidden_size, hidden), num_layers,
                     bidirectional, dropout, batch_first, layer_options)
-        self.readout = Linear(self.features, num_tags)
+        self.readout = Linear(self.features, num_tags, dtype=self.dtype)
 
     def forward(self, x, state=None, lengths=None):
         out, state = self._encode(x, state, lengths)
@@ -93,7 +94,7 @@ class SequenceClassifier(_Encoder):
         self.pooling = pooling
         self._build(vocab_or_input, embedding_dim, cell, _hidden(hidden_size, hidden), num_layers,
                     bidirectional, dropout, batch_first, layer_options)
-        self.readout = Linear(self.features, num_classes)
+        self.readout = Linear(self.features, num_classes, dtype=self.dtype)
 
     def forward(self, x, lengths=None, state=None):
         out, final = self._encode(x, state, lengths)
@@ -123,13 +124,14 @@ class LanguageModel(Module):
                  tie_weights=False, **layer_options):
         super().__init__()
         self.vocab_size = int(vocab_size)
-        self.embedding = Embedding(vocab_size, embedding_dim)
+        dtype = layer_options.get("dtype")   # the embedding and the decoder too, not the layer alone
+        self.embedding = Embedding(vocab_size, embedding_dim, dtype=dtype)
         self.rnn = make_layer(cell, embedding_dim, hidden_size, num_layers=num_layers, dropout=dropout,
                               **layer_options)
         if getattr(self.rnn, "num_directions", 1) != 1:
             raise ValueError("LanguageModel: a next-token model cannot read the future; use bidirectional=False")
         self.drop = Dropout(dropout)
-        self.decoder = Linear(hidden_size, vocab_size)
+        self.decoder = Linear(hidden_size, vocab_size, dtype=dtype)
         if tie_weights:
             if embedding_dim != hidden_size:
                 raise ValueError(f"LanguageModel: tie_weights needs embedding_dim == hidden_size "

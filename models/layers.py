@@ -353,6 +353,9 @@ _RNN_POSITIONAL = ("nonlinearity", "bias", "batch_first", "dropout", "bidirectio
 
 def IRNN(input_size, hidden_size, num_layers=1, **options):
     """An RNN with ReLU recurrence and identity-initialised W (Le, Jaitly & Hinton 2015)."""
+    for fixed in ("nonlinearity", "recurrent_init"):
+        if fixed in options:
+            raise ValueError(f"IRNN: {fixed} is fixed (relu, identity); use RNN(...) to choose it")
     return RNN(input_size, hidden_size, num_layers, nonlinearity="relu", recurrent_init="identity", **options)
 
 

@@ -707,3 +707,30 @@ def test_empty_sizes_are_refused_by_name():
     for fused in (False, True):
         with pytest.raises(ValueError, match=r"LSTM: the input has no time steps \(T = 0"):
             LSTM(4, 3, fused=fused)(np.zeros((0, 2, 4)))
+
+
+def test_heads_build_every_part_in_the_dtype_asked_for():
+    from tinygraph.models import LanguageModel, SequenceClassifier, SequenceTagger
+    tokens = np.array([[1, 2], [3, 0], [4, 5]])
+    heads = [SequenceClassifier(10, 2, embedding_dim=4, dtype=np.float64),
+             SequenceTagger(10, 3, embedding_dim=4, dtype=np.float64),
+             LanguageModel(10, 4, 4, dtype=np.float64)]
+    for head in heads:
+        assert {p.dtype for p in head.parameters()} == {np.dtype(np.float64)}, type(head).__name__
+        out = head(tokens)
+        assert (out[0] if isinstance(out, tuple) else out).dtype == np.float64
+
+
+def test_fused_lstm_cell_refuses_a_broadcast_state_it_could_not_differentiate():
+    from tinygraph.models.fused import lstm_cell
+    rng = np.random.default_rng(0)
+    x = tg.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    h = c = tg.tensor(np.zeros((1, 2)))
+    U, W = tg.tensor(rng.standard_normal((8, 4))), tg.tensor(rng.standard_normal((8, 2)))
+    with pytest.raises(ValueError, match=r"lstm_cell: x must be \(B, D\) and h, c \(B, H\)"):
+        lstm_cell(x, h, c, U, W)
+
+
+def test_irnn_says_which_options_it_fixes():
+    with pytest.raises(ValueError, match="IRNN: recurrent_init is fixed"):
+        IRNN(2, 3, recurrent_init="orthogonal")

@@ -437,3 +437,60 @@ def test_every_primitive_has_a_readable_formula():
     for name in PRIMITIVES:
         entry = FORMULAS[name]
         assert entry.rules and entry.via and entry.forward
+
+
+# -- what a student is shown must be right (found in review) --------------------------------
+def _sent_rules(walk, op):
+    event = [e for e in walk.events if e.op == op][0]
+    return event, [(s.rule, s.numbers, s.value) for s in event.sent]
+
+
+def test_rules_name_the_axis_and_the_sum_they_show():
+    rng = np.random.default_rng(0)
+    a = tg.tensor(rng.standard_normal((2, 3)), requires_grad=True, name="a")
+    p = tg.tensor(rng.standard_normal((2, 3)), requires_grad=True, name="p")
+    walk = Stepper(tg.sum(tg.take(a, np.array([2, 0, 2]), axis=1) * tg.stack([a, p], axis=1)[:, :, :3].sum()))
+    _, take = _sent_rules(walk, "take")
+    assert "along axis 1" in take[0][0] and "rows" not in take[0][0]
+    _, stack = _sent_rules(walk, "stack")
+    assert all("along axis 1" in rule for rule, _, _ in stack)
+
+
+def test_batched_matmul_numbers_are_the_matrix_transpose():
+    rng = np.random.default_rng(0)
+    X = tg.tensor(rng.standard_normal((2, 2, 3)), requires_grad=True, name="X")
+    Y = tg.tensor(rng.standard_normal((2, 3, 1)), requires_grad=True, name="Y")
+    _, sent = _sent_rules(Stepper(tg.sum(tg.matmul(X, Y))), "matmul")
+    to_Y = [numbers for rule, numbers, _ in sent if rule.startswith("∂L/∂Y")][0]
+    assert "2×3×2" in to_Y                      # Xᵀ of a (2, 2, 3) batch is (2, 3, 2), not (3, 2, 2)
+
+
+def test_fused_sweep_rules_follow_the_sweep_direction_and_the_gru_state_rule():
+    from tinygraph.models.sequence import gru_sequence, lstm_sequence
+    rng = np.random.default_rng(1)
+    x = tg.tensor(rng.standard_normal((3, 2, 2)), name="x")
+    h0 = tg.tensor(np.zeros((2, 4)), requires_grad=True, name="h0")
+    U, W = (tg.tensor(rng.standard_normal(s) * 0.3, requires_grad=True, name=n)
+            for s, n in (((16, 2), "U"), ((16, 4), "W")))
+    for reverse, prev in ((False, "h(t−1)"), (True, "h(t+1)")):
+        out, _, _ = lstm_sequence(x, h0, h0, U, W, reverse=reverse)
+        _, sent = _sent_rules(Stepper(tg.sum(out)), "lstm_sequence")
+        assert any(f"dZ(t)ᵀ {prev}" in rule for rule, _, _ in sent)
+    Ug, Wg = (tg.tensor(rng.standard_normal(s) * 0.3, requires_grad=True) for s in ((12, 2), (12, 4)))
+    hs = gru_sequence(x, h0, Ug, Wg)
+    _, sent = _sent_rules(Stepper(tg.sum(hs * hs)), "gru_sequence")
+    assert any("dZ_h(first step)" in rule for rule, _, _ in sent)
+
+
+def test_a_cut_state_reads_as_the_step_before_in_every_expression():
+    rng = np.random.default_rng(2)
+    tg.manual_seed(0)
+    from tinygraph.models import ElmanRNN
+    model = ElmanRNN(2, 3, 2).double()
+    xs, ys = rng.standard_normal((4, 1, 2)), rng.integers(0, 2, (4, 1))
+    walk = Stepper.for_window(model, xs, ys, lambda o, t: tg.cross_entropy(o, t, reduction="sum"),
+                              k1=2, k2=2, window=1)
+    labels = list(walk.labels.values())
+    # the window runs its steps as 0, 1 from the carried state: that state is h(-1), and the first
+    # step's pre-activation reads it (before the fix it read h(0), as if a(0) depended on itself)
+    assert "h(-1)" in labels and "b + (h(-1) Wᵀ)" in labels and "b + (h(0) Wᵀ)" in labels

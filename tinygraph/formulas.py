@@ -86,7 +86,8 @@ FORMULAS = {
     "getitem": F("{x0}[{index}]", ("{g} placed at [{index}] in zeros of shape {xshape}",),
                  ("slice",)),
     "getitem_grad": F("zeros with {x0} at [{index}]", ("{g}[{index}]",), ("slice",)),
-    "take": F("take({x0}, {x1})", ("{g} added into the rows {x1} of {x0}", "0"), ("rows", "none")),
+    "take": F("take({x0}, {x1})", ("{g} added back at indices {x1} along axis {axis} of {x0}", "0"),
+              ("indices", "none")),
     "take_along_axis": F("take_along_axis({x0}, {x1}, {axis})",
                          ("{g} added back at the picked positions of {x0}", "0"),
                          ("pick", "none")),
@@ -94,25 +95,25 @@ FORMULAS = {
                        ("{g} ⊙ (softmax({x0}) − onehot({x1}))", "0"), ("softmax − onehot", "none")),
     "pick": F("{x0}[…, {x1}]", ("{g} added back at the picked positions of {x0}", "0"), ("pick", "none")),
     "concat": F("concat({xs})", ("part {k} of {g}",), ("part {k}",)),
-    "stack": F("stack({xs})", ("{g}[{k}]",), ("slice {k}",)),
+    "stack": F("stack({xs})", ("slice {k} of {g} along axis {axis}",), ("slice {k}",)),
     "to_device": F("{x0} on {device}", ("{g} moved back to {source}",), ("copy",)),
     "astype": F("{x0} as {dtype}", ("{g} cast back",), ("cast",)),
     # fused cells (closed-form VJPs; dz are the gate pre-activation gradients
     # [di i(1−i), df f(1−f), dg (1−g²), do o(1−o)], dc = ∂L/∂c′ + ∂L/∂h′ ⊙ o ⊙ (1 − tanh²c′))
     "lstm_cell": F("LSTM cell({x0}, {x1}, {x2})",
-                   ("dz {x3}", "dz {x4}", "dc ⊙ f", "dzᵀ {x0}", "dzᵀ {x1}", "Σ_batch dz"),
+                   ("dz {x3}", "dz {x4}", "dc ⊙ f", "dzᵀ {x0}", "dzᵀ {x1}", "dz"),
                    ("{x3}", "{x4}", "⊙ f", "gates, x", "gates, h", "gates")),
     # fused sequence kernels (models.sequence): dZ stacks every step's gate
     # pre-activation gradients, found by one backward sweep through time
     "rnn_sequence": F("RNN over time({x0}, {x1})",
-                      ("dZ {x2}", "dZ(first step) {x3}", "Σ_t dZ(t)ᵀ x(t)", "Σ_t dZ(t)ᵀ h(t−1)", "Σ_t,batch dZ"),
+                      ("dZ {x2}", "dZ(first step) {x3}", "Σ_t dZ(t)ᵀ x(t)", "Σ_t dZ(t)ᵀ h({prev})", "Σ_t,batch dZ"),
                       ("{x2}", "{x3}", "steps, x", "steps, h", "steps")),
     "lstm_sequence": F("LSTM over time({x0}, {x1}, {x2})",
                        ("dZ {x3}", "dZ(first step) {x4}", "dc(first step) ⊙ f", "Σ_t dZ(t)ᵀ x(t)",
-                        "Σ_t dZ(t)ᵀ h(t−1)", "Σ_t,batch dZ"),
+                        "Σ_t dZ(t)ᵀ h({prev})", "Σ_t,batch dZ"),
                        ("{x3}", "{x4}", "⊙ f", "steps, x", "steps, h", "steps")),
     "gru_sequence": F("GRU over time({x0}, {x1})",
-                      ("dZ {x2}", "dZ(first step) {x3} + dh ⊙ z", "Σ_t dZ(t)ᵀ x(t)", "Σ_t dZ_h(t)ᵀ h(t−1)",
+                      ("dZ {x2}", "dZ_h(first step) {x3} + dh ⊙ z", "Σ_t dZ(t)ᵀ x(t)", "Σ_t dZ_h(t)ᵀ h({prev})",
                        "Σ_t,batch dZ", "Σ_t,batch dZ_n ⊙ r"),
                       ("{x2}", "{x3}", "steps, x", "steps, h", "steps", "steps")),
 }
@@ -179,19 +180,24 @@ def partial(label: str) -> str:
 _MAX_EXPRESSION = 18  # longer unnamed expressions read worse than op#n
 
 
-def node_labels(nodes) -> dict:
+def node_labels(nodes, overrides=None) -> dict:
     """node id -> short textbook label, for nodes in topological order.
 
     Named nodes read ``h(2)`` (time step in parentheses; parameters carry no
     time). Unnamed op nodes read as their expression (``h(1) Wᵀ``) while it
     stays short, else ``op#ordinal(t)``. The zeros that stand in for a state
     at the first step read ``h0`` / ``c0`` (see ``initial_state_labels``).
+    ``overrides`` (id -> label) name some nodes first, so the expressions
+    that use them read those names too.
     """
     nodes = list(nodes)
     initial = initial_state_labels(nodes)
     labels = {}
+    overrides = overrides or {}
     for node in nodes:
-        if node.id in initial:
+        if node.id in overrides:
+            labels[node.id] = overrides[node.id]
+        elif node.id in initial:
             labels[node.id] = initial[node.id]
         elif node.name:
             # parameters are shared by every step, so they carry no time; a name
@@ -267,7 +273,13 @@ def argument_symbols(node, labels, saved=None) -> dict:
     symbols["xs"] = ", ".join(names)
     for key, value in node.attrs.items():
         symbols[key] = _format_attr(value)
+    symbols.update(time_symbols(node))
     return symbols
+
+
+def time_symbols(node) -> dict:
+    """{prev}: the step a sweep's step t started from, t−1 (t+1 for a reversed sweep)."""
+    return {"prev": "t+1" if node.attrs.get("reverse") else "t−1"}
 
 
 def _arguments(node):

@@ -23,7 +23,7 @@ import html
 
 from . import backend
 from .autodiff import run_backward
-from .formulas import _format_attr, argument_symbols, fill, format_value, formula_for, partial, wrap
+from .formulas import _format_attr, argument_symbols, fill, format_value, formula_for, partial, time_symbols, wrap
 from .formulas import node_labels as _node_labels
 from .graph import no_grad, topological_order
 from .ops import rule_keywords, sum_to
@@ -289,7 +289,12 @@ class Stepper:
         self.loss = loss
         root = loss._node
         self.order = topological_order([root])
-        self.labels = _node_labels(self.order)
+        # a carried state is first used at step t, so it is the state of step t-1: named so before
+        # the labels are made, so the expressions that read it say h(t-1) too
+        self._cut_ids = {t._node.id for t in _flatten_state(cuts) if t._node is not None}
+        self.labels = _node_labels(self.order, overrides={
+            node.id: f"{node.name}({node.timestep - 1})" for node in self.order
+            if node.id in self._cut_ids and node.name and isinstance(node.timestep, int)})
         self._consumers = {n.id: [] for n in self.order}
         for n in self.order:
             for i in n.inputs:
@@ -303,12 +308,6 @@ class Stepper:
             if not any(t in in_graph for t in targets):
                 raise ValueError("Stepper: none of the tensors in inputs= is part of the loss's "
                                  "graph, so no gradient would reach them")
-        # a carried state that no op used has no node and nothing to cut
-        self._cut_ids = {t._node.id for t in _flatten_state(cuts) if t._node is not None}
-        for node in self.order:
-            if node.id in self._cut_ids and node.name and isinstance(node.timestep, int):
-                # a carried state is first used at step t, so it is the state of step t-1
-                self.labels[node.id] = f"{node.name}({node.timestep - 1})"
         self._needed = _needed_nodes(self.order, targets)
         self._contributions = {}   # receiver id -> [Contribution] in arrival order
         self._totals = {}          # receiver id -> running total (same adds as the engine)
@@ -836,11 +835,13 @@ def _numeric_symbols(node, upstream):
         text = format_value(data)
         symbols[f"x{k}"] = text
         ndim = getattr(data, "ndim", 0)
-        symbols[f"x{k}T"] = format_value(data.T) if ndim >= 2 else text
+        # the matrix transpose of the last two axes, as matmul's rule uses it (not .T: every axis)
+        symbols[f"x{k}T"] = format_value(data.swapaxes(-1, -2)) if ndim >= 2 else text
         values.append(text)
     symbols["xs"] = ", ".join(values)
     for key, value in node.attrs.items():
         symbols[key] = _format_attr(value)  # the same notation as the symbolic rule: [:, 6:9]
+    symbols.update(time_symbols(node))
     return symbols
 
 
