@@ -396,6 +396,8 @@ def _check_json_path(ap, path):
     """Refuse a --json PATH whose folder is missing now, not after minutes of timing."""
     if path in (None, "-"):
         return
+    if os.path.isdir(path):
+        ap.error(f"--json {path}: that is a folder; give a file name in it")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         ap.error(f"--json {path}: the folder {folder} does not exist")
@@ -430,6 +432,9 @@ def parse_args(argv, prog="python -m benchmarks"):
                      f"selected; drop {flag} or choose other workloads")
     if args.gpu_only:
         selected = [k for k in selected if k in GPU_WORKLOADS]
+    if not selected:   # whatever emptied it: a run that times nothing must not look like a success
+        ap.error("no workload selected" + (f"; --gpu-only runs {', '.join(GPU_WORKLOADS)}" if args.gpu_only else
+                                            f"; choose among {', '.join(WORKLOADS)}"))
     _check_json_path(ap, args.json)
     args.selected = selected
     return args

@@ -110,6 +110,11 @@ def main(argv=None):
     parser.add_argument("workloads", nargs="*", default=["B", "E"])
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    unknown = [k for k in args.workloads if k.upper() not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; the LSTM ones are B, D and E")
     for key in args.workloads:
         run(key.upper(), args.rounds)
 

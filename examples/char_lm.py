@@ -150,8 +150,8 @@ def main(argv=None):
     args = _common.parse_args(parser, argv, QUICK)
     text, source, is_shakespeare = load_text(args, parser.get_default("data"))  # a bad --data stops here
     rng, out = _common.setup(args)
-    if args.quick:
-        text = text[:24_000]
+    if args.quick:   # a slice of the text, but never less than an explicit --val-chars needs
+        text = text[:max(24_000, 2 * args.val_chars)]
     vocab = data.Vocab.build([text], unk="<unk>")
     ids = vocab.encode(list(text))
     train_ids, val_ids = data.split_train_val(ids, 0.1, val_size=args.val_chars)

@@ -30,9 +30,9 @@ class _Encoder(Module):
 
     def _build(self, vocab_or_input, embedding_dim, cell, hidden_size, num_layers, bidirectional, dropout,
                batch_first, layer_options):
-        self.dtype = layer_options.get("dtype")   # the embedding and the readout too, not the layer alone
+        dtype = layer_options.get("dtype")   # the embedding and the readout too, not the layer alone
         if embedding_dim is not None:
-            self.embedding = Embedding(vocab_or_input, embedding_dim, dtype=self.dtype)
+            self.embedding = Embedding(vocab_or_input, embedding_dim, dtype=dtype)
             width = int(embedding_dim)
         else:
             self.embedding = None
@@ -68,7 +68,7 @@ class SequenceTagger(_Encoder):
         super().__init__()
         self._build(vocab_or_input, embedding_dim, cell, _hidden(hidden_size, hidden), num_layers,
                     bidirectional, dropout, batch_first, layer_options)
-        self.readout = Linear(self.features, num_tags, dtype=self.dtype)
+        self.readout = Linear(self.features, num_tags, dtype=layer_options.get("dtype"))
 
     def forward(self, x, state=None, lengths=None):
         out, state = self._encode(x, state, lengths)
@@ -94,7 +94,7 @@ class SequenceClassifier(_Encoder):
         self.pooling = pooling
         self._build(vocab_or_input, embedding_dim, cell, _hidden(hidden_size, hidden), num_layers,
                     bidirectional, dropout, batch_first, layer_options)
-        self.readout = Linear(self.features, num_classes, dtype=self.dtype)
+        self.readout = Linear(self.features, num_classes, dtype=layer_options.get("dtype"))
 
     def forward(self, x, lengths=None, state=None):
         out, final = self._encode(x, state, lengths)

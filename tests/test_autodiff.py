@@ -681,3 +681,23 @@ def test_trace_refuses_a_hook_on_an_intermediate_tensor():
 
     with pytest.raises(ValueError, match="gradient hook is registered on an intermediate tensor"):
         tg.traced_step(loss, [w])(np.ones(2))
+
+
+def test_hooks_survive_freezing_and_accept_a_parameter_given_new_data():
+    p = tg.nn.Parameter(np.ones(3))
+    calls = []
+    p.register_hook(lambda g: calls.append(g.shape) or g)
+    p.requires_grad_(False)
+    p.requires_grad_(True)
+    (p * 2.0).sum().backward()
+    assert calls == [(3,)]
+    p.data = np.ones(5)                      # a grown embedding: the hook sees the new gradient's shape
+    p.grad = None
+    (p * 2.0).sum().backward()
+    assert calls[-1] == (5,) and p.grad.shape == (5,)
+
+
+def test_to_none_changes_nothing_and_to_takes_dtype_by_keyword():
+    t = tg.tensor(np.ones(2, np.float32))
+    assert t.to(None).dtype == np.float32
+    assert t.to(dtype="float64").dtype == np.float64 and t.to("cpu", dtype=np.float64).dtype == np.float64

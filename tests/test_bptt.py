@@ -455,3 +455,18 @@ def test_fit_refuses_padded_batches_and_uneven_carried_batches():
     with pytest.raises(ValueError, match="carry_state needs the same batch size"):
         bptt.fit(model, uneven, tg.cross_entropy, SGD(model.parameters(), lr=0.1), epochs=1,
                  carry_state=True, progress=False)
+
+
+def test_a_model_returning_a_list_of_outputs_and_state_still_trains():
+    class ListModel(Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = ElmanRNN(3, 4, 2)
+
+        def forward(self, x, state=None):
+            return list(self.rnn(x, state))
+
+    rng = np.random.default_rng(3)
+    result = bptt.backprop_through_time(ListModel(), rng.standard_normal((4, 2, 3)),
+                                        rng.integers(0, 2, (4, 2)), tg.cross_entropy, k1=2)
+    assert np.isfinite(result.loss)

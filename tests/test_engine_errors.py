@@ -186,10 +186,14 @@ def test_stack_and_concat_of_nothing_say_so(op):
         op(iter(()))
 
 
-def test_loss_mask_of_another_shape_is_refused():
+def test_a_broadcast_loss_mask_counts_the_kept_positions_and_others_are_refused():
     logits, targets = tg.zeros(2, 3, 4, requires_grad=True), np.zeros((2, 3), np.int64)
+    mean = tg.cross_entropy(logits, targets, mask=np.array([1, 1, 0]), reduction="mean")
+    assert mean.item() == pytest.approx(np.log(4))      # 4 kept positions of log 4 each, not 2
+    total = tg.cross_entropy(logits, targets, mask=np.array([[1], [0]]), reduction="sum")
+    assert total.item() == pytest.approx(3 * np.log(4))
     with pytest.raises(ValueError, match=r"cross_entropy: mask must have the targets' shape \(2, 3\)"):
-        tg.cross_entropy(logits, targets, mask=np.array([1, 1, 0]), reduction="mean")
+        tg.cross_entropy(logits, targets, mask=np.array([1, 0]), reduction="mean")
 
 
 def test_default_dtype_must_be_a_float_dtype():

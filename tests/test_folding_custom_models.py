@@ -295,3 +295,26 @@ def test_input_read_by_both_directions_folds_into_one_node(backward_first):
     # Wf, Uf, Wb, Ub; h0, g0, x; h, g, L; delay(h, +1), delay(g, -1)
     assert _kinds(circuit) == dict(param=4, data=3, op=3, delay=2)
     assert _delays(circuit) == [-1, 1]
+
+
+def test_a_learned_initial_state_folds_like_a_constant_one():
+    """A Parameter h0 read at step 0 only is state, not a weight: h0 @ W at step 0 and h(t-1) @ W
+    later are one circuit node, with no mixed-inputs warning."""
+    import warnings
+    from tinygraph import folding
+    rng = np.random.default_rng(0)
+    U = tg.nn.Parameter(rng.standard_normal((3, 4)))
+    W = tg.nn.Parameter(rng.standard_normal((4, 4)))
+    h = tg.nn.Parameter(np.zeros((2, 4)))
+    xs = rng.standard_normal((4, 2, 3))
+    with tg.scope("cell"):
+        for t in range(4):
+            with tg.timestep(t):
+                h = tg.tanh(tg.matmul(xs[t], U) + tg.matmul(h, W))
+                h.name = "h"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        circuit = folding.circuit(h.sum())
+    matmuls = [a for _, a in circuit.nodes(data=True) if a["kind"] == "op" and a["op"] == "matmul"]
+    assert len(matmuls) == 2 and all(sorted(a["timesteps"]) == [0, 1, 2, 3] for a in matmuls)
+    assert sum(a["kind"] == "delay" for _, a in circuit.nodes(data=True)) == 1

@@ -349,3 +349,11 @@ def test_grad_norm_is_float64_accurate_on_float32_gradients():
     # over a million terms would be off by about 2e-5
     exact = float(np.sqrt((g.astype(np.float64) ** 2).sum()))
     assert optim.grad_norm([p]) == pytest.approx(exact, rel=1e-7)
+
+
+def test_clipping_an_exploding_float32_gradient_scales_it_rather_than_zeroing_it():
+    p = nn.Parameter(np.zeros(2, np.float32))
+    p.grad = tg.Tensor(np.array([3e19, -3e19], np.float32))   # squares overflow float32
+    norm = optim.clip_grad_norm([p], max_norm=1.0)
+    assert np.isfinite(norm) and norm == pytest.approx(3e19 * np.sqrt(2), rel=1e-6)
+    np.testing.assert_allclose(p.grad.numpy(), [2 ** -0.5, -2 ** -0.5], rtol=1e-5)

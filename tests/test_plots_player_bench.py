@@ -346,3 +346,33 @@ def test_bench_run_records_the_explicit_counts_as_strict_json(tmp_path):
     record = json.loads(out.read_text(), parse_constant=_no_constants)["workloads"]["D"]
     assert (record["rounds"], record["repeat"]) == (1, 2)
     assert all(np.isfinite(ms) and ms > 0 for ms in record["results"].values())
+
+
+# -- second review: regressions of the first fixes -----------------------------------------
+def test_a_plain_per_epoch_dict_and_a_column_of_norms_draw():
+    from tinygraph.viz import plots
+    fig = plots.plot_loss_curve({"epoch": [1, 2, 3], "train_loss": [1.0, 0.7, 0.5]})
+    drawn = [line.get_ydata() for ax in fig.axes for line in ax.get_lines()]
+    assert any(np.allclose(y, [1.0, 0.7, 0.5]) for y in drawn)
+    fig = plots.plot_gradient_flow({"rnn": np.array([[1.0], [0.5], [0.25]])})
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 1 and np.allclose(lines[0].get_ydata(), [1.0, 0.5, 0.25])
+    assert len(plots.plot_gradient_flow({"lstm": np.ones((2, 3))}).axes[0].get_lines()) == 2   # (h, c) rows
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workloads", ","], "no workload selected"),
+    (["--gpu-only", "--workloads", "A,C"], "--gpu-only runs B, E"),
+])
+def test_bench_refuses_a_selection_that_times_nothing(argv, message, capsys):
+    from benchmarks.__main__ import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_bench_refuses_a_json_path_that_is_a_folder(tmp_path, capsys):
+    from benchmarks.__main__ import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--json", str(tmp_path)])
+    assert "that is a folder" in capsys.readouterr().err

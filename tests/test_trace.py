@@ -601,3 +601,20 @@ def test_a_compiled_function_refuses_an_input_of_another_dtype():
     assert float(compiled(np.ones(3), np.array([True, True, True]))) == 3.0
     with pytest.raises(ValueError, match="input is int64.*traced with bool"):
         compiled(np.ones(3), np.array([1, 0, 1]))
+
+
+def test_detach_under_no_grad_inside_a_trace_is_recorded_not_a_host_read():
+    W = tg.tensor(np.eye(2), requires_grad=True)
+
+    def loss(x):
+        y = x @ W
+        with tg.no_grad():
+            scale = y.detach()              # no gradient, and no value read on the host either
+        return (y * scale).sum()
+
+    step = tg.traced_step(loss, [W])
+    x1, x2 = np.ones((3, 2)), np.full((3, 2), 2.0)
+    step(x1)
+    W.grad = None
+    replayed = step(x2).item()
+    assert replayed == pytest.approx(loss(tg.tensor(x2)).item()) and step.traces == 1

@@ -211,9 +211,10 @@ def _run_hooks(node, g, create_graph):
         if out is None:
             continue
         data = out.data if isinstance(out, Tensor) else out
-        if tuple(getattr(data, "shape", ())) != tuple(node.shape):
+        shape = tuple(g.shape)   # the gradient's own (a leaf's recorded shape may predate a new .data)
+        if tuple(getattr(data, "shape", ())) != shape:
             raise ValueError(f"gradient hook on {node.name or node.op}: returned shape "
-                             f"{tuple(getattr(data, 'shape', ()))}, the gradient has shape {tuple(node.shape)}")
+                             f"{tuple(getattr(data, 'shape', ()))}, the gradient has shape {shape}")
         if create_graph:
             g = out if isinstance(out, Tensor) else Tensor(data)
         else:

@@ -87,6 +87,8 @@ def parse_device(device) -> tuple[str, int]:
 
 def as_dtype(value):
     """``value`` as a NumPy dtype when it names one (np.float64, "float32"), else None (a device)."""
+    if value is None:   # np.dtype(None) is float64, but None means "no change" / the CPU
+        return None
     if isinstance(value, str) and (value.strip().lower() in ("cpu", "cuda", "gpu")
                                    or value.strip().lower().startswith("cuda:")):
         return None

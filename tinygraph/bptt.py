@@ -29,8 +29,9 @@ import numpy as np
 from . import backend
 from .autodiff import grad as _grad
 from .ops import concat
-from .optim import _rescale_grads, clip_grad_value, grad_norm
+from .optim import _rescale_grads, clip_grad_value, grad_norm, power_sum
 from .tensor import Tensor
+from .trace import modules_of
 
 __all__ = [
     "BPTTResult", "backprop_through_time", "window_plan", "truncate", "check_state",
@@ -152,11 +153,8 @@ def _target_slice(y, a, b):
 
 def _check_time_major(model, xs, targets, T):
     """The drivers cut along axis 0 as time: refuse what would make them cut something else."""
-    if any(getattr(m, "batch_first", False) is True for m in _modules_of(model)):
-        raise ValueError(
-            "BPTT: the model has a batch_first=True layer, but the drivers cut windows along axis 0 as "
-            "time (a window would be a group of sequences); build it with batch_first=False and pass "
-            "time-major (T, B, ...) inputs and targets")
+    _refuse_batch_first(model, "BPTT: the drivers cut windows along axis 0 as time (a window would be a "
+                               "group of sequences)")
     if targets is None:
         return
     tshape = targets.shape if hasattr(targets, "shape") else np.shape(targets)
@@ -171,8 +169,10 @@ def _check_time_major(model, xs, targets, T):
                          "(many-to-one) write the loop yourself, as examples/sentiment.py does")
 
 
-def _modules_of(model):
-    return list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
+def _refuse_batch_first(model, why):
+    if any(getattr(m, "batch_first", False) is True for m in modules_of(model)):
+        raise ValueError(f"{why}, but the model has a batch_first=True layer: build it with "
+                         "batch_first=False and pass time-major (T, B, ...) inputs and targets")
 
 
 def _seq_len(xs):
@@ -186,8 +186,7 @@ def _seq_len(xs):
 # gradient norms
 # ---------------------------------------------------------------------------
 def _norm(array):
-    xp = backend.array_module(array)
-    return float(xp.sqrt(xp.square(array).sum(dtype=np.float64)))   # no float64 copy of the array
+    return float(power_sum(array)) ** 0.5
 
 
 def _parameters_of(model, optimizer):
@@ -254,7 +253,7 @@ def _model_call(model):
 
     def call(x, state, y):
         out = run(x, state, y)
-        if not (isinstance(out, tuple) and len(out) == 2):
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
             got = f"a {type(out).__name__} of shape {out.shape}" if hasattr(out, "shape") else \
                 f"a {type(out).__name__}" + (f" of {len(out)} items" if isinstance(out, (tuple, list)) else "")
             raise TypeError(f"BPTT: model(x, state) must return (outputs, state); got {got}")
@@ -263,9 +262,8 @@ def _model_call(model):
 
 
 def _bidirectional(model):
-    modules = model.modules() if callable(getattr(model, "modules", None)) else [model]
     return any(getattr(m, "num_directions", 1) > 1 or getattr(m, "bidirectional", False) is True
-               for m in modules)
+               for m in modules_of(model))
 
 
 def _require_unidirectional(model, what):
@@ -586,9 +584,8 @@ class StatefulBPTT:
 def _unrolled(model, xs, state, targets=None, what="gradient_flow"):
     """Run one step per call: (outputs (T, ...), per step [sources of each state tensor])."""
     _require_unidirectional(model, what)
-    if any(getattr(m, "batch_first", False) is True for m in _modules_of(model)):
-        raise ValueError(f"{what} runs the model one time step per call along axis 0; a batch_first=True "
-                         "layer would read a step as a group of sequences: use batch_first=False")
+    _refuse_batch_first(model, f"{what} runs the model one time step per call along axis 0 (a step "
+                               "would be a group of sequences)")
     xs = _as_model_input(xs, _parameters_of(model, None))
     call = _model_call(model) if targets is not None else (lambda x, s, y: model(x, s))
     s = truncate(state)

@@ -557,7 +557,15 @@ def _fold_keys(view):
     return keys
 
 
-def _param_sources(view, v, keys):
+def _recurring_params(view):
+    """Parameters read at more than one step: the weights of a cell. One read at a single step (a
+    learned initial state h0) stands in for state, like the constant h0, and keys nothing."""
+    nodes = view.nodes
+    return {u for u, a in nodes(data=True) if a["kind"] == "param"
+            and len({nodes[c]["timestep"] for c in view.successors(u)} - {None}) > 1}
+
+
+def _param_sources(view, v, keys, recurring=None):
     """Fold keys of the parameters that feed ``v``.
 
     Part of an op's key, so ``x @ U`` at the first step never folds with
@@ -568,7 +576,8 @@ def _param_sources(view, v, keys):
     Sorted by ``repr``: keys may mix ids and tuples, which do not compare.
     """
     nodes = view.nodes
-    params = [keys[u] for u in view.predecessors(v) if nodes[u]["kind"] == "param" and u in keys]
+    params = [keys[u] for u in view.predecessors(v) if nodes[u]["kind"] == "param" and u in keys
+              and (recurring is None or u in recurring)]
     return tuple(params if len(params) < 2 else sorted(params, key=repr))
 
 
@@ -593,9 +602,10 @@ def _key_ops(view, keys):
            if a["timestep"] is not None and a["kind"] in ("op", "group")]
     ops.sort(key=lambda v: _created(order, v, view.nodes[v]))
     seen: dict = {}
+    recurring = _recurring_params(view)
     for v in ops:
         a = view.nodes[v]
-        base = ("op", a["scope"], a["ordinal"], a["op"], _param_sources(view, v, keys))
+        base = ("op", a["scope"], a["ordinal"], a["op"], _param_sources(view, v, keys, recurring))
         occurrence = seen.get((base, a["timestep"]), 0)
         seen[(base, a["timestep"])] = occurrence + 1
         keys[v] = base + (occurrence,)
@@ -693,7 +703,7 @@ def fold(view) -> "nx.DiGraph":
     return c
 
 
-def _input_pattern(view, v, keys, index):
+def _input_pattern(view, v, keys, index, recurring):
     """What feeds step node ``v`` apart from state: keys of same-step ops and parameters.
 
     State and constants are left out on purpose: ``h0`` at the first step and
@@ -705,7 +715,7 @@ def _input_pattern(view, v, keys, index):
     for u in view.predecessors(v):
         a = view.nodes[u]
         if u in keys and ((a["timestep"] == t and a["kind"] in ("op", "group"))
-                          or a["kind"] == "param"):
+                          or (a["kind"] == "param" and u in recurring)):
             pattern.append(index.setdefault(keys[u], len(index)))
     return tuple(sorted(pattern))
 
@@ -721,10 +731,11 @@ def _note_mixed_inputs(c, view, keys):
     """
     patterns: dict = {}
     index: dict = {}
+    recurring = _recurring_params(view)
     for v, a in view.nodes(data=True):
         if a["timestep"] is not None and a["kind"] in ("op", "group") and v in keys \
                 and not a.get("backward"):
-            pattern = _input_pattern(view, v, keys, index)
+            pattern = _input_pattern(view, v, keys, index, recurring)
             patterns.setdefault(keys[v], {}).setdefault(pattern, []).append(a["timestep"])
     mixed = []
     for k, by_pattern in patterns.items():

@@ -57,9 +57,15 @@ def _masked(losses, reduction, mask, op):
         else:
             m = xp.asarray(mask.data if isinstance(mask, Tensor) else mask).astype(lv.dtype)
         if tuple(m.shape) != tuple(lv.shape):
-            # a broadcast mask would count its own size, not the kept positions, in the mean
-            raise ValueError(f"{op}: mask must have the targets' shape {tuple(lv.shape)} (1 = keep), "
-                             f"got {tuple(m.shape)}")
+            # broadcast to the losses' shape, so the mean counts the kept positions, not the mask's own size
+            try:
+                fits = np.broadcast_shapes(tuple(m.shape), tuple(lv.shape)) == tuple(lv.shape)
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ValueError(f"{op}: mask must have the targets' shape {tuple(lv.shape)} (1 = keep) or "
+                                 f"broadcast to it, got {tuple(m.shape)}")
+            m = ops.broadcast_to(m, tuple(lv.shape)) if isinstance(m, Tensor) else xp.broadcast_to(m, lv.shape)
         losses = ops.mul(losses, m)
         if reduction == "mean":
             # the count stays on the device: no host sync

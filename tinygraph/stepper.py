@@ -25,6 +25,7 @@ from . import backend
 from .autodiff import run_backward
 from .formulas import _format_attr, argument_symbols, fill, format_value, formula_for, partial, time_symbols, wrap
 from .formulas import node_labels as _node_labels
+from .folding import _common_scope
 from .graph import no_grad, topological_order
 from .ops import rule_keywords, sum_to
 from .tensor import Tensor
@@ -851,20 +852,6 @@ def _norm(array):
 
 # a named node further than this downstream says little about where a share came from
 _SOURCE_DEPTH = 4
-
-
-def _common_scope(scopes):
-    """The dotted scope prefix that ``scopes`` all share ('' when none)."""
-    parts = [s.split(".") for s in scopes]
-    if not parts:
-        return ""
-    common = parts[0]
-    for p in parts[1:]:
-        k = 0
-        while k < min(len(common), len(p)) and common[k] == p[k]:
-            k += 1
-        common = common[:k]
-    return ".".join(common)
 
 
 def _distinguishing_scopes(scopes):

@@ -117,13 +117,17 @@ class Tensor:
                 raise RuntimeError("requires_grad_ can only be set on leaf tensors; use .detach() first")
             if self.requires_grad and self._node is not None:
                 return self  # already a gradient leaf: keep its node, which recorded graphs point at
+            old = self._node
             self.requires_grad = True
             self._node = None
-            self._leaf_node()
+            self._leaf_node().hooks = old.hooks if old is not None else None   # hooks stay with the tensor
         else:
+            old = self._node
             self.requires_grad = False
-            if self._node is not None and self._node.prim is None:
+            if old is not None and old.prim is None:
                 self._node = None
+                if old.hooks:   # kept on a constant leaf (which gets no gradient) until unfrozen
+                    self._leaf_node().hooks = old.hooks
         return self
 
     def register_hook(self, hook):
@@ -181,7 +185,9 @@ class Tensor:
         """
         if STATE.host_reads is not None and self._node is not None:
             from . import ops
-            out = ops.apply(ops.DETACH, self)
+            from .graph import enable_grad
+            with enable_grad():   # recorded under no_grad too: no gradient flows, and no host read happened
+                out = ops.apply(ops.DETACH, self)
             out.name = self._name
             return out
         return Tensor(self.data, name=self._name)
@@ -190,16 +196,19 @@ class Tensor:
         """Indices of the maxima along ``axis`` (an integer Tensor; recorded inside a trace, like detach)."""
         from . import ops
         if STATE.host_reads is not None and self._node is not None:
-            return ops.apply(ops.ARGMAX, self, axis=axis)
+            from .graph import enable_grad
+            with enable_grad():
+                return ops.apply(ops.ARGMAX, self, axis=axis)
         return Tensor(self.data.argmax(axis=axis))
 
-    def to(self, device):
-        """Copy to ``device`` ('cpu', 'cuda', 'cuda:N'), or cast to a dtype given instead; differentiable."""
+    def to(self, device=None, dtype=None):
+        """Copy to ``device`` ('cpu', 'cuda', 'cuda:N') and/or cast to ``dtype`` (a dtype given as the
+        first argument casts, as in PyTorch); differentiable."""
         from . import ops
-        dtype = backend.as_dtype(device)
-        if dtype is not None:
-            return self.astype(dtype)
-        return ops.to_device(self, device)
+        if dtype is None and backend.as_dtype(device) is not None:
+            device, dtype = None, device
+        out = self if device is None else ops.to_device(self, device)
+        return out if dtype is None else out.astype(dtype)
 
     def cpu(self):
         return self.to("cpu")

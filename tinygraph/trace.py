@@ -350,9 +350,8 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
             # tell which, and would return the traced value for ever
             raise ValueError(
                 f"trace: output {k} ({type(out).__name__}{tuple(getattr(out, 'shape', ()))}) was not computed "
-                "by recorded ops (a constant, or made with .detach() or from .data), so a replay would "
-                "return its traced value every time; return the Tensor before detaching it (traced BPTT "
-                "cuts the state itself), or run this function eagerly")
+                "by recorded ops (a constant, or made from .data), so a replay would return its traced "
+                "value every time; compute it with ops, or run this function eagerly")
     graph = Graph.from_outputs(*outputs)
     hooked = [n for n in graph.nodes if n.hooks and n.prim is not None]
     if hooked:
@@ -578,10 +577,14 @@ def _unflatten(structure, leaves):
     return kind(_unflatten(item, leaves) for item in items)
 
 
+def modules_of(model):
+    """Every module of ``model`` (itself included), or ``[model]`` for a plain callable."""
+    return list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
+
+
 def module_modes(model):
     """The train/eval flag of every module of ``model`` (a Module, or anything without modules)."""
-    modules = list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
-    return tuple(bool(getattr(m, "training", False)) for m in modules)
+    return tuple(bool(getattr(m, "training", False)) for m in modules_of(model))
 
 
 def traced_step(loss_fn, params, max_traces=16, fuse=True, has_aux=False, model=None):

@@ -22,7 +22,7 @@ from . import backend
 from .bptt import _map_state, _model_call, state_tensors
 from .ops import concat
 from .tensor import Tensor
-from .trace import module_modes, summed_counts, traced_step
+from .trace import module_modes, modules_of, summed_counts, traced_step
 
 __all__ = ["TracedWindows"]
 
@@ -170,14 +170,10 @@ class TracedWindows:
         return window
 
 
-def _modules(model):
-    return list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
-
-
 def _refuse_dropout(model):
     from .nn import Dropout
 
-    for m in _modules(model):
+    for m in modules_of(model):
         if isinstance(m, Dropout) and m.training and m.p > 0:
             raise ValueError(
                 f"traced BPTT: the model has a {m!r} in training mode; a trace would replay the same "

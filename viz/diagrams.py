@@ -32,7 +32,8 @@ DEFAULT_MAX_NODES = 300
 def _gradient_names(leaves, forward):
     """The parameters' names for their gradients' labels; two alike (a bidirectional layer's two U)
     say where each is used, as the stepper's leaf sums do: ``U [forward]``, ``U [backward]``."""
-    from tinygraph.stepper import _common_scope, _distinguishing_scopes
+    from tinygraph.folding import _common_scope
+    from tinygraph.stepper import _distinguishing_scopes
 
     names = [leaf.name or "param" for leaf in leaves]
     consumers = {}

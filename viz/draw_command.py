@@ -31,7 +31,7 @@ def configure(parser):
     parser.add_argument("--legend", action="store_true", help="add a colour legend")
     parser.add_argument("-o", "--output", default="graph.svg",
                         help="output file; the suffix picks the format: .svg .png .pdf .dot .gv. With "
-                             "--view both (the default) two files: NAME-unfolded.svg and NAME-circuit.svg")
+                             "--view both (the default) two files: NAME-unfolded.SUFFIX and NAME-circuit.SUFFIX")
 
 
 def output_paths(output, view):

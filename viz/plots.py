@@ -71,12 +71,15 @@ def _finish(fig, owned, path):
 
 def _flow_lines(label, values):
     """(line label, norms over t) pairs for one curve: one per state row of a per_state result."""
+    per_state = isinstance(values, (tuple, list)) and len(values) and np.ndim(values[0]) >= 1
     values = np.asarray(values, dtype=np.float64)
+    if not per_state and values.ndim == 2 and 1 in values.shape:   # a column or row of norms: one line
+        values = values.reshape(-1)
     if values.ndim <= 1:
         return [(str(label), np.atleast_1d(values))]
     if values.ndim > 2:
         raise ValueError(f"plot_gradient_flow: curve {label!r} has shape {values.shape}; give norms (T,) "
-                         "or one row per state tensor (states, T)")
+                         "or one row per state tensor (states, T), as gradient_flow(..., per_state=True) does")
     # gradient_flow(..., per_state=True) gives (h,) or (h, c): a line per state, not one 2T-long line
     names = ("h", "c") if len(values) <= 2 else [f"state {i}" for i in range(len(values))]
     return [(f"{label} ({name})", row) for name, row in zip(names, values)]
@@ -138,6 +141,8 @@ def _dict_step_epoch(history, steps):
     if key is None:
         return None
     labels = np.asarray(history[key]).ravel()
+    if len(steps) == 0 and key == "epoch":   # a per-epoch dict (examples' run_epochs): the epoch numbers
+        return None
     if len(labels) != len(steps):
         raise ValueError(f"plot_loss_curve: {key!r} must give the epoch of every update "
                          f"({len(steps)} losses), got {len(labels)} values")
