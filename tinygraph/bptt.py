@@ -186,7 +186,7 @@ def _seq_len(xs):
 # gradient norms
 # ---------------------------------------------------------------------------
 def _norm(array):
-    return float(power_sum(array)) ** 0.5
+    return power_sum([array]) ** 0.5
 
 
 def _parameters_of(model, optimizer):

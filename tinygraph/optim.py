@@ -334,23 +334,22 @@ def grad_norm(params, norm_type=2.0) -> float:
     norm_type = float(norm_type)
     if math.isinf(norm_type):
         return float(functools.reduce(xp.maximum, [xp.abs(g).max() for g in grads]))
-    total = sum(power_sum(g, norm_type) for g in grads)
-    return float(total) ** (1.0 / norm_type)
+    return power_sum(grads, norm_type) ** (1.0 / norm_type)
 
 
-def power_sum(array, p=2.0):
-    """sum |array|^p in float64, on the array's device (a 0-d array: no host sync).
+def power_sum(arrays, p=2.0):
+    """sum over ``arrays`` of sum |a|^p, in float64, as a float (one host sync for all of them).
 
-    The powers are taken in the array's own dtype and summed in float64, so a
-    float32 gradient needs no float64 copy; when they overflow (a float32
+    The powers are taken in each array's own dtype and summed in float64, so
+    a float32 gradient needs no float64 copy. When they overflow (a float32
     element above ~1.8e19 squared: exactly the exploding gradient clipping is
-    for) the sum is redone from a float64 copy, so the norm stays finite.
+    for) the sum is done again from float64 copies, so the norm stays finite.
     """
-    xp = _xp(array)
-    with np.errstate(over="ignore"):   # an overflow is handled just below
-        total = (xp.square(array) if p == 2.0 else xp.abs(array) ** p).sum(dtype=np.float64)
-    if not bool(xp.isfinite(total)) and bool(xp.isfinite(array).all()):
-        total = (xp.abs(array.astype(np.float64)) ** p).sum()
+    with np.errstate(over="ignore"):   # an overflow is handled below
+        total = float(sum((_xp(a).square(a) if p == 2.0 else _xp(a).abs(a) ** p).sum(dtype=np.float64)
+                          for a in arrays))
+    if not math.isfinite(total):
+        total = float(sum((_xp(a).abs(a.astype(np.float64)) ** p).sum() for a in arrays))
     return total
 
 
