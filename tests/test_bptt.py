@@ -470,3 +470,24 @@ def test_a_model_returning_a_list_of_outputs_and_state_still_trains():
     result = bptt.backprop_through_time(ListModel(), rng.standard_normal((4, 2, 3)),
                                         rng.integers(0, 2, (4, 2)), tg.cross_entropy, k1=2)
     assert np.isfinite(result.loss)
+
+
+def test_an_unbatched_sequence_of_a_users_model_still_trains():
+    rng = np.random.default_rng(4)
+    U = tg.tensor(rng.standard_normal((3, 4)) * 0.3, requires_grad=True)
+    W = tg.tensor(rng.standard_normal((4, 4)) * 0.3, requires_grad=True)
+
+    def model(x, state=None):                   # x (T, 3), state (4,): one sequence, no batch axis
+        h = tg.zeros(4, dtype="float64") if state is None else state
+        outs = []
+        for t in range(x.shape[0]):
+            h = tg.tanh(x[t] @ U + h @ W)
+            outs.append(h)
+        return tg.stack(outs), h
+
+    model.parameters = lambda: [U, W]
+    xs = rng.standard_normal((6, 3))
+    for targets, loss in ((rng.integers(0, 4, 6), tg.cross_entropy), (rng.standard_normal((6, 4)), tg.mse_loss)):
+        U.grad = W.grad = None
+        result = bptt.backprop_through_time(model, xs, targets, loss, k1=3)
+        assert np.isfinite(result.loss) and U.grad is not None and np.abs(U.grad.numpy()).sum() > 0

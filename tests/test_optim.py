@@ -357,3 +357,9 @@ def test_clipping_an_exploding_float32_gradient_scales_it_rather_than_zeroing_it
     norm = optim.clip_grad_norm([p], max_norm=1.0)
     assert np.isfinite(norm) and norm == pytest.approx(3e19 * np.sqrt(2), rel=1e-6)
     np.testing.assert_allclose(p.grad.numpy(), [2 ** -0.5, -2 ** -0.5], rtol=1e-5)
+
+
+def test_the_norm_of_a_vanishing_float32_gradient_is_not_rounded_to_zero():
+    p = nn.Parameter(np.zeros(100, np.float32))
+    p.grad = tg.Tensor(np.full(100, 1e-25, np.float32))       # squares underflow float32
+    assert optim.grad_norm([p]) == pytest.approx(1e-24, rel=1e-6)

@@ -345,3 +345,20 @@ def test_progress_bar_past_its_total_and_numpy_floats_read_well():
         bar.update()
     assert "<-" not in stream.getvalue()        # no negative time left
     assert format_stats({"loss": np.float32(2.3456788)}) == format_stats({"loss": 2.3456788}) == "loss=2.3457"
+
+
+def test_carry_state_with_a_stateless_model():
+    class Stateless(Module):
+        def __init__(self):
+            super().__init__()
+            self.w = Parameter(np.ones((1, 2)))
+
+        def forward(self, x, state=None):
+            return x @ self.w, ()
+
+    rng = np.random.default_rng(5)
+    batches = [(rng.standard_normal((4, 3, 1)), rng.integers(0, 2, (4, 3))) for _ in range(2)]
+    model = Stateless()
+    history = bptt.fit(model, batches, tg.cross_entropy, SGD(model.parameters(), lr=0.1), epochs=1,
+                       carry_state=True, progress=False)
+    assert len(history.step_loss) == 2

@@ -163,7 +163,9 @@ def _check_time_major(model, xs, targets, T):
         raise ValueError(f"BPTT: inputs have {T} steps but targets have {tshape[0]} (both time-major). "
                          "The drivers need one target per step, (T, B, ...); for one label per "
                          "sequence (many-to-one) write the loop yourself, as examples/sentiment.py does")
-    if len(tshape) < 2 or (len(xshape) >= 2 and int(tshape[1]) != int(xshape[1])):
+    # batched inputs (T, B, D): one target per step AND per sequence; an unbatched sequence (T, D)
+    # of a user's model may have targets (T,) or (T, K)
+    if len(xshape) >= 3 and (len(tshape) < 2 or int(tshape[1]) != int(xshape[1])):
         raise ValueError(f"BPTT: targets of shape {tuple(tshape)} are not per step and per sequence like the "
                          f"inputs {tuple(xshape)} (time-major (T, B, ...)); for one label per sequence "
                          "(many-to-one) write the loop yourself, as examples/sentiment.py does")

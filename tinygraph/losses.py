@@ -76,7 +76,7 @@ def _masked(losses, reduction, mask, op):
 def nll_loss(log_probs, targets, reduction="mean", mask=None):
     """Negative log-likelihood of integer ``targets`` under ``log_probs`` (..., K).
 
-    ``mask`` (same shape as targets, 1 = keep) drops padded positions; with
+    ``mask`` (the targets' shape or broadcast to it, 1 = keep) drops padded positions; with
     ``reduction="mean"`` the mean is over kept positions only.
     """
     t = _checked_targets(log_probs, targets, "nll_loss")

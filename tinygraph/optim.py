@@ -322,7 +322,8 @@ def _with_grads(params):
 
 
 def grad_norm(params, norm_type=2.0) -> float:
-    """Total norm of the ``.grad`` of ``params`` (those without one are skipped), in float64.
+    """Total norm of the ``.grad`` of ``params`` (those without one are skipped), summed in float64
+    (see ``power_sum``).
 
     Reduces on the gradients' device and syncs once (one ``float``), not once
     per parameter.
@@ -345,10 +346,15 @@ def power_sum(arrays, p=2.0):
     element above ~1.8e19 squared: exactly the exploding gradient clipping is
     for) the sum is done again from float64 copies, so the norm stays finite.
     """
-    with np.errstate(over="ignore"):   # an overflow is handled below
+    arrays = list(arrays)
+    with np.errstate(over="ignore", under="ignore"):   # both are handled below
         total = float(sum((_xp(a).square(a) if p == 2.0 else _xp(a).abs(a) ** p).sum(dtype=np.float64)
                           for a in arrays))
-    if not math.isfinite(total):
+    # Below this total, elements small enough to vanish when raised in their own dtype may be all
+    # there is (a vanishing gradient: what gradient_flow is for); above it they cannot matter.
+    floor = max((float(np.finfo(a.dtype).tiny) for a in arrays if np.dtype(a.dtype).kind == "f"),
+                default=0.0) * 1e18
+    if not math.isfinite(total) or total < floor:
         total = float(sum((_xp(a).abs(a.astype(np.float64)) ** p).sum() for a in arrays))
     return total
 

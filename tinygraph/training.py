@@ -232,11 +232,12 @@ def _epoch_data(data, epoch):
 
 def _check_carry(carry, xs):
     """carry_state=True hands each batch the last one's state: the batch sizes must agree."""
-    if carry is None:
+    from .bptt import state_tensors
+
+    tensors = state_tensors(carry) if carry is not None else []
+    if not tensors:   # no state, or a stateless model's empty tuple
         return
-    first = carry
-    while isinstance(first, (tuple, list)):
-        first = first[0]
+    first = tensors[0]
     shape = xs.shape if hasattr(xs, "shape") else np.shape(xs)
     if hasattr(first, "shape") and len(shape) >= 2 and len(first.shape) >= 2 and first.shape[-2] != shape[1]:
         raise ValueError(f"fit(carry_state=True): this batch has {shape[1]} sequences but the state carried "
