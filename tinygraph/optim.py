@@ -19,7 +19,8 @@ import numpy as np
 from . import backend
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
-           "clip_grad_norm", "clip_grad_value", "grad_norm"]
+           "clip_grad_norm", "clip_grad_value", "grad_norm",
+           "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "LambdaLR", "ReduceLROnPlateau"]
 
 
 def _param_list(params):
@@ -390,3 +391,9 @@ def clip_grad_value(params, clip_value):
         g = p.grad.data
         c = g.dtype.type(clip_value)   # a NumPy float64 bound would make the gradient float64
         p.grad.data = _xp(g).clip(g, -c, c)
+
+
+# learning-rate schedules live in their own module; optim.StepLR etc. as PyTorch users look for them
+from . import lr_scheduler  # noqa: E402
+from .lr_scheduler import (CosineAnnealingLR, ExponentialLR, LambdaLR, MultiStepLR,  # noqa: E402
+                           ReduceLROnPlateau, StepLR)
