@@ -98,9 +98,46 @@ def test_plateau_callback_reads_the_eval_loss():
 
 def test_bad_schedule_arguments_are_named():
     opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
-    with pytest.raises(ValueError, match="StepLR: step_size must be > 0"):
-        optim.StepLR(opt, step_size=0)
+    for bad in (0, 0.5, 2.5):
+        with pytest.raises(ValueError, match="StepLR: step_size must be a positive integer"):
+            optim.StepLR(opt, step_size=bad)
+    with pytest.raises(ValueError, match="T_max must be a positive integer"):
+        optim.CosineAnnealingLR(opt, T_max=2.5)
     with pytest.raises(ValueError, match="factor must lie in"):
         optim.ReduceLROnPlateau(opt, factor=1.5)
     with pytest.raises(TypeError, match="expected an optimizer"):
         optim.ExponentialLR(object(), gamma=0.9)
+
+
+def test_schedules_step_from_the_current_rate_like_pytorch():
+    """A rate loaded into the optimizer is kept, and two schedules on one optimizer multiply."""
+    torch = pytest.importorskip("torch")
+    p = torch.nn.Parameter(torch.zeros(2))
+    topt = torch.optim.SGD([p], lr=0.5)
+    chain = [torch.optim.lr_scheduler.ExponentialLR(topt, 0.9), torch.optim.lr_scheduler.StepLR(topt, 2, 0.1)]
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.5)
+    ours = [optim.ExponentialLR(opt, 0.9), optim.StepLR(opt, 2, 0.1)]
+    for epoch in range(6):
+        if epoch == 3:   # a rate loaded from elsewhere mid-run
+            topt.param_groups[0]["lr"] = 0.01
+            opt.load_state_dict(dict(opt.state_dict(), **{"hp.lr": 0.01}))
+        topt.step()
+        for s in chain:
+            s.step()
+        for s in ours:
+            s.step()
+        assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12)
+
+
+def test_cosine_over_three_periods_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    p = torch.nn.Parameter(torch.zeros(2))
+    topt = torch.optim.SGD([p], lr=0.5)
+    tsched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=4, eta_min=0.05)
+    opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.5)
+    sched = optim.CosineAnnealingLR(opt, T_max=4, eta_min=0.05)
+    for _ in range(12):
+        topt.step()
+        tsched.step()
+        sched.step()
+        assert opt.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)

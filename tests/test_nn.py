@@ -285,3 +285,18 @@ def test_to_takes_a_dtype_as_pytorch_does_and_a_checkpoint_loaded_as_a_state_dic
     with pytest.raises(KeyError, match="load_checkpoint"):
         lin.load_state_dict(tg.load(tmp_path / "run.npz"))
     load_checkpoint(tmp_path / "run.npz", nn.Linear(2, 2), None)
+
+
+def test_a_cast_moves_the_gradient_and_keeps_a_frozen_parameters_hooks():
+    lin = nn.Linear(2, 1)
+    calls = []
+    lin.weight.register_hook(lambda g: calls.append(g.dtype) or g)
+    (lin(tg.ones(3, 2)) ** 2).sum().backward()
+    lin.double()
+    assert lin.weight.grad.dtype == np.float64 and lin.bias.grad.dtype == np.float64
+    lin.weight.requires_grad_(False)
+    lin.float()
+    lin.weight.requires_grad_(True)
+    lin.zero_grad()
+    (lin(tg.ones(3, 2)) ** 2).sum().backward()
+    assert calls == [np.float32, np.float32]

@@ -9,13 +9,14 @@
     bptt.fit(model, data, loss_fn, opt, epochs=30, callbacks=[schedule])   # the same, from fit
 
 A schedule is also a ``fit`` callback: at the end of each epoch it sets the
-rate for the epoch ``fit`` reports as done, so a run resumed from a
-checkpoint continues the schedule where it was (the optimizer's saved state
-holds the rate, the checkpoint the epoch). ``ReduceLROnPlateau`` reads the
+rate for the next one, counting epochs as ``fit`` reports them, so a run
+resumed from a checkpoint continues the schedule where it was (the
+optimizer's saved state holds the rate, the checkpoint the epoch). ``ReduceLROnPlateau`` reads the
 epoch's ``eval_loss`` (the ``train_loss`` without ``eval_data``).
 
-Each schedule's rate is a closed form of the epoch, checked against
-``torch.optim.lr_scheduler`` in the tests.
+Each schedule steps the current rate as PyTorch does (so a loaded rate is
+kept and schedules compose), checked against ``torch.optim.lr_scheduler``
+and against each schedule's closed form in the tests.
 """
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ __all__ = ["LRSchedule", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnneal
 
 
 class LRSchedule:
-    """Base class: ``lr_at(epoch)`` from the rate the optimizer had when the schedule was made."""
+    """Base class: ``step()`` multiplies the optimizer's current ``lr`` by the schedule's factor.
+
+    As in PyTorch, the rate is changed from what it is now, not recomputed
+    from the first one: a rate loaded with ``load_state_dict`` is kept, and
+    two schedules on one optimizer multiply. ``LambdaLR`` is the exception
+    (PyTorch's too): it sets ``base_lr · lr_lambda(epoch)``.
+    """
 
     def __init__(self, optimizer):
         if not hasattr(optimizer, "lr"):
@@ -35,22 +42,27 @@ class LRSchedule:
         self.base_lr = float(optimizer.lr)
         self.last_epoch = 0
 
-    def lr_at(self, epoch) -> float:
+    def next_lr(self, lr, epoch) -> float:
+        """The rate for ``epoch`` from ``lr``, the rate of the epoch before."""
         raise NotImplementedError
 
     def step(self):
         """Move to the next epoch and set its rate on the optimizer."""
         self.last_epoch += 1
-        self.optimizer.lr = self.lr_at(self.last_epoch)
+        self.optimizer.lr = self.next_lr(float(self.optimizer.lr), self.last_epoch)
 
     def get_last_lr(self):
         """The rate in use, as a one-item list (PyTorch's form: one entry per parameter group)."""
         return [float(self.optimizer.lr)]
 
     def on_epoch_end(self, info):
-        """``fit`` callback: the rate for the epoch after ``info["epoch"]`` (never stops training)."""
-        self.last_epoch = int(info["epoch"])
-        self.optimizer.lr = self.lr_at(self.last_epoch)
+        """``fit`` callback: the rate for the epoch after ``info["epoch"]`` (never stops training).
+
+        A fresh schedule in a resumed run takes the optimizer's loaded rate as
+        that of the epoch before, and goes on from there.
+        """
+        self.last_epoch = int(info["epoch"]) - 1
+        self.step()
         return False
 
     def state_dict(self):
@@ -61,71 +73,76 @@ class LRSchedule:
         return self
 
     def __repr__(self):
-        return f"{type(self).__name__}(base_lr={self.base_lr}, last_epoch={self.last_epoch})"
+        return f"{type(self).__name__}(lr={self.optimizer.lr}, last_epoch={self.last_epoch})"
 
 
-def _positive(name, value, schedule):
-    if value <= 0:
-        raise ValueError(f"{schedule}: {name} must be > 0, got {value}")
+def _positive_int(name, value, schedule):
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{schedule}: {name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class StepLR(LRSchedule):
-    """lr = base · gamma^(epoch // step_size)."""
+    """lr · gamma every ``step_size`` epochs: base · gamma^(epoch // step_size) when alone."""
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         super().__init__(optimizer)
-        _positive("step_size", step_size, "StepLR")
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size, self.gamma = _positive_int("step_size", step_size, "StepLR"), float(gamma)
 
-    def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** (epoch // self.step_size)
+    def next_lr(self, lr, epoch):
+        return lr * self.gamma if epoch % self.step_size == 0 else lr
 
 
 class MultiStepLR(LRSchedule):
-    """lr = base · gamma^(number of milestones reached)."""
+    """lr · gamma at each milestone epoch: base · gamma^(milestones reached) when alone."""
 
     def __init__(self, optimizer, milestones, gamma=0.1):
         super().__init__(optimizer)
         self.milestones, self.gamma = sorted(int(m) for m in milestones), float(gamma)
 
-    def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+    def next_lr(self, lr, epoch):
+        return lr * self.gamma ** self.milestones.count(epoch)
 
 
 class ExponentialLR(LRSchedule):
-    """lr = base · gamma^epoch."""
+    """lr · gamma every epoch: base · gamma^epoch when alone."""
 
     def __init__(self, optimizer, gamma):
         super().__init__(optimizer)
         self.gamma = float(gamma)
 
-    def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** epoch
+    def next_lr(self, lr, epoch):
+        return lr * self.gamma
 
 
 class CosineAnnealingLR(LRSchedule):
-    """lr = eta_min + (base − eta_min) (1 + cos(π epoch / T_max)) / 2 (SGDR without restarts)."""
+    """eta_min + (base − eta_min) (1 + cos(π epoch / T_max)) / 2 when alone (SGDR without restarts).
+
+    Stepped as PyTorch steps it, from the current rate, so it composes.
+    """
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
         super().__init__(optimizer)
-        _positive("T_max", T_max, "CosineAnnealingLR")
-        self.T_max, self.eta_min = int(T_max), float(eta_min)
+        self.T_max, self.eta_min = _positive_int("T_max", T_max, "CosineAnnealingLR"), float(eta_min)
 
-    def lr_at(self, epoch):
-        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+    def next_lr(self, lr, epoch):
+        T, low = self.T_max, self.eta_min
+        if (epoch - 1 - T) % (2 * T) == 0:   # past a minimum: the recursion below would divide by 0
+            return lr + (self.base_lr - low) * (1 - math.cos(math.pi / T)) / 2
+        return low + (lr - low) * (1 + math.cos(math.pi * epoch / T)) / (1 + math.cos(math.pi * (epoch - 1) / T))
 
 
 class LambdaLR(LRSchedule):
-    """lr = base · lr_lambda(epoch)."""
+    """lr = base · lr_lambda(epoch) (set, not multiplied: PyTorch's LambdaLR)."""
 
     def __init__(self, optimizer, lr_lambda):
         super().__init__(optimizer)
         if not callable(lr_lambda):
             raise TypeError(f"LambdaLR: lr_lambda must be callable, got {type(lr_lambda).__name__}")
         self.lr_lambda = lr_lambda
-        self.optimizer.lr = self.lr_at(0)   # as PyTorch: the factor applies from the first epoch
+        self.optimizer.lr = self.next_lr(self.base_lr, 0)   # as PyTorch: the factor applies from the first epoch
 
-    def lr_at(self, epoch):
+    def next_lr(self, lr, epoch):
         return self.base_lr * float(self.lr_lambda(epoch))
 
 
@@ -186,7 +203,9 @@ class ReduceLROnPlateau:
         """``fit`` callback: steps on the epoch's eval loss (its train loss without eval data)."""
         metrics = info.get("metrics", {})
         value = metrics.get("eval_loss")
-        self.step(metrics.get("train_loss") if value is None else value)
+        value = metrics.get("train_loss") if value is None else value
+        if value is not None:   # an epoch without batches has no loss to judge
+            self.step(value)
         return False
 
     def __repr__(self):

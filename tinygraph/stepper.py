@@ -574,7 +574,8 @@ class Stepper:
         """Leaf (or ``inputs``) node -> gradient as it stands at the cursor.
 
         After the last step these are exactly ``loss.backward()``'s gradients
-        (clipped, once a clip event has been passed).
+        (clipped, once a clip event has been passed), before any gradient hook
+        registered on a leaf: those run as ``backward()`` fills ``.grad``.
         """
         totals = self.grads_at(self.position - 1)
         return {node: totals[node.id] for node, _ in self._results.values() if node.id in totals}
