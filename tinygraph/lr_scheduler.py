@@ -11,8 +11,9 @@
 A schedule is also a ``fit`` callback: at the end of each epoch it sets the
 rate for the next one, counting epochs as ``fit`` reports them, so a run
 resumed from a checkpoint continues the schedule where it was (the
-optimizer's saved state holds the rate, the checkpoint the epoch). ``ReduceLROnPlateau`` reads the
-epoch's ``eval_loss`` (the ``train_loss`` without ``eval_data``).
+optimizer's saved state holds the rate, the checkpoint the epoch).
+``ReduceLROnPlateau`` reads the epoch's ``eval_loss`` (the ``train_loss``
+without ``eval_data``).
 
 Each schedule steps the current rate as PyTorch does (so a loaded rate is
 kept and schedules compose), checked against ``torch.optim.lr_scheduler``

@@ -183,10 +183,10 @@ class Module:
     def _cast(self, dtype):
         for p in self.parameters():
             p.data = p.data.astype(dtype)
-            # the leaf node remembers the old dtype: give the parameter a fresh one now, outside
-            # any scope or time step (a node made lazily inside a forward would take the cell's)
             if p.grad is not None:   # as PyTorch: the gradient follows the parameter's dtype
                 p.grad = Tensor(p.grad.data.astype(dtype))
+            # the leaf node remembers the old dtype: give the parameter a fresh one now, outside
+            # any scope or time step (a node made lazily inside a forward would take the cell's)
             old, p._node = p._node, None
             if p.requires_grad or (old is not None and old.hooks):
                 p._leaf_node().hooks = old.hooks if old is not None else None   # its gradient hooks stay
