@@ -159,16 +159,16 @@ def _check_time_major(model, xs, targets, T):
         return
     tshape = targets.shape if hasattr(targets, "shape") else np.shape(targets)
     xshape = xs.shape if hasattr(xs, "shape") else np.shape(xs)
+    many_to_one = ("for one label per sequence (many-to-one) write the loop yourself, as "
+                   "examples/sentiment.py does")
     if tshape and int(tshape[0]) != T:
         raise ValueError(f"BPTT: inputs have {T} steps but targets have {tshape[0]} (both time-major). "
-                         "The drivers need one target per step, (T, B, ...); for one label per "
-                         "sequence (many-to-one) write the loop yourself, as examples/sentiment.py does")
+                         f"The drivers need one target per step, (T, B, ...); {many_to_one}")
     # batched inputs (T, B, D): one target per step AND per sequence; an unbatched sequence (T, D)
     # of a user's model may have targets (T,) or (T, K)
     if len(xshape) >= 3 and (len(tshape) < 2 or int(tshape[1]) != int(xshape[1])):
         raise ValueError(f"BPTT: targets of shape {tuple(tshape)} are not per step and per sequence like the "
-                         f"inputs {tuple(xshape)} (time-major (T, B, ...)); for one label per sequence "
-                         "(many-to-one) write the loop yourself, as examples/sentiment.py does")
+                         f"inputs {tuple(xshape)} (time-major (T, B, ...)); {many_to_one}")
 
 
 def _refuse_batch_first(model, why):
@@ -256,8 +256,9 @@ def _model_call(model):
     def call(x, state, y):
         out = run(x, state, y)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            got = f"a {type(out).__name__} of shape {out.shape}" if hasattr(out, "shape") else \
-                f"a {type(out).__name__}" + (f" of {len(out)} items" if isinstance(out, (tuple, list)) else "")
+            kind = type(out).__name__
+            got = (f"a {kind} of shape {out.shape}" if hasattr(out, "shape")
+                   else f"a {kind} of {len(out)} items" if isinstance(out, (tuple, list)) else f"a {kind}")
             raise TypeError(f"BPTT: model(x, state) must return (outputs, state); got {got}")
         return out
     return call
@@ -287,7 +288,8 @@ class BPTTResult:
     ``grad_norms``: (T,) ‖∂L/∂h(t)‖ summed over the windows whose backward
     reached step t (NaN where not computed, i.e. everywhere unless
     ``track_grad_norms=True``); ``state_grad_norms`` has one such array per
-    state tensor (h, then c for an LSTM), and is empty without tracking. ``windows``: (a, b, r) per window.
+    state tensor (h, then c for an LSTM), and is empty without tracking.
+    ``windows``: (a, b, r) per window.
     ``update_grad_norms``/``clipped``: pre-clip parameter-gradient norm and
     whether clipping changed it, per optimizer step (or once, at the end,
     without an optimizer).

@@ -185,11 +185,7 @@ class Module:
             p.data = p.data.astype(dtype)
             if p.grad is not None:   # as PyTorch: the gradient follows the parameter's dtype
                 p.grad = Tensor(p.grad.data.astype(dtype))
-            # the leaf node remembers the old dtype: give the parameter a fresh one now, outside
-            # any scope or time step (a node made lazily inside a forward would take the cell's)
-            old, p._node = p._node, None
-            if p.requires_grad or (old is not None and old.hooks):
-                p._leaf_node().hooks = old.hooks if old is not None else None   # its gradient hooks stay
+            p._renew_leaf()   # the leaf node remembers the old dtype
         return self
 
     def extra_repr(self) -> str:
@@ -354,30 +350,28 @@ class ModuleList(Module):
         for m in modules:
             self.append(m)
 
+    # The registered submodules are the one store: setattr(seq, "0", new) and seq[0] = new
+    # replace what forward runs and what parameters() lists alike.
     def append(self, module):
-        if not isinstance(module, Module):
-            raise TypeError(f"{type(self).__name__}: items must be Modules, got {type(module).__name__}")
-        setattr(self, str(len(self)), module)
+        setattr(self, str(len(self)), self._checked(module))
         return self
 
-    def _items(self):
-        # the registered submodules are the one store: setattr(seq, "0", new) and seq[0] = new
-        # replace what forward runs and what parameters() lists alike
-        return list(self._modules.values())
-
-    def __getitem__(self, i):
-        return self._items()[i]
-
-    def __setitem__(self, i, module):
+    def _checked(self, module):
         if not isinstance(module, Module):
             raise TypeError(f"{type(self).__name__}: items must be Modules, got {type(module).__name__}")
-        setattr(self, list(self._modules)[i], module)
+        return module
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __setitem__(self, i, module):
+        setattr(self, list(self._modules)[i], self._checked(module))
 
     def __len__(self):
         return len(self._modules)
 
     def __iter__(self):
-        return iter(self._items())
+        return iter(self._modules.values())
 
 
 class Sequential(ModuleList):
@@ -387,6 +381,6 @@ class Sequential(ModuleList):
         super().__init__(modules)
 
     def forward(self, x):
-        for m in self._items():
+        for m in self._modules.values():
             x = m(x)
         return x

@@ -27,12 +27,11 @@ def _param_list(params):
     params = list(params)
     if not params:
         raise ValueError("optimizer got an empty parameter list")
+    seen = {}
     for i, p in enumerate(params):
         if not hasattr(p, "data") or not hasattr(p, "grad"):
             raise TypeError(f"optimizer: item {i} is a {type(p).__name__}, not a Parameter/Tensor; "
                             "pass model.parameters()")
-    seen = {}
-    for i, p in enumerate(params):
         if seen.setdefault(id(p), i) != i:   # it would be updated twice per step
             raise ValueError(f"optimizer: parameter {i} ({getattr(p, 'name', None) or 'unnamed'}) is the same "
                              f"object as parameter {seen[id(p)]}; pass each parameter once")

@@ -7,7 +7,7 @@ import weakref
 import numpy as np
 
 from . import backend
-from .graph import STATE, Node, note_host_read
+from .graph import STATE, Node, enable_grad, note_host_read
 
 __all__ = ["Tensor"]
 
@@ -117,18 +117,26 @@ class Tensor:
                 raise RuntimeError("requires_grad_ can only be set on leaf tensors; use .detach() first")
             if self.requires_grad and self._node is not None:
                 return self  # already a gradient leaf: keep its node, which recorded graphs point at
-            old = self._node
             self.requires_grad = True
-            self._node = None
-            self._leaf_node().hooks = old.hooks if old is not None else None   # hooks stay with the tensor
+            self._renew_leaf()
         else:
-            old = self._node
             self.requires_grad = False
-            if old is not None and old.prim is None:
-                self._node = None
-                if old.hooks:   # kept on a constant leaf (which gets no gradient) until unfrozen
-                    self._leaf_node().hooks = old.hooks
+            if self._node is not None and self._node.prim is None:
+                self._renew_leaf()
         return self
+
+    def _renew_leaf(self):
+        """Replace this leaf's node by one for its current data and flag, keeping its gradient hooks.
+
+        Made now, outside any scope or time step (made lazily inside a forward
+        it would take the cell's); a frozen tensor without hooks gets none
+        until it is used. A frozen tensor's hooks wait on a constant leaf,
+        which gets no gradient, until it is unfrozen.
+        """
+        old, self._node = self._node, None
+        hooks = old.hooks if old is not None else None
+        if self.requires_grad or hooks:
+            self._leaf_node().hooks = hooks
 
     def register_hook(self, hook):
         """Call ``hook(grad)`` with this tensor's gradient during every backward or ``grad()``.
@@ -183,23 +191,30 @@ class Tensor:
         replay computes the value from its own inputs (a model that cuts its
         incoming state, say) instead of reusing the traced one.
         """
-        if STATE.host_reads is not None and self._node is not None:
-            from . import ops
-            from .graph import enable_grad
-            with enable_grad():   # recorded under no_grad too: no gradient flows, and no host read happened
-                out = ops.apply(ops.DETACH, self)
-            out.name = self._name
-            return out
-        return Tensor(self.data, name=self._name)
+        from . import ops
+        out = self._recorded_in_trace(ops.DETACH)
+        if out is None:
+            return Tensor(self.data, name=self._name)
+        out.name = self._name
+        return out
 
     def argmax(self, axis=None):
         """Indices of the maxima along ``axis`` (an integer Tensor; recorded inside a trace, like detach)."""
         from . import ops
-        if STATE.host_reads is not None and self._node is not None:
-            from .graph import enable_grad
-            with enable_grad():
-                return ops.apply(ops.ARGMAX, self, axis=axis)
-        return Tensor(self.data.argmax(axis=axis))
+        out = self._recorded_in_trace(ops.ARGMAX, axis=axis)
+        return Tensor(self.data.argmax(axis=axis)) if out is None else out
+
+    def _recorded_in_trace(self, prim, **attrs):
+        """``prim`` on this tensor as a recorded op while a ``trace`` runs (else None).
+
+        Recorded under ``no_grad`` too: such an op passes no gradient, and no
+        value was read on the host, so the replay simply computes it again.
+        """
+        if STATE.host_reads is None or self._node is None:
+            return None
+        from . import ops
+        with enable_grad():
+            return ops.apply(prim, self, **attrs)
 
     def to(self, device=None, dtype=None):
         """Copy to ``device`` ('cpu', 'cuda', 'cuda:N') and/or cast to ``dtype`` (a dtype given as the

@@ -334,8 +334,7 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
         node = p._node
         if node is not None and node.prim is None and (tuple(node.shape) != tuple(p.data.shape)
                                                        or node.dtype != p.data.dtype):
-            p._node = None
-            p._leaf_node().hooks = node.hooks
+            p._renew_leaf()
     old_reads, STATE.host_reads = STATE.host_reads, []
     try:
         with enable_grad():
@@ -346,8 +345,8 @@ def trace(fn, *example_inputs, params=(), input_grads=True, fuse=True):
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
     for k, out in enumerate(outputs):
         if not isinstance(out, Tensor) or out._node is None:
-            # a constant, or a value cut from the graph (.detach(), Tensor(x.data)): a replay cannot
-            # tell which, and would return the traced value for ever
+            # a constant, or a value cut from the graph (Tensor(x.data)): a replay cannot tell
+            # which, and would return the traced value for ever
             raise ValueError(
                 f"trace: output {k} ({type(out).__name__}{tuple(getattr(out, 'shape', ()))}) was not computed "
                 "by recorded ops (a constant, or made from .data), so a replay would return its traced "
@@ -397,9 +396,10 @@ def _inputs_behind(nodes, input_nodes):
         elif node.prim is None and node.requires_grad:
             raise ValueError(
                 f"trace: the function read values computed from "
-                f"{repr(node.name) if node.name else 'a parameter'} {tuple(node.shape)} on the host (.item(), .numpy(), float(...), or an op under no_grad), "
-                "so a replay would keep the traced values while the parameter changes; compute it with "
-                "recorded ops, or run this function eagerly")
+                f"{repr(node.name) if node.name else 'a parameter'} {tuple(node.shape)} on the host "
+                "(.item(), .numpy(), float(...), or an op under no_grad), so a replay would keep the "
+                "traced values while the parameter changes; compute it with recorded ops, or run this "
+                "function eagerly")
         stack.extend(node.inputs)
     return found
 
