@@ -48,6 +48,19 @@ def zeros_state(like, batch, hidden_size):
     return tg.Tensor(xp.zeros((batch, hidden_size), dtype=data.dtype))
 
 
+def stand_in(cls, **fields):
+    """A ``cls`` module built without its ``__init__``, holding ``fields`` as attributes.
+
+    The trace-time fusions run a model's own step code on one of these, with
+    the pattern's inputs in place of the parameters (``tinygraph.fusion``).
+    """
+    module = object.__new__(cls)
+    Module.__init__(module)
+    for name, value in fields.items():
+        object.__setattr__(module, name, value)
+    return module
+
+
 def as_tensor(x, like=None):
     """``x`` as a Tensor in the dtype of ``like`` (a parameter).
 

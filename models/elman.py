@@ -32,7 +32,7 @@ from tinygraph.fusion import register_fusion
 from tinygraph.graph import note_host_read
 from tinygraph.nn import Module, empty_parameter
 
-from .cells import _DECOMPOSED, as_tensor, zeros_state
+from .cells import _DECOMPOSED, as_tensor, stand_in, zeros_state
 from .sequence import rnn_sequence
 
 __all__ = ["ElmanRNN", "JordanRNN"]
@@ -205,13 +205,8 @@ def _named(tensor, name):
 # stand-in model whose parameters are the pattern's inputs (see ``tinygraph.fusion``).
 
 def _elman_stand_in(U, W, V, b, c):
-    model = object.__new__(ElmanRNN)
-    Module.__init__(model)
-    fields = {"U": U, "W": W, "V": V, "b": b, "c": c, "input_size": U.shape[1], "hidden_size": U.shape[0],
-              "output_size": V.shape[0], "fused": False}
-    for name, value in fields.items():
-        object.__setattr__(model, name, value)
-    return model
+    return stand_in(ElmanRNN, U=U, W=W, V=V, b=b, c=c, input_size=U.shape[1], hidden_size=U.shape[0],
+                    output_size=V.shape[0], fused=False)
 
 
 def _elman_examples(anchor):

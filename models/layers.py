@@ -40,7 +40,7 @@ from tinygraph import backend
 from tinygraph.fusion import register_fusion
 from tinygraph.nn import Dropout, Module
 
-from .cells import _DECOMPOSED, GRUCell, LSTMCell, RNNCell, as_tensor, decomposed, zeros_state
+from .cells import _DECOMPOSED, GRUCell, LSTMCell, RNNCell, as_tensor, decomposed, stand_in, zeros_state
 from .masks import check_lengths, lengths_to_mask, mask_to_lengths
 from .sequence import final_rows, gru_sequence, lstm_sequence, rnn_sequence
 
@@ -416,14 +416,10 @@ _LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "irnn": IRNN}
 
 def _stand_in(layer_class, parameters, nonlinearity):
     """(layer, cell) objects that run the real sweep code with ``parameters`` as U, W, b (, b_hn)."""
-    cell = object.__new__(layer_class.cell_class)
-    Module.__init__(cell)
     U, W, b = parameters[:3]
-    fields = {"input_size": U.shape[1], "hidden_size": W.shape[1], "has_bias": True, "layer_norm": False,
-              "fused": False, "nonlinearity": nonlinearity, "U": U, "W": W, "b": b,
-              "b_hn": parameters[3] if len(parameters) > 3 else None}
-    for name, value in fields.items():
-        object.__setattr__(cell, name, value)
+    cell = stand_in(layer_class.cell_class, input_size=U.shape[1], hidden_size=W.shape[1], has_bias=True,
+                    layer_norm=False, fused=False, nonlinearity=nonlinearity, U=U, W=W, b=b,
+                    b_hn=parameters[3] if len(parameters) > 3 else None)
     return object.__new__(layer_class), cell
 
 
