@@ -613,12 +613,7 @@ class Stepper:
         """
         if self._leaf_label_cache is None:
             nodes = [node for node, _ in self._results.values()]
-            labels = [self.labels[n.id] for n in nodes]
-            for label, group in _positions_by(labels).items():
-                if len(group) > 1:
-                    where = _distinguishing_scopes([self._home_scope(nodes[k]) for k in group])
-                    for k, qualifier in zip(group, where):
-                        labels[k] = f"{label} [{qualifier}]" if qualifier else label
+            labels = qualify_clashes([self.labels[n.id] for n in nodes], lambda k: self._home_scope(nodes[k]))
             for label, group in _positions_by(labels).items():
                 if len(group) > 1:
                     for number, k in enumerate(group, 1):
@@ -795,6 +790,21 @@ class _Rearrangement:
         needs = (True,) + (False,) * (len(self.args) - 1)
         value = self.prim.vjp(grad, self.out, needs, *self.args, **self.keywords)[0]
         return _reduce_to(value, self.shape)[0]
+
+
+def qualify_clashes(labels, home):
+    """``labels`` where the alike ones say where each is used: ``U [forward]``, ``U [backward]``.
+
+    ``home(k)`` is the scope item k is used in; a clashing label gets the part
+    of it that tells the group apart (``_distinguishing_scopes``).
+    """
+    labels = list(labels)
+    for label, group in _positions_by(labels).items():
+        if len(group) > 1:
+            for k, where in zip(group, _distinguishing_scopes([home(k) for k in group])):
+                if where:
+                    labels[k] = f"{label} [{where}]"
+    return labels
 
 
 def _positions_by(labels):

@@ -33,22 +33,14 @@ def _gradient_names(leaves, forward):
     """The parameters' names for their gradients' labels; two alike (a bidirectional layer's two U)
     say where each is used, as the stepper's leaf sums do: ``U [forward]``, ``U [backward]``."""
     from tinygraph.folding import _common_scope
-    from tinygraph.stepper import _distinguishing_scopes
+    from tinygraph.stepper import qualify_clashes
 
-    names = [leaf.name or "param" for leaf in leaves]
     consumers = {}
     for node in forward.nodes:
         for inp in node.inputs:
             consumers.setdefault(inp.id, []).append(node)
-    for name in set(names):
-        group = [k for k, n in enumerate(names) if n == name]
-        if len(group) < 2:
-            continue
-        homes = [_common_scope([c.scope for c in consumers.get(leaves[k].id, ()) if c.scope]) for k in group]
-        for k, where in zip(group, _distinguishing_scopes(homes)):
-            if where:
-                names[k] = f"{name} [{where}]"
-    return names
+    return qualify_clashes([leaf.name or "param" for leaf in leaves],
+                           lambda k: _common_scope([c.scope for c in consumers.get(leaves[k].id, ()) if c.scope]))
 
 
 class _Recording:
